@@ -1,0 +1,60 @@
+# The two commands a new user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv lint typecheck unit integration e2e crds k8s-binaries dev-cluster dev-cluster-down clean
+
+$(STAMP): pyproject.toml setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the example Backtest on the embedded default (no cluster needed).
+demo: $(STAMP)
+	$(BIN)/kubequant run -f examples/backtest.yaml
+
+## Set up and run every test: lint, types, CRD drift, unit, integration, e2e on the dev cluster.
+test: $(STAMP)
+	$(MAKE) lint typecheck
+	$(BIN)/kubequant crds generate --check
+	hack/run-tests.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy kubequant/api kubequant/crdgen.py
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+e2e: $(STAMP)
+	$(BIN)/pytest tests/e2e
+
+crds: $(STAMP)
+	$(BIN)/kubequant crds generate
+
+## Build the control-plane binaries into ~/.cache/kubequant/k8s/<version> (once).
+k8s-binaries:
+	hack/build-k8s.sh
+
+## A local Kubernetes control plane; kubeconfig in .dev-cluster/kubeconfig.
+dev-cluster:
+	hack/dev-cluster.sh up
+
+dev-cluster-down:
+	hack/dev-cluster.sh down
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

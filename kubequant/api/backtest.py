@@ -1,0 +1,279 @@
+"""The Backtest kind: a Qlib backtest of a signal through a strategy, an executor and an exchange."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
+from kubequant.api.common import (
+    ArtifactLocation,
+    ClassReference,
+    Condition,
+    DataSource,
+    DateRange,
+    FilePath,
+    InstrumentCode,
+    JobOptions,
+    LocalObjectReference,
+    PodOptions,
+    exactly_one_rule,
+)
+from kubequant.api.resource import Resource, StatusBase
+
+Frequency = Annotated[str, StringConstraints(pattern=r"^(day|[1-9][0-9]*min)$", max_length=16)]
+
+
+class Universe(ApiModel):
+    """Which instruments may be held: a market (an instruments file of the bundle) or an explicit list."""
+
+    market: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)] | None = Field(
+        None, description="Name of an instruments file in the bundle (instruments/<market>.txt), e.g. all, csi300."
+    )
+    instruments: list[InstrumentCode] | None = Field(
+        None, min_length=1, max_length=5000, description="Explicit instrument codes, instead of a market."
+    )
+
+    __rules__ = (exactly_one_rule(["market", "instruments"], "leave both unset for market 'all'", True),)
+
+    def resolved_market(self) -> str | list[str]:
+        """The market name or instrument list qlib should load."""
+        if self.instruments is not None:
+            return list(self.instruments)
+        return self.market or "all"
+
+
+class Segments(ApiModel):
+    """Train/valid/test periods of a dataset, in order and not overlapping."""
+
+    train: DateRange = Field(description="Period the model is fitted on.")
+    valid: DateRange = Field(description="Period used for early stopping and model selection.")
+    test: DateRange = Field(description="Out-of-sample period the model predicts (and the backtest trades).")
+
+    __rules__ = (
+        Rule(
+            cel="self.valid.start > self.train.end",
+            message="valid must start after train ends; move valid.start after train.end",
+            field="valid.start",
+            check=lambda s: s.valid.start > s.train.end,
+        ),
+        Rule(
+            cel="self.test.start > self.valid.end",
+            message="test must start after valid ends; move test.start after valid.end",
+            field="test.start",
+            check=lambda s: s.test.start > s.valid.end,
+        ),
+    )
+
+
+class InlineModel(ApiModel):
+    """A model trained inside the run: features from a data handler, a qlib model, three segments."""
+
+    handler: ClassReference = Field(
+        default_factory=lambda: ClassReference(class_name="Alpha158"),
+        description="Feature/label handler; default Alpha158 from qlib.contrib.data.handler.",
+    )
+    model: ClassReference = Field(
+        default_factory=lambda: ClassReference(class_name="LGBModel"),
+        description="qlib model class; default LGBModel (LightGBM) from qlib.contrib.model.gbdt.",
+    )
+    segments: Segments = Field(description="Train/valid/test periods; the backtest trades on test predictions.")
+
+
+class SignalFile(ApiModel):
+    """Precomputed scores: a CSV or Parquet table with datetime, instrument and score columns."""
+
+    path: FilePath = Field(description="File path (local for kubequant run, in the pod for the operator).")
+
+
+class Signal(ApiModel):
+    """Where the scores the strategy trades on come from. Set exactly one of model, modelRef, file."""
+
+    model: InlineModel | None = Field(None, description="Train a model in the run and trade its test predictions.")
+    model_ref: LocalObjectReference | None = Field(
+        None, description="Use the model artifact of a succeeded TrainingJob in the same namespace."
+    )
+    file: SignalFile | None = Field(None, description="Trade precomputed scores from a file.")
+
+    __rules__ = (exactly_one_rule(["model", "modelRef", "file"], "choose one source of scores"),)
+
+
+class TopkDropout(ApiModel):
+    """qlib's TopkDropoutStrategy: hold the top k by score, replace at most nDrop names per day."""
+
+    topk: int = Field(50, ge=1, le=5000, description="Number of instruments held.")
+    n_drop: int = Field(5, ge=0, le=5000, description="Instruments replaced each rebalance.")
+    risk_degree: float = Field(0.95, gt=0, le=1, description="Fraction of the account invested, in (0, 1].")
+    hold_thresh: int = Field(1, ge=1, description="Minimum days a position is held before it may be sold.")
+    only_tradable: bool = Field(False, description="Rank only instruments tradable that day.")
+    forbid_all_trade_at_limit: bool = Field(True, description="No buy or sell at limit-up/limit-down.")
+
+    __rules__ = (
+        Rule(
+            cel="self.topk > self.nDrop",
+            message="topk must be greater than nDrop; raise topk or lower nDrop",
+            field="nDrop",
+            check=lambda s: s.topk > s.n_drop,
+        ),
+    )
+
+
+class Strategy(ApiModel):
+    """The portfolio strategy. Set at most one of topkDropout, custom; none means TopkDropout defaults."""
+
+    topk_dropout: TopkDropout | None = Field(None, description="qlib's TopkDropoutStrategy (the default).")
+    custom: ClassReference | None = Field(
+        None, description="Any importable qlib strategy class; the signal is passed as its `signal` argument."
+    )
+
+    __rules__ = (exactly_one_rule(["topkDropout", "custom"], "leave both unset for TopkDropout", True),)
+
+
+class Executor(ApiModel):
+    """How decisions become trades: qlib's SimulatorExecutor stepping at one frequency."""
+
+    frequency: Frequency = Field("day", description="Decision step (day, or Nmin such as 30min/1min).")
+    trade_type: str = Field(
+        "serial",
+        pattern=r"^(serial|parallel)$",
+        description="serial: sells settle before buys on the same step; parallel: independent.",
+    )
+
+
+class DealPrice(StrEnum):
+    CLOSE = "close"
+    OPEN = "open"
+    VWAP = "vwap"
+
+
+class Exchange(ApiModel):
+    """Trading costs and rules of the simulated exchange (qlib's Exchange)."""
+
+    open_cost: float = Field(0.0005, ge=0, lt=1, description="Cost rate of buying, as a fraction of value.")
+    close_cost: float = Field(0.0015, ge=0, lt=1, description="Cost rate of selling (commission plus stamp duty).")
+    min_cost: float = Field(5.0, ge=0, description="Minimum cost of one trade, in account currency.")
+    limit_threshold: float | None = Field(
+        0.095, gt=0, le=1, description="Daily move, in (0, 1], at which an instrument is limit-up/down and untradable."
+    )
+    deal_price: DealPrice = Field(DealPrice.CLOSE, description="Price trades fill at: close, open or vwap.")
+    trade_unit: int | None = Field(
+        None, ge=1, description="Lot size in shares; defaults to the region's (100 for cn)."
+    )
+    impact_cost: float = Field(
+        0.0, ge=0, description="qlib's impact cost: coefficient of the squared share of the day's value traded."
+    )
+
+
+class Output(ApiModel):
+    """Where the full report goes."""
+
+    artifacts: ArtifactLocation = Field(
+        default_factory=ArtifactLocation,
+        description="Report location; default ./reports/<name> locally, an emptyDir in a pod.",
+    )
+
+
+class BacktestSpec(ApiModel):
+    """What to backtest and how."""
+
+    data: DataSource = Field(default_factory=DataSource, description="The qlib data bundle.")
+    universe: Universe = Field(default_factory=Universe, description="Instruments the strategy may hold.")
+    benchmark: InstrumentCode = Field("SYNIDX", description="Benchmark instrument code (the sample's is SYNIDX).")
+    period: DateRange = Field(description="Days the strategy trades; inside the bundle's calendar.")
+    account: float = Field(100_000_000, gt=0, description="Starting cash.")
+    signal: Signal = Field(description="Where the scores come from: model, modelRef or file.")
+    strategy: Strategy = Field(default_factory=Strategy, description="Portfolio strategy.")
+    executor: Executor = Field(default_factory=Executor, description="How decisions are executed.")
+    exchange: Exchange = Field(default_factory=Exchange, description="Costs and trading rules.")
+    output: Output = Field(default_factory=Output, description="Where the full report is written.")
+    pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement (cluster only).")
+    job: JobOptions = Field(default_factory=JobOptions, description="Job limits (cluster only).")
+    suspend: bool = Field(False, description="Create the Job suspended; the only field that may change later.")
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.signal.model) || self.period.start >= self.signal.model.segments.test.start",
+            message="period must lie within signal.model.segments.test; move period.start on or after test.start",
+            field="period.start",
+            check=lambda s: s.signal.model is None or s.period.start >= s.signal.model.segments.test.start,
+        ),
+        Rule(
+            cel="!has(self.signal.model) || self.period.end <= self.signal.model.segments.test.end",
+            message="period must lie within signal.model.segments.test; move period.end on or before test.end",
+            field="period.end",
+            check=lambda s: s.signal.model is None or s.period.end <= s.signal.model.segments.test.end,
+        ),
+    )
+
+
+class BacktestResults(ApiModel):
+    """Headline figures of a finished backtest (the object `kubequant run -o json` prints)."""
+
+    annualized_return: float | None = Field(None, description="Annualised return of the portfolio, net of costs.")
+    sharpe: float | None = Field(None, description="Annualised return over annualised volatility (risk-free 0).")
+    max_drawdown: float | None = Field(None, description="Largest peak-to-trough loss, negative.")
+    excess_annualized_return: float | None = Field(None, description="Annualised return over the benchmark, net.")
+    information_ratio: float | None = Field(None, description="Information ratio of the excess return, net.")
+    excess_max_drawdown: float | None = Field(None, description="Max drawdown of the excess return, net.")
+    benchmark_annualized_return: float | None = Field(None, description="Annualised return of the benchmark.")
+    total_return: float | None = Field(None, description="Compounded return over the period, net of costs.")
+    win_rate: float | None = Field(None, description="Fraction of trading days with a positive net return.")
+    turnover: float | None = Field(None, description="Mean daily turnover (traded value / account value).")
+    avg_trade_cost_bps: float | None = Field(None, description="Total costs over total traded value, in bps.")
+    total_cost: float | None = Field(None, description="Sum of trading costs, in account currency.")
+    trades: int | None = Field(None, description="Number of filled orders.")
+    days: int | None = Field(None, description="Trading days in the period.")
+    ic: float | None = Field(None, description="Mean daily Pearson IC of the signal with the label.")
+    rank_ic: float | None = Field(None, description="Mean daily Spearman IC of the signal with the label.")
+    icir: float | None = Field(None, description="IC mean over IC standard deviation.")
+    final_account_value: float | None = Field(None, description="Account value at the end of the period.")
+    report: str | None = Field(None, max_length=2048, description="Where the full report was written.")
+
+
+class BacktestPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class BacktestStatus(StatusBase):
+    """Observed state of a Backtest."""
+
+    phase: BacktestPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
+    job_name: str | None = Field(None, max_length=253, description="Name of the Job running the backtest.")
+    start_time: dt.datetime | None = Field(None, description="When the Job started.")
+    completion_time: dt.datetime | None = Field(None, description="When the backtest finished.")
+    results: BacktestResults | None = Field(None, description="Headline figures, when Succeeded.")
+
+
+class Backtest(Resource):
+    """A Qlib backtest run as a Kubernetes Job."""
+
+    spec: BacktestSpec = Field(description="What to backtest and how.")
+    status: BacktestStatus | None = Field(None, description="Observed state, written by the operator.")
+
+    __crd__ = CrdFacts(
+        kind="Backtest",
+        plural="backtests",
+        singular="backtest",
+        short_names=("bt",),
+        description="A Qlib backtest of a signal through a strategy, an executor and an exchange with costs.",
+        columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Return", ".status.results.annualizedReturn", "number", description="Annualised return"),
+            PrinterColumn("Sharpe", ".status.results.sharpe", "number"),
+            PrinterColumn("MaxDD", ".status.results.maxDrawdown", "number", description="Max drawdown"),
+            AGE,
+        ),
+        # The spec cannot change once created (results must describe the spec they came from),
+        # except `suspend`, which starts a suspended run.
+        mutable_spec_fields=("suspend",),
+    )
+
+
+_ = Condition  # re-exported through kubequant.api

@@ -1,0 +1,203 @@
+"""The LiveTradingSession kind: one broker-connected trading pod guarded by a RiskPolicy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from kubequant.api.backtest import Exchange, Signal, TopkDropout, Universe
+from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
+from kubequant.api.common import (
+    DataSource,
+    LocalObjectReference,
+    PodOptions,
+    Quantity,
+    SecretKeyReference,
+    exactly_one_rule,
+)
+from kubequant.api.resource import Resource, StatusBase
+from kubequant.api.risk import TimeZone
+
+
+class SessionMode(StrEnum):
+    PAPER = "paper"
+    LIVE = "live"
+
+
+class BrokerType(StrEnum):
+    PAPER = "paper"
+    ALPACA = "alpaca"
+
+
+class Broker(ApiModel):
+    """The broker adapter and its credentials."""
+
+    type: BrokerType = Field(BrokerType.PAPER, description="paper (built-in, fills against bars) or alpaca.")
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        None, description="Secret with the broker's API credentials (required for real brokers)."
+    )
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=512)] | None = Field(
+        None, description="Override of the broker's API endpoint (e.g. a paper-trading URL)."
+    )
+
+
+class SignalApi(ApiModel):
+    """The HTTP signal API served by the trading pod."""
+
+    port: int = Field(8080, ge=1024, le=65535, description="Port of the signal API.")
+    token_secret_ref: SecretKeyReference | None = Field(
+        None, description="Secret key holding the bearer token callers must present."
+    )
+
+
+class ScheduledStrategy(ApiModel):
+    """Rebalance from a model's scores on a schedule: TopkDropout targets sliced over time."""
+
+    signal: Signal = Field(description="Where the scores come from (modelRef or file).")
+    topk_dropout: TopkDropout = Field(default_factory=TopkDropout, description="Target portfolio construction.")
+    rebalance_at: Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = Field(
+        "09:35", description="Time of day (session time zone) the rebalance starts."
+    )
+    slices: int = Field(10, ge=1, le=1000, description="Child orders each target is split into (TWAP).")
+    slice_interval_seconds: int = Field(60, ge=1, le=3600, description="Time between child orders.")
+
+
+class SessionStrategy(ApiModel):
+    """What drives the session's orders. Set signalApi, scheduled, or both."""
+
+    signal_api: SignalApi | None = Field(None, description="Accept target signals over HTTP.")
+    scheduled: ScheduledStrategy | None = Field(None, description="Rebalance from model scores on a schedule.")
+
+    __rules__ = (
+        Rule(
+            cel="has(self.signalApi) || has(self.scheduled)",
+            message="set signalApi, scheduled, or both",
+            field="signalApi",
+            check=lambda s: s.signal_api is not None or s.scheduled is not None,
+        ),
+    )
+
+
+class Journal(ApiModel):
+    """The durable order journal's volume."""
+
+    size: Quantity = Field("1Gi", description="Size of the journal's PersistentVolumeClaim.")
+    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass of the volume.")
+
+
+class ReplayOptions(ApiModel):
+    """For a paper session: replay historical bars instead of following the clock."""
+
+    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}\.\.\d{4}-\d{2}-\d{2}$")] | None = Field(
+        None, description="START..END of the replay."
+    )
+    speed: float = Field(0.0, ge=0, description="Replay speed relative to real time; 0 runs as fast as possible.")
+
+
+class LiveTradingSessionSpec(ApiModel):
+    """A trading session."""
+
+    mode: SessionMode = Field(SessionMode.PAPER, description="paper or live. live needs a real broker.")
+    account: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
+        description="Broker account id; at most one session runs per account."
+    )
+    broker: Broker = Field(default_factory=Broker, description="The broker adapter.")
+    risk_policy_ref: LocalObjectReference = Field(description="The RiskPolicy guarding this session.")
+    strategy: SessionStrategy = Field(
+        default_factory=lambda: SessionStrategy(signal_api=SignalApi()),
+        description="Signal API and/or scheduled strategy.",
+    )
+    universe: Universe = Field(default_factory=Universe, description="Instruments the session may trade.")
+    data: DataSource = Field(default_factory=DataSource, description="Bars for the paper broker and for prices.")
+    exchange: Exchange = Field(default_factory=Exchange, description="Costs the paper broker charges (as a Backtest).")
+    starting_cash: float = Field(10_000_000, gt=0, description="Paper account's starting cash.")
+    timezone: TimeZone = Field("Asia/Shanghai", description="Exchange time zone.")
+    halted: bool = Field(False, description="Kill switch: true cancels open orders and stops all trading.")
+    journal: Journal = Field(default_factory=Journal, description="The order journal's storage.")
+    replay: ReplayOptions | None = Field(None, description="Paper replay over historical bars.")
+    pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement (cluster only).")
+
+    __rules__ = (
+        Rule(
+            cel="self.mode != 'live' || self.broker.type != 'paper'",
+            message="mode live needs a real broker; set broker.type (e.g. alpaca) or use mode paper",
+            field="broker.type",
+            check=lambda s: s.mode != SessionMode.LIVE or s.broker.type != BrokerType.PAPER,
+        ),
+        Rule(
+            cel="self.broker.type == 'paper' || has(self.broker.credentialsSecretRef)",
+            message="a real broker needs credentials; set broker.credentialsSecretRef to a Secret",
+            field="broker.credentialsSecretRef",
+            check=lambda s: s.broker.type == BrokerType.PAPER or s.broker.credentials_secret_ref is not None,
+        ),
+        Rule(
+            cel="!has(self.replay) || self.mode == 'paper'",
+            message="replay only works in paper mode; remove replay or set mode paper",
+            field="replay",
+            check=lambda s: s.replay is None or s.mode == SessionMode.PAPER,
+        ),
+    )
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class SessionPhase(StrEnum):
+    PENDING = "Pending"
+    RECONCILING = "Reconciling"
+    TRADING = "Trading"
+    HALTED = "Halted"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+
+class LiveTradingSessionStatus(StatusBase):
+    """Observed state of a session."""
+
+    phase: SessionPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
+    trading_state: TradingState | None = Field(None, description="ACTIVE, REDUCING (only exposure-reducing orders) or HALTED.")
+    halt_reason: str | None = Field(None, max_length=1024, description="Why the session is halted or reducing.")
+    pod_name: str | None = Field(None, max_length=253, description="The trading pod.")
+    broker_connected: bool | None = Field(None, description="Whether the broker connection is up.")
+    equity: float | None = Field(None, description="Account value.")
+    pnl: float | None = Field(None, description="Profit and loss since the session started.")
+    daily_pnl: float | None = Field(None, description="Profit and loss since the trading day's open.")
+    drawdown: float | None = Field(None, description="Loss from the equity peak, as a fraction.")
+    gross_exposure: float | None = Field(None, description="Sum of absolute position values over equity.")
+    positions: int | None = Field(None, ge=0, description="Instruments with a non-zero position.")
+    orders_today: int | None = Field(None, ge=0, description="Orders sent today.")
+    fills_today: int | None = Field(None, ge=0, description="Fills received today.")
+    rejections_today: int | None = Field(None, ge=0, description="Orders rejected by the risk engine today.")
+    last_heartbeat_time: dt.datetime | None = Field(None, description="Last time the runtime reported.")
+
+
+class LiveTradingSession(Resource):
+    """A broker-connected trading session."""
+
+    spec: LiveTradingSessionSpec = Field(description="The session.")
+    status: LiveTradingSessionStatus | None = Field(None, description="Observed state, written by the operator.")
+
+    __crd__ = CrdFacts(
+        kind="LiveTradingSession",
+        plural="livetradingsessions",
+        singular="livetradingsession",
+        short_names=("lts",),
+        description="One broker-connected trading pod guarded by a RiskPolicy.",
+        columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Mode", ".spec.mode"),
+            PrinterColumn("Broker", ".spec.broker.type"),
+            PrinterColumn("PnL", ".status.pnl", "number"),
+            PrinterColumn("Drawdown", ".status.drawdown", "number"),
+            AGE,
+        ),
+    )
+
+
+

@@ -1,0 +1,186 @@
+"""The TrainingJob kind: a qlib model trained on a Ray cluster (KubeRay), optionally tuned with Ray Tune."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from kubequant.api.backtest import Output, Segments, Universe
+from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
+from kubequant.api.common import ClassReference, DataSource, JobOptions, PodOptions, ResourceRequirements
+from kubequant.api.resource import Resource, StatusBase
+
+
+class Dataset(ApiModel):
+    """Features, label and periods the model learns from."""
+
+    handler: ClassReference = Field(
+        default_factory=lambda: ClassReference(class_name="Alpha158"),
+        description="Feature/label handler; default Alpha158 from qlib.contrib.data.handler.",
+    )
+    segments: Segments = Field(description="Train/valid/test periods.")
+
+
+class RayWorkers(ApiModel):
+    """The Ray worker group."""
+
+    replicas: int = Field(2, ge=1, le=256, description="Number of Ray worker pods.")
+    resources: ResourceRequirements | None = Field(None, description="Resources of each worker pod.")
+    gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker; >0 places workers on the GPU pool.")
+
+
+class RayCluster(ApiModel):
+    """The Ray cluster (a KubeRay RayCluster) the training runs on."""
+
+    ray_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = Field(
+        "2.40.0", description="Ray version of the cluster's image."
+    )
+    head_resources: ResourceRequirements | None = Field(None, description="Resources of the head pod.")
+    workers: RayWorkers = Field(default_factory=RayWorkers, description="The worker group.")
+
+
+class ParamDistribution(StrEnum):
+    UNIFORM = "uniform"
+    LOGUNIFORM = "loguniform"
+    RANDINT = "randint"
+    CHOICE = "choice"
+
+
+class ParamSpace(ApiModel):
+    """The search range of one hyperparameter."""
+
+    distribution: ParamDistribution = Field(description="uniform, loguniform, randint or choice.")
+    low: float | None = Field(None, description="Lower bound (uniform, loguniform, randint).")
+    high: float | None = Field(None, description="Upper bound, exclusive for randint.")
+    values: list[Annotated[str, StringConstraints(max_length=256)] | float] | None = Field(
+        None, max_length=64, description="Candidates for choice."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="self.distribution == 'choice' ? has(self.values) : (has(self.low) && has(self.high) && self.low < self.high)",
+            message="choice needs values; uniform, loguniform and randint need low < high",
+            field="distribution",
+            check=lambda p: (
+                p.values is not None
+                if p.distribution == ParamDistribution.CHOICE
+                else (p.low is not None and p.high is not None and p.low < p.high)
+            ),
+        ),
+        Rule(
+            cel="self.distribution != 'loguniform' || (has(self.low) && self.low > 0.0)",
+            message="loguniform needs low > 0",
+            field="low",
+            check=lambda p: p.distribution != ParamDistribution.LOGUNIFORM or (p.low is not None and p.low > 0),
+        ),
+    )
+
+
+class TuneMode(StrEnum):
+    MAX = "max"
+    MIN = "min"
+
+
+class Tune(ApiModel):
+    """A hyperparameter search with Ray Tune."""
+
+    num_samples: int = Field(8, ge=1, le=10000, description="Trials to run.")
+    max_concurrent_trials: int = Field(2, ge=1, le=1000, description="Trials running at once.")
+    metric: str = Field("valid_ic", pattern=r"^(valid_ic|valid_rank_ic|valid_loss)$", description="Metric to optimise.")
+    mode: TuneMode = Field(TuneMode.MAX, description="max or min.")
+    search_space: dict[str, ParamSpace] = Field(
+        max_length=64, description="Model kwargs to search, by name, e.g. {learning_rate: {distribution: loguniform, …}}."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="self.metric != 'valid_loss' || self.mode == 'min'",
+            message="valid_loss is minimised; set mode: min",
+            field="mode",
+            check=lambda t: t.metric != "valid_loss" or t.mode == TuneMode.MIN,
+        ),
+        Rule(
+            cel="self.maxConcurrentTrials <= self.numSamples",
+            message="maxConcurrentTrials must not exceed numSamples; lower it",
+            field="maxConcurrentTrials",
+            check=lambda t: t.max_concurrent_trials <= t.num_samples,
+        ),
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    """What to train and where."""
+
+    data: DataSource = Field(default_factory=DataSource, description="The qlib data bundle.")
+    universe: Universe = Field(default_factory=Universe, description="Instruments in the dataset.")
+    dataset: Dataset = Field(description="Features, label and periods.")
+    model: ClassReference = Field(
+        default_factory=lambda: ClassReference(class_name="LGBModel"),
+        description="qlib model class; default LGBModel (LightGBM) from qlib.contrib.model.gbdt.",
+    )
+    ray: RayCluster = Field(default_factory=RayCluster, description="The Ray cluster the training runs on.")
+    tune: Tune | None = Field(None, description="Optional hyperparameter search.")
+    output: Output = Field(default_factory=Output, description="Where the model artifact and metrics go.")
+    pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement of the driver (cluster only).")
+    job: JobOptions = Field(default_factory=JobOptions, description="Job limits (cluster only).")
+    suspend: bool = Field(False, description="Create the run suspended.")
+
+
+class TrainingMetrics(ApiModel):
+    """Validation and test metrics of the trained model."""
+
+    ic: float | None = Field(None, description="Mean daily Pearson IC on the test segment.")
+    icir: float | None = Field(None, description="IC mean over its standard deviation.")
+    rank_ic: float | None = Field(None, description="Mean daily Spearman IC on the test segment.")
+    rank_icir: float | None = Field(None, description="Rank IC mean over its standard deviation.")
+    valid_ic: float | None = Field(None, description="Mean daily IC on the valid segment.")
+    loss: float | None = Field(None, description="Final validation loss.")
+
+
+class TrainingPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class TrainingJobStatus(StatusBase):
+    """Observed state of a TrainingJob."""
+
+    phase: TrainingPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
+    job_name: str | None = Field(None, max_length=253, description="Name of the driver Job.")
+    ray_cluster_name: str | None = Field(None, max_length=253, description="Name of the RayCluster.")
+    start_time: dt.datetime | None = Field(None, description="When training started.")
+    completion_time: dt.datetime | None = Field(None, description="When training finished.")
+    best_metric: float | None = Field(None, description="Best value of the optimised metric.")
+    best_params: dict[str, object] | None = Field(
+        None, description="Hyperparameters of the best trial.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    trials: int | None = Field(None, ge=0, description="Trials completed.")
+    metrics: TrainingMetrics | None = Field(None, description="Metrics of the best model.")
+    model_uri: str | None = Field(None, max_length=2048, description="Where the model artifact was written.")
+
+
+class TrainingJob(Resource):
+    """A model training run on Ray."""
+
+    spec: TrainingJobSpec = Field(description="What to train and where.")
+    status: TrainingJobStatus | None = Field(None, description="Observed state, written by the operator.")
+
+    __crd__ = CrdFacts(
+        kind="TrainingJob",
+        plural="trainingjobs",
+        singular="trainingjob",
+        short_names=("tj",),
+        description="Trains a qlib model (LightGBM first) on a Ray cluster, optionally with a Ray Tune search.",
+        columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Best metric", ".status.bestMetric", "number"),
+            AGE,
+        ),
+        mutable_spec_fields=("suspend",),
+    )
