@@ -6,6 +6,7 @@ tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -98,7 +99,7 @@ def validate(files: tuple[str, ...]) -> None:
     problems = 0
     for name in files:
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
-        for doc_name, errors in validate_documents(load_documents(text, source=name)):
+        for doc_name, errors in validate_documents(load_documents(text, source="<stdin>" if name == "-" else name)):
             if errors:
                 problems += len(errors)
                 for err in errors:
@@ -139,3 +140,110 @@ def data_import(source: Path, out_dir: Path) -> None:
 
     summary = import_bundle(source, out_dir)
     click.echo(summary.describe())
+
+
+# --- run / workload --------------------------------------------------------------------------
+
+
+def _stderr_progress() -> Any:
+    import time
+
+    start = time.perf_counter()
+
+    def progress(stage: str, message: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:7.1f}s] {stage:<9} {message}", err=True)
+
+    return progress
+
+
+_TABLE_ROWS = (
+    ("annualizedReturn", "Annualised return", "{:+.2%}"),
+    ("sharpe", "Sharpe (net)", "{:.2f}"),
+    ("maxDrawdown", "Max drawdown", "{:.2%}"),
+    ("excessAnnualizedReturn", "Excess return (ann.)", "{:+.2%}"),
+    ("informationRatio", "Information ratio", "{:.2f}"),
+    ("benchmarkAnnualizedReturn", "Benchmark return (ann.)", "{:+.2%}"),
+    ("totalReturn", "Total return", "{:+.2%}"),
+    ("winRate", "Win rate (days)", "{:.1%}"),
+    ("turnover", "Mean daily turnover", "{:.2%}"),
+    ("avgTradeCostBps", "Avg trade cost (bps)", "{:.1f}"),
+    ("trades", "Trades", "{:d}"),
+    ("days", "Days", "{:d}"),
+    ("ic", "IC (test)", "{:.4f}"),
+    ("rankIc", "Rank IC (test)", "{:.4f}"),
+    ("icir", "ICIR", "{:.3f}"),
+    ("finalAccountValue", "Final account value", "{:,.0f}"),
+)
+
+
+def _print_results(name: str, results: dict[str, Any]) -> None:
+    click.echo(f"Backtest {name}")
+    for key, label, fmt in _TABLE_ROWS:
+        value = results.get(key)
+        click.echo(f"  {label:<26} {'-' if value is None else fmt.format(value)}")
+    if results.get("report"):
+        click.echo(f"  {'Report':<26} {results['report']}")
+
+
+@main.command()
+@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default: ./reports/<name>.")
+def run(file: Path, output: str, report_dir: Path | None) -> None:
+    """Run a manifest in process, with no cluster (Backtest)."""
+    from kubequant.api import Backtest
+    from kubequant.errors import ValidationError
+    from kubequant.manifests import load_resources
+    from kubequant.workloads.backtest.runner import run_backtest
+
+    resources = load_resources(file)
+    runnable = [r for r in resources if isinstance(r, Backtest)]
+    if not runnable:
+        kinds = sorted({type(r).__name__ for r in resources}) or ["nothing"]
+        raise ValidationError(f"found {', '.join(kinds)}; nothing kubequant run can run", where=str(file), fix="give a Backtest")
+    outputs = {}
+    for bt in runnable:
+        target = report_dir if report_dir is not None and len(runnable) == 1 else None
+        if report_dir is not None and len(runnable) > 1:
+            target = report_dir / bt.metadata.name
+        # qlib and LightGBM print to stdout; stdout is kept for the results (-o json).
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_backtest(bt, target, progress=_stderr_progress())
+        outputs[bt.metadata.name] = outcome.results.to_manifest()
+    if output == "json":
+        only = next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        click.echo(json.dumps(only, indent=2, sort_keys=True))
+    else:
+        for name, results in outputs.items():
+            _print_results(name, results)
+
+
+@main.group(cls=_Group)
+def workload() -> None:
+    """Entrypoints of the pods the operator creates."""
+
+
+@workload.command("backtest")
+@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--report-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Mounted bundle (overrides spec.data).")
+@click.option(
+    "--termination-log",
+    type=click.Path(path_type=Path),
+    default=Path("/dev/termination-log"),
+    show_default=True,
+    help="Where the results JSON is written for the operator (Kubernetes' terminationMessagePath).",
+)
+def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, termination_log: Path) -> None:
+    """Run the Backtest in --config (a manifest) and leave its results in the termination log."""
+    from kubequant.api import Backtest
+    from kubequant.manifests import load_resources
+    from kubequant.workloads.backtest.runner import run_backtest
+
+    (bt,) = [r for r in load_resources(config) if isinstance(r, Backtest)]
+    with contextlib.redirect_stdout(sys.stderr):
+        outcome = run_backtest(bt, report_dir, progress=_stderr_progress(), data_path=data_path)
+    payload = json.dumps(outcome.results.to_manifest(), separators=(",", ":"), sort_keys=True)
+    if termination_log.parent.exists():
+        termination_log.write_text(payload)
+    click.echo(payload)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic.json_schema import GenerateJsonSchema
@@ -24,8 +25,9 @@ class _CrdJsonSchema(GenerateJsonSchema):
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> dict[str, Any]:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
-            schema = {**schema, "default": factory()}  # type: ignore[typeddict-item]
-            schema.pop("default_factory", None)  # type: ignore[misc]
+            schema = schema.copy()
+            schema["default"] = cast(Callable[[], Any], factory)()  # takes no data: checked above
+            schema.pop("default_factory", None)
         return super().default_schema(schema)
 
     def encode_default(self, dft: Any) -> Any:
@@ -52,6 +54,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if node.get("x-kubernetes-int-or-string"):
+            # The string branch's checks move up (as controller-gen does for quantities): the API
+            # server applies pattern and maxLength to string values only, and anyOf may not carry them.
+            for branch in branches:
+                if branch.get("type") == "string":
+                    node.update({k: branch[k] for k in ("pattern", "maxLength") if k in branch})
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         elif len(branches) == 1:
             merged = dict(branches[0])

@@ -74,7 +74,7 @@ class SessionStrategy(ApiModel):
     __rules__ = (
         Rule(
             cel="has(self.signalApi) || has(self.scheduled)",
-            message="set signalApi, scheduled, or both",
+            message="nothing drives the session's orders; set signalApi, scheduled, or both",
             field="signalApi",
             check=lambda s: s.signal_api is not None or s.scheduled is not None,
         ),

@@ -20,10 +20,10 @@ class ObjectMeta(ApiModel):
 
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Object name (a DNS subdomain).")
     namespace: str | None = Field(None, max_length=63, description="Namespace of the object.")
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
-    generation: int | None = None
-    uid: str | None = None
+    labels: dict[str, str] | None = Field(None, description="Key/value labels for selecting and grouping objects.")
+    annotations: dict[str, str] | None = Field(None, description="Key/value notes for tools; not used for selection.")
+    generation: int | None = Field(None, description="Written by the API server: changes whenever the spec does.")
+    uid: str | None = Field(None, description="Written by the API server: the object's unique id.")
 
 
 class StatusBase(ApiModel):

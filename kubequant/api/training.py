@@ -61,18 +61,23 @@ class ParamSpace(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="self.distribution == 'choice' ? has(self.values) : (has(self.low) && has(self.high) && self.low < self.high)",
-            message="choice needs values; uniform, loguniform and randint need low < high",
-            field="distribution",
+            cel="self.distribution != 'choice' || has(self.values)",
+            message="choice needs values; list the candidates in values",
+            field="values",
+            check=lambda p: p.distribution != ParamDistribution.CHOICE or p.values is not None,
+        ),
+        Rule(
+            cel="self.distribution == 'choice' || (has(self.low) && has(self.high) && self.low < self.high)",
+            message="uniform, loguniform and randint need low < high; set both, with high above low",
+            field="high",
             check=lambda p: (
-                p.values is not None
-                if p.distribution == ParamDistribution.CHOICE
-                else (p.low is not None and p.high is not None and p.low < p.high)
+                p.distribution == ParamDistribution.CHOICE
+                or (p.low is not None and p.high is not None and p.low < p.high)
             ),
         ),
         Rule(
             cel="self.distribution != 'loguniform' || (has(self.low) && self.low > 0.0)",
-            message="loguniform needs low > 0",
+            message="loguniform needs low > 0; set low to a positive number",
             field="low",
             check=lambda p: p.distribution != ParamDistribution.LOGUNIFORM or (p.low is not None and p.low > 0),
         ),

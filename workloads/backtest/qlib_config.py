@@ -1,0 +1,122 @@
+"""A Backtest spec in qlib's own configuration vocabulary (class/module_path/kwargs dicts).
+
+Pure: no qlib import, no I/O. The runner hands these dicts to qlib's ``init_instance_by_config``
+and ``qlib.backtest.backtest``; the parity test builds the same run by hand from qlib's docs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubequant.api.backtest import BacktestSpec, InlineModel
+from kubequant.api.common import ClassReference
+from kubequant.errors import ConfigError
+
+# Where qlib keeps the classes people name without a module.
+HANDLER_MODULE = "qlib.contrib.data.handler"
+STRATEGY_MODULE = "qlib.contrib.strategy"
+MODEL_MODULES = {
+    "LGBModel": "qlib.contrib.model.gbdt",
+    "XGBModel": "qlib.contrib.model.xgboost",
+    "CatBoostModel": "qlib.contrib.model.catboost_model",
+    "LinearModel": "qlib.contrib.model.linear",
+    "DEnsembleModel": "qlib.contrib.model.double_ensemble",
+}
+# qlib's label for Alpha158/Alpha360: the return from the next day's close to the one after.
+DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
+
+
+def class_config(ref: ClassReference, default_module: str | None, field: str, **extra: Any) -> dict[str, Any]:
+    """qlib's {class, module_path, kwargs} for a class reference; ``extra`` kwargs are defaults."""
+    module = ref.module or default_module
+    if module is None:
+        raise ConfigError(
+            f"no default module for class {ref.class_name!r}", where=f"{field}.module", fix="set module, e.g. qlib.contrib.model.gbdt"
+        )
+    return {"class": ref.class_name, "module_path": module, "kwargs": {**extra, **ref.kwargs}}
+
+
+def dataset_config(model: InlineModel, market: str | list[str], field: str = "spec.signal.model") -> dict[str, Any]:
+    """qlib's DatasetH config: the handler over train..test, fitted on train, and the three segments."""
+    seg = model.segments
+    handler = class_config(
+        model.handler,
+        HANDLER_MODULE,
+        f"{field}.handler",
+        start_time=str(seg.train.start),
+        end_time=str(seg.test.end),
+        fit_start_time=str(seg.train.start),
+        fit_end_time=str(seg.train.end),
+        instruments=market,
+    )
+    return {
+        "class": "DatasetH",
+        "module_path": "qlib.data.dataset",
+        "kwargs": {
+            "handler": handler,
+            "segments": {
+                "train": (str(seg.train.start), str(seg.train.end)),
+                "valid": (str(seg.valid.start), str(seg.valid.end)),
+                "test": (str(seg.test.start), str(seg.test.end)),
+            },
+        },
+    }
+
+
+def model_config(model: InlineModel, field: str = "spec.signal.model") -> dict[str, Any]:
+    """qlib's model config."""
+    return class_config(model.model, MODEL_MODULES.get(model.model.class_name), f"{field}.model")
+
+
+def strategy_config(spec: BacktestSpec) -> dict[str, Any]:
+    """qlib's strategy config, without the signal (the runner adds it)."""
+    if spec.strategy.custom is not None:
+        return class_config(spec.strategy.custom, STRATEGY_MODULE, "spec.strategy.custom")
+    td = spec.strategy.topk_dropout
+    if td is None:
+        from kubequant.api.backtest import TopkDropout
+
+        td = TopkDropout()
+    return {
+        "class": "TopkDropoutStrategy",
+        "module_path": STRATEGY_MODULE,
+        "kwargs": {
+            "topk": td.topk,
+            "n_drop": td.n_drop,
+            "risk_degree": td.risk_degree,
+            "hold_thresh": td.hold_thresh,
+            "only_tradable": td.only_tradable,
+            "forbid_all_trade_at_limit": td.forbid_all_trade_at_limit,
+        },
+    }
+
+
+def executor_config(spec: BacktestSpec) -> dict[str, Any]:
+    """qlib's SimulatorExecutor config."""
+    return {
+        "class": "SimulatorExecutor",
+        "module_path": "qlib.backtest.executor",
+        "kwargs": {
+            "time_per_step": spec.executor.frequency,
+            "generate_portfolio_metrics": True,
+            "trade_type": spec.executor.trade_type,
+            "verbose": False,
+        },
+    }
+
+
+def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
+    """kwargs of qlib's Exchange."""
+    ex = spec.exchange
+    out: dict[str, Any] = {
+        "freq": spec.executor.frequency,
+        "limit_threshold": ex.limit_threshold,
+        "deal_price": ex.deal_price,
+        "open_cost": ex.open_cost,
+        "close_cost": ex.close_cost,
+        "min_cost": ex.min_cost,
+        "impact_cost": ex.impact_cost,
+    }
+    if ex.trade_unit is not None:
+        out["trade_unit"] = ex.trade_unit
+    return out

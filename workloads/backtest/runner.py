@@ -1,0 +1,200 @@
+"""Runs a Backtest in process: the one code path of `kubequant run` and of the operator's Job pod."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kubequant.api.backtest import Backtest, BacktestResults
+from kubequant.errors import ConfigError
+from kubequant.workloads.backtest import metrics, preflight, report
+from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
+from kubequant.workloads.backtest.signal import Signal, init_class, read_signal_file, train_and_predict
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+
+
+def _quiet(stage: str, message: str) -> None:
+    log.info("%s: %s", stage, message)
+
+
+@dataclass
+class BacktestOutcome:
+    """What a finished backtest leaves: the headline results and the report folder."""
+
+    results: BacktestResults
+    report_dir: Path
+    files: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_data_path(bt: Backtest, data_path: Path | None = None) -> Path:
+    """The local folder of the bundle: an override (a mounted volume), a path, or the cached sample."""
+    if data_path is not None:
+        return data_path
+    data = bt.spec.data
+    if data.path is not None:
+        return Path(data.path)
+    sample = data.resolved_sample()
+    if sample is not None:
+        from kubequant.workloads.data.sample import SampleSpec, ensure_sample_bundle
+
+        return ensure_sample_bundle(
+            SampleSpec(instruments=sample.instruments, start=str(sample.start), end=str(sample.end), seed=sample.seed)
+        )
+    raise ConfigError(
+        "a PersistentVolumeClaim cannot be read outside the cluster",
+        where="spec.data.volume",
+        fix="for kubequant run, copy the bundle locally and set spec.data.path",
+    )
+
+
+def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
+    """Point qlib at the bundle (process-wide), with its caches off so runs are independent.
+
+    qlib's models log training metrics to an MLflow experiment; it goes to ``scratch`` rather
+    than ./mlruns in the user's working directory.
+    """
+    import qlib
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    qlib.init(
+        provider_uri=str(provider_uri),
+        region=region,
+        logging_level=logging.WARNING,
+        expression_cache=None,
+        dataset_cache=None,
+        exp_manager={
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": scratch.as_uri(), "default_exp_name": "kubequant"},
+        },
+    )
+
+
+def recording_strategy(config: dict[str, Any], signal: pd.Series, executed: list[Any]) -> Any:
+    """The configured qlib strategy, subclassed only to keep the execute results qlib hands it each step."""
+    from qlib.utils import get_callable_kwargs
+
+    try:
+        klass, kwargs = get_callable_kwargs(config)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise ConfigError(
+            f"cannot import {config['module_path']}.{config['class']} ({err})",
+            where="spec.strategy.custom.class",
+            fix="check the class name and module",
+        ) from err
+
+    class Recording(klass):  # type: ignore[misc, valid-type]
+        def post_exe_step(self, execute_result: Any) -> Any:
+            executed.extend(execute_result or [])
+            return super().post_exe_step(execute_result)
+
+    Recording.__name__ = f"Recording{klass.__name__}"
+    return init_class({"class": Recording, "kwargs": {**kwargs, "signal": signal}}, "spec.strategy")
+
+
+def run_backtest(
+    bt: Backtest, report_dir: Path | None = None, progress: Progress = _quiet, data_path: Path | None = None
+) -> BacktestOutcome:
+    """Run one Backtest end to end and write its report."""
+    spec = bt.spec
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    progress("data", "locating the data bundle (the built-in sample is generated on first use)")
+    bundle_path = resolve_data_path(bt, data_path)
+    bundle = preflight.Bundle.open(bundle_path)
+    preflight.check_backtest(spec, bundle)
+    with tempfile.TemporaryDirectory(prefix="kubequant-mlruns-") as scratch:
+        init_qlib(bundle_path, spec.data.region, Path(scratch))
+        lap("data")
+        try:
+            return _run_in_qlib(bt, report_dir, progress, timings, lap)
+        finally:
+            _end_qlib_experiment()
+
+
+def _end_qlib_experiment() -> None:
+    """Close the MLflow run qlib's model opened, before its scratch folder goes away."""
+    from qlib.workflow import R
+
+    try:
+        R.end_exp(recorder_status="FINISHED")
+    except Exception:  # noqa: BLE001 - nothing was started, or it already ended
+        log.debug("no qlib experiment to end", exc_info=True)
+
+
+def _run_in_qlib(
+    bt: Backtest, report_dir: Path | None, progress: Progress, timings: dict[str, float], lap: Callable[[str], None]
+) -> BacktestOutcome:
+    spec = bt.spec
+
+    market = spec.universe.resolved_market()
+    signal: Signal
+    if spec.signal.model is not None:
+        signal = train_and_predict(spec.signal.model, market, progress)
+    elif spec.signal.file is not None:
+        progress("signal", f"reading {spec.signal.file.path}")
+        signal = read_signal_file(Path(spec.signal.file.path), spec)
+    else:
+        raise ConfigError(
+            "modelRef needs the operator to resolve the TrainingJob's model",
+            where="spec.signal.modelRef",
+            fix="run it on a cluster, or use spec.signal.file with the model's scores",
+        )
+    if signal.scores.empty:
+        raise ConfigError("the signal has no scores in the period", where="spec.signal", fix="check the period and universe")
+    lap("signal")
+
+    progress("backtest", f"backtesting {spec.period.start} … {spec.period.end}")
+    from qlib.backtest import backtest as qlib_backtest
+
+    executed: list[Any] = []
+    strategy = recording_strategy(strategy_config(spec), signal.scores, executed)
+    portfolio, _indicators = qlib_backtest(
+        start_time=str(spec.period.start),
+        end_time=str(spec.period.end),
+        strategy=strategy,
+        executor=executor_config(spec),
+        benchmark=spec.benchmark,
+        account=spec.account,
+        exchange_kwargs=exchange_kwargs(spec),
+    )
+    daily, positions = next(iter(portfolio.values()))
+    lap("backtest")
+
+    ic, rank_ic = metrics.signal_ic(signal.scores, signal.label)
+    results = metrics.summarize(daily, spec.account, sum(1 for o, *_ in executed if o.deal_amount > 0), ic, rank_ic)
+    out = report_dir or Path("reports") / bt.metadata.name
+    results = results.model_copy(update={"report": str(out)})
+    progress("report", f"writing the report to {out}")
+    files = report.write_report(
+        out,
+        bt.metadata.name,
+        results,
+        daily,
+        report.positions_frame(positions),
+        report.trades_frame(executed),
+        signal.scores,
+        bt.to_manifest(),
+        timings,
+    )
+    lap("report")
+    return BacktestOutcome(results=results, report_dir=out, files=files, timings=timings)
