@@ -247,3 +247,7 @@ def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, te
     if termination_log.parent.exists():
         termination_log.write_text(payload)
     click.echo(payload)
+
+
+if __name__ == "__main__":
+    main()

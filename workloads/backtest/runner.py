@@ -77,7 +77,9 @@ def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
         exp_manager={
             "class": "MLflowExpManager",
             "module_path": "qlib.workflow.expm",
-            "kwargs": {"uri": scratch.as_uri(), "default_exp_name": "kubequant"},
+            # qlib locks "<uri path without its leading slash>" relative to the working directory;
+            # a relative file: URI makes that lock land inside ``scratch`` instead of under ./tmp.
+            "kwargs": {"uri": f"file:{os.path.relpath(scratch)}", "default_exp_name": "kubequant"},
         },
     )
 
