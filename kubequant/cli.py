@@ -44,7 +44,7 @@ class _Group(click.Group):
             raise
         except SystemExit:
             raise
-        except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
+        except Exception as err:
             root = ctx.find_root()
             _fail(err, bool(root.params.get("debug")))
 
@@ -79,7 +79,9 @@ def crds_generate(out_dir: Path, check: bool) -> None:
         drifted = check_crds(out_dir)
         if drifted:
             for name in drifted:
-                click.echo(f"drift: {name} differs from the API models; run `kubequant crds generate`", err=True)
+                click.echo(
+                    f"drift: {name} differs from the API models; run `kubequant crds generate`", err=True
+                )
             sys.exit(1)
         click.echo(f"crds in {out_dir} match the API models")
         return
@@ -91,7 +93,9 @@ def crds_generate(out_dir: Path, check: bool) -> None:
 
 
 @main.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True, help="Manifest file(s); '-' for stdin.")
+@click.option(
+    "-f", "--filename", "files", multiple=True, required=True, help="Manifest file(s); '-' for stdin."
+)
 def validate(files: tuple[str, ...]) -> None:
     """Check manifests against the API models and cross-field rules (exit 2 if invalid)."""
     from kubequant.manifests import load_documents, validate_documents
@@ -99,7 +103,9 @@ def validate(files: tuple[str, ...]) -> None:
     problems = 0
     for name in files:
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
-        for doc_name, errors in validate_documents(load_documents(text, source="<stdin>" if name == "-" else name)):
+        for doc_name, errors in validate_documents(
+            load_documents(text, source="<stdin>" if name == "-" else name)
+        ):
             if errors:
                 problems += len(errors)
                 for err in errors:
@@ -121,13 +127,20 @@ def data() -> None:
 @data.command("sample")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--instruments", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--years", type=click.IntRange(min=1), default=None, help="Years from 2020-01-01 (default: through 2022-12-31).")
+@click.option(
+    "--years",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Years from 2020-01-01 (default: through 2022-12-31).",
+)
 @click.option("--seed", type=int, default=42, show_default=True)
 def data_sample(out_dir: Path, instruments: int, years: int | None, seed: int) -> None:
     """Generate the deterministic synthetic market (the demo data)."""
     from kubequant.workloads.data.sample import SampleSpec, write_sample_bundle
 
-    summary = write_sample_bundle(out_dir, SampleSpec.from_cli(instruments=instruments, years=years, seed=seed))
+    summary = write_sample_bundle(
+        out_dir, SampleSpec.from_cli(instruments=instruments, years=years, seed=seed)
+    )
     click.echo(summary.describe())
 
 
@@ -186,9 +199,13 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--report-dir", type=click.Path(path_type=Path), default=None, help="Default: ./reports/<name>.")
+@click.option(
+    "--report-dir", type=click.Path(path_type=Path), default=None, help="Default: ./reports/<name>."
+)
 def run(file: Path, output: str, report_dir: Path | None) -> None:
     """Run a manifest in process, with no cluster (Backtest)."""
     from kubequant.api import Backtest
@@ -200,7 +217,9 @@ def run(file: Path, output: str, report_dir: Path | None) -> None:
     runnable = [r for r in resources if isinstance(r, Backtest)]
     if not runnable:
         kinds = sorted({type(r).__name__ for r in resources}) or ["nothing"]
-        raise ValidationError(f"found {', '.join(kinds)}; nothing kubequant run can run", where=str(file), fix="give a Backtest")
+        raise ValidationError(
+            f"found {', '.join(kinds)}; nothing kubequant run can run", where=str(file), fix="give a Backtest"
+        )
     outputs = {}
     for bt in runnable:
         target = report_dir if report_dir is not None and len(runnable) == 1 else None
@@ -224,9 +243,13 @@ def workload() -> None:
 
 
 @workload.command("backtest")
-@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--report-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--data-path", type=click.Path(path_type=Path), default=None, help="Mounted bundle (overrides spec.data).")
+@click.option(
+    "--data-path", type=click.Path(path_type=Path), default=None, help="Mounted bundle (overrides spec.data)."
+)
 @click.option(
     "--termination-log",
     type=click.Path(path_type=Path),

@@ -30,7 +30,11 @@ class Document:
         label = f"{self.source}#{self.index}"
         if isinstance(self.body, dict):
             kind = self.body.get("kind", "?")
-            name = (self.body.get("metadata") or {}).get("name", "?") if isinstance(self.body.get("metadata"), dict) else "?"
+            name = (
+                (self.body.get("metadata") or {}).get("name", "?")
+                if isinstance(self.body.get("metadata"), dict)
+                else "?"
+            )
             label += f" {kind}/{name}"
         return label
 
@@ -62,7 +66,13 @@ def validate_documents(docs: list[Document]) -> Iterator[tuple[str, list[Validat
 def parse_resource(body: Any) -> Resource:
     """Validate one manifest body into its kind's model, or raise with every error found."""
     if not isinstance(body, dict):
-        raise _Invalid([ValidationError("a manifest must be a mapping", where="(document)", fix="write key: value pairs")])
+        raise _Invalid(
+            [
+                ValidationError(
+                    "a manifest must be a mapping", where="(document)", fix="write key: value pairs"
+                )
+            ]
+        )
     api_version, kind = body.get("apiVersion"), body.get("kind")
     if kind not in KINDS:
         known = ", ".join(KINDS)
@@ -71,7 +81,13 @@ def parse_resource(body: Any) -> Resource:
         raise _Invalid([ValidationError(f"unknown kind {kind!r}", where="kind", fix=fix)])
     if api_version != API_GROUP_VERSION:
         raise _Invalid(
-            [ValidationError(f"apiVersion {api_version!r} is not served", where="apiVersion", fix=f"use {API_GROUP_VERSION}")]
+            [
+                ValidationError(
+                    f"apiVersion {api_version!r} is not served",
+                    where="apiVersion",
+                    fix=f"use {API_GROUP_VERSION}",
+                )
+            ]
         )
     try:
         return KINDS[kind].model_validate(body)
@@ -88,8 +104,14 @@ def load_resources(path: str | Path) -> list[Resource]:
             resources.append(parse_resource(doc.body))
         except _Invalid as err:
             first = err.errors[0]
-            more = f" (and {len(err.errors) - 1} more; see `kubequant validate -f {path}`)" if len(err.errors) > 1 else ""
-            raise ValidationError(first.message + more, where=f"{doc.name}: {first.where}", fix=first.fix) from None
+            more = (
+                f" (and {len(err.errors) - 1} more; see `kubequant validate -f {path}`)"
+                if len(err.errors) > 1
+                else ""
+            )
+            raise ValidationError(
+                first.message + more, where=f"{doc.name}: {first.where}", fix=first.fix
+            ) from None
     return resources
 
 
@@ -99,7 +121,9 @@ def _dedupe(errors: list[ValidationError]) -> list[ValidationError]:
     for err in errors:
         if err.where in by_where and err.message.endswith(("is not a valid int", "is not a valid float")):
             continue
-        if err.where in by_where and not by_where[err.where].message.endswith(("is not a valid int", "is not a valid float")):
+        if err.where in by_where and not by_where[err.where].message.endswith(
+            ("is not a valid int", "is not a valid float")
+        ):
             by_where[f"{err.where}#{len(by_where)}"] = err
             continue
         by_where[err.where] = err
@@ -143,25 +167,37 @@ def _translate(err: Any, body: Any) -> ValidationError:
         message, _, fix = str(err["msg"]).partition("; ")
         return ValidationError(message, where=where, fix=fix or None)
     if kind == "missing":
-        return ValidationError("required field is missing", where=where, fix=f"add {where.rsplit('.', 1)[-1]}")
+        return ValidationError(
+            "required field is missing", where=where, fix=f"add {where.rsplit('.', 1)[-1]}"
+        )
     if kind == "extra_forbidden":
         name = where.rsplit(".", 1)[-1]
         hint = difflib.get_close_matches(name, sorted(_all_field_names()), n=1)
         fix = f"did you mean {hint[0]}?" if hint else "remove it (see `kubectl explain` for the fields)"
         return ValidationError("unknown field", where=where, fix=fix)
     if kind in ("enum", "literal_error"):
-        return ValidationError(f"{err['input']!r} is not allowed", where=where, fix=f"use one of {ctx.get('expected')}")
+        return ValidationError(
+            f"{err['input']!r} is not allowed", where=where, fix=f"use one of {ctx.get('expected')}"
+        )
     if kind == "string_pattern_mismatch":
-        return ValidationError(f"{err['input']!r} has the wrong form", where=where, fix=_pattern_fix(ctx.get("pattern", "")))
+        return ValidationError(
+            f"{err['input']!r} has the wrong form", where=where, fix=_pattern_fix(ctx.get("pattern", ""))
+        )
     if kind.startswith("date") or kind.startswith("datetime"):
-        return ValidationError(f"{err['input']!r} is not a date", where=where, fix="write the date as YYYY-MM-DD")
+        return ValidationError(
+            f"{err['input']!r} is not a date", where=where, fix="write the date as YYYY-MM-DD"
+        )
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         ops = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
         bound = next(iter(ctx.values()), "?")
-        return ValidationError(f"{err['input']!r} is out of range", where=where, fix=f"use a value {ops[kind]} {bound}")
+        return ValidationError(
+            f"{err['input']!r} is out of range", where=where, fix=f"use a value {ops[kind]} {bound}"
+        )
     if kind.endswith("_type") or kind.endswith("_parsing"):
         expected = kind.split("_")[0]
-        return ValidationError(f"{err['input']!r} is not a valid {expected}", where=where, fix=f"write a {expected}")
+        return ValidationError(
+            f"{err['input']!r} is not a valid {expected}", where=where, fix=f"write a {expected}"
+        )
     if kind in ("too_long", "too_short"):
         return ValidationError(msg, where=where, fix="change the number of items")
     if kind == "value_error":

@@ -27,7 +27,13 @@ MODEL_KWARGS = {
     "deterministic": True,
     "verbosity": -1,
 }
-EXCHANGE = {"openCost": 0.0005, "closeCost": 0.0015, "minCost": 5, "limitThreshold": 0.095, "dealPrice": "close"}
+EXCHANGE = {
+    "openCost": 0.0005,
+    "closeCost": 0.0015,
+    "minCost": 5,
+    "limitThreshold": 0.095,
+    "dealPrice": "close",
+}
 
 
 def make_bundle(root: Path) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import qlib_reference
 from backtest_manifests import EXCHANGE, MODEL_KWARGS, SEGMENTS, make_bundle, model_backtest
-from qlib_session import use_bundle
 
 from kubequant.api import Backtest
 from kubequant.workloads.backtest.runner import run_backtest
@@ -20,47 +20,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _plain_qlib(bundle: Path, mlruns: Path) -> pd.DataFrame:
-    """The run as qlib's own LightGBM/Alpha158 workflow would write it, with no kubequant code."""
-    from qlib.backtest import backtest
-    from qlib.backtest.executor import SimulatorExecutor
-    from qlib.contrib.data.handler import Alpha158
-    from qlib.contrib.model.gbdt import LGBModel
-    from qlib.contrib.strategy import TopkDropoutStrategy
-    from qlib.data.dataset import DatasetH
-
-    use_bundle(bundle, mlruns=mlruns)
-    seg = {k: (v["start"], v["end"]) for k, v in SEGMENTS.items()}
-    handler = Alpha158(
-        instruments="all",
-        start_time=seg["train"][0],
-        end_time=seg["test"][1],
-        fit_start_time=seg["train"][0],
-        fit_end_time=seg["train"][1],
+    """The same run through qlib's API only (benchmarks/qlib_reference.py)."""
+    qlib_reference.init(bundle, mlruns)
+    exchange = {
+        "freq": "day",
+        "limit_threshold": EXCHANGE["limitThreshold"],
+        "deal_price": EXCHANGE["dealPrice"],
+        "open_cost": EXCHANGE["openCost"],
+        "close_cost": EXCHANGE["closeCost"],
+        "min_cost": EXCHANGE["minCost"],
+    }
+    segments = {k: (v["start"], v["end"]) for k, v in SEGMENTS.items()}
+    return qlib_reference.run(
+        segments, MODEL_KWARGS, ("2021-01-04", "2021-06-28"), 8, 2, 10_000_000, exchange
     )
-    dataset = DatasetH(handler=handler, segments=seg)
-    model = LGBModel(**MODEL_KWARGS)
-    model.fit(dataset)
-    pred = model.predict(dataset, segment="test")
-    strategy = TopkDropoutStrategy(signal=pred, topk=8, n_drop=2)
-    executor = SimulatorExecutor(time_per_step="day", generate_portfolio_metrics=True)
-    portfolio, _ = backtest(
-        start_time="2021-01-04",
-        end_time="2021-06-28",
-        strategy=strategy,
-        executor=executor,
-        benchmark="SYNIDX",
-        account=10_000_000,
-        exchange_kwargs={
-            "freq": "day",
-            "limit_threshold": EXCHANGE["limitThreshold"],
-            "deal_price": EXCHANGE["dealPrice"],
-            "open_cost": EXCHANGE["openCost"],
-            "close_cost": EXCHANGE["closeCost"],
-            "min_cost": EXCHANGE["minCost"],
-        },
-    )
-    daily, _positions = next(iter(portfolio.values()))
-    return daily
 
 
 def test_kubequant_matches_plain_qlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +49,9 @@ def test_kubequant_matches_plain_qlib(tmp_path: Path, monkeypatch: pytest.Monkey
     ours = pd.read_csv(outcome.report_dir / "report.csv", index_col="datetime", parse_dates=True)
     assert len(ours) == len(reference) > 100
     for column in ("return", "cost", "bench", "turnover", "account", "total_cost"):
-        np.testing.assert_allclose(ours[column].to_numpy(), reference[column].to_numpy(), rtol=1e-9, err_msg=column)
+        np.testing.assert_allclose(
+            ours[column].to_numpy(), reference[column].to_numpy(), rtol=1e-9, err_msg=column
+        )
 
     net = reference["return"] - reference["cost"]
     expected = risk_analysis(net, freq="day")["risk"]

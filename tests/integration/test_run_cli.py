@@ -30,7 +30,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def signal_file(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Scores with a little foresight (tomorrow's return plus noise), so the IC is positive by construction."""
-    days = [d for d in (bundle / "calendars" / "day.txt").read_text().split() if "2021-01-04" <= d <= "2021-06-28"]
+    days = [
+        d for d in (bundle / "calendars" / "day.txt").read_text().split() if "2021-01-04" <= d <= "2021-06-28"
+    ]
     codes = [line.split("\t")[0] for line in (bundle / "instruments" / "all.txt").read_text().splitlines()]
     rng = np.random.default_rng(3)
     rows = [(d, c, float(rng.normal())) for d in days for c in codes]
@@ -45,7 +47,16 @@ def test_model_backtest_json_and_report(bundle: Path, tmp_path: Path) -> None:
     proc = _run("run", "-f", str(manifest), "-o", "json", "--report-dir", str(tmp_path / "rep"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)  # stdout holds only the JSON: qlib's prints go to stderr
-    for key in ("annualizedReturn", "sharpe", "maxDrawdown", "informationRatio", "winRate", "turnover", "ic", "rankIc"):
+    for key in (
+        "annualizedReturn",
+        "sharpe",
+        "maxDrawdown",
+        "informationRatio",
+        "winRate",
+        "turnover",
+        "ic",
+        "rankIc",
+    ):
         assert isinstance(results[key], float), key
     assert results["trades"] > 0 and results["days"] > 100
     assert results["maxDrawdown"] <= 0
@@ -79,14 +90,29 @@ def _mutate(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 BAD_RUNS = [
-    ("unknown strategy class", "spec.strategy", {"custom": {"class": "NoSuchStrategy"}}, "spec.strategy.custom.class"),
+    (
+        "unknown strategy class",
+        "spec.strategy",
+        {"custom": {"class": "NoSuchStrategy"}},
+        "spec.strategy.custom.class",
+    ),
     ("missing data", "spec.data", {"path": "/nonexistent/bundle"}, "/nonexistent/bundle"),
     ("end on the calendar's last day", "spec.period.end", "2021-06-30", "spec.period.end"),
-    ("start after the data", "spec.period", {"start": "2023-01-02", "end": "2023-02-01"}, "spec.period.start"),
+    (
+        "start after the data",
+        "spec.period",
+        {"start": "2023-01-02", "end": "2023-02-01"},
+        "spec.period.start",
+    ),
     ("unknown market", "spec.universe", {"market": "csi300"}, "spec.universe.market"),
     ("empty universe", "spec.universe", {"instruments": ["NOPE1", "NOPE2"]}, "spec.universe.instruments"),
     ("unknown benchmark", "spec.benchmark", "SH000300", "spec.benchmark"),
-    ("missing signal file", "spec.signal", {"file": {"path": "/nonexistent/scores.csv"}}, "/nonexistent/scores.csv"),
+    (
+        "missing signal file",
+        "spec.signal",
+        {"file": {"path": "/nonexistent/scores.csv"}},
+        "/nonexistent/scores.csv",
+    ),
     ("a PVC outside the cluster", "spec.data", {"volume": {"claimName": "market-data"}}, "spec.data.volume"),
     ("modelRef outside the cluster", "spec.signal", {"modelRef": {"name": "lgb"}}, "spec.signal.modelRef"),
 ]
@@ -108,6 +134,8 @@ def test_bad_input_is_one_line_exit_2(
 def test_malformed_signal_file(bundle: Path, tmp_path: Path) -> None:
     bad = tmp_path / "scores.csv"
     bad.write_text("datetime,instrument,value\n2021-01-04,SYN0001,0.5\n")
-    proc = _run("run", "-f", str(write_manifest(file_backtest(bundle, bad), tmp_path / "bt.yaml")), cwd=tmp_path)
+    proc = _run(
+        "run", "-f", str(write_manifest(file_backtest(bundle, bad), tmp_path / "bt.yaml")), cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert "missing column 'score'" in proc.stderr and str(bad) in proc.stderr

@@ -32,7 +32,11 @@ class Bundle:
                 where=str(path),
                 fix="point spec.data.path at a bundle made by `kubequant data import` or `kubequant data sample`",
             )
-        days = [dt.date.fromisoformat(line.strip()[:10]) for line in cal_file.read_text().splitlines() if line.strip()]
+        days = [
+            dt.date.fromisoformat(line.strip()[:10])
+            for line in cal_file.read_text().splitlines()
+            if line.strip()
+        ]
         if not days:
             raise DataError("the calendar is empty", where=str(cal_file), fix="re-import the data")
         return cls(path, days)
@@ -43,13 +47,17 @@ class Bundle:
         if not file.is_file():
             known = sorted(p.stem for p in (self.path / "instruments").glob("*.txt"))
             raise ConfigError(
-                f"market {market!r} is not in the bundle", where="spec.universe.market", fix=f"use one of {known}"
+                f"market {market!r} is not in the bundle",
+                where="spec.universe.market",
+                fix=f"use one of {known}",
             )
         rows = []
         for line in file.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) >= 3:
-                rows.append((parts[0], dt.date.fromisoformat(parts[1][:10]), dt.date.fromisoformat(parts[2][:10])))
+                rows.append(
+                    (parts[0], dt.date.fromisoformat(parts[1][:10]), dt.date.fromisoformat(parts[2][:10]))
+                )
         return rows
 
     def has_instrument(self, code: str) -> bool:
@@ -63,13 +71,17 @@ def check_range(bundle: Bundle, rng: DateRange, field: str, need_next_day: bool)
     # A start before the first day is fine (qlib begins at the first trading day); one after the data is not.
     if rng.start > last:
         raise ConfigError(
-            f"{rng.start} is after the data ends ({first} … {last})", where=f"{field}.start", fix=f"start before {last}"
+            f"{rng.start} is after the data ends ({first} … {last})",
+            where=f"{field}.start",
+            fix=f"start before {last}",
         )
     latest = bundle.calendar[-2] if need_next_day else last
     if rng.end > latest:
         why = " (qlib needs the next trading day to close the last step)" if need_next_day else ""
         raise ConfigError(
-            f"{rng.end} is past the last usable day {latest}{why}", where=f"{field}.end", fix=f"end on or before {latest}"
+            f"{rng.end} is past the last usable day {latest}{why}",
+            where=f"{field}.end",
+            fix=f"end on or before {latest}",
         )
     if not any(rng.start <= d <= rng.end for d in bundle.calendar):
         raise ConfigError("no trading day in this period", where=field, fix="widen the period")
@@ -81,12 +93,19 @@ def check_backtest(spec: BacktestSpec, bundle: Bundle) -> None:
     if spec.signal.model is not None:
         seg = spec.signal.model.segments
         for name in ("train", "valid", "test"):
-            check_range(bundle, getattr(seg, name), f"spec.signal.model.segments.{name}", need_next_day=name == "test")
+            check_range(
+                bundle, getattr(seg, name), f"spec.signal.model.segments.{name}", need_next_day=name == "test"
+            )
     if not bundle.has_instrument(spec.benchmark):
         raise ConfigError(
-            f"benchmark {spec.benchmark!r} has no data in the bundle", where="spec.benchmark", fix="use an index the bundle has"
+            f"benchmark {spec.benchmark!r} has no data in the bundle",
+            where="spec.benchmark",
+            fix="use an index the bundle has",
         )
-    if spec.executor.frequency != "day" and not (bundle.path / "calendars" / f"{spec.executor.frequency}.txt").is_file():
+    if (
+        spec.executor.frequency != "day"
+        and not (bundle.path / "calendars" / f"{spec.executor.frequency}.txt").is_file()
+    ):
         raise ConfigError(
             f"the bundle has no {spec.executor.frequency} bars",
             where="spec.executor.frequency",
@@ -94,7 +113,11 @@ def check_backtest(spec: BacktestSpec, bundle: Bundle) -> None:
         )
     universe = spec.universe.resolved_market()
     if isinstance(universe, str):
-        live = [code for code, lo, hi in bundle.market_members(universe) if lo <= spec.period.end and hi >= spec.period.start]
+        live = [
+            code
+            for code, lo, hi in bundle.market_members(universe)
+            if lo <= spec.period.end and hi >= spec.period.start
+        ]
         if not live:
             raise ConfigError(
                 f"market {universe!r} has no instrument trading in {spec.period.start} … {spec.period.end}",
@@ -105,5 +128,7 @@ def check_backtest(spec: BacktestSpec, bundle: Bundle) -> None:
         missing = [code for code in universe if not bundle.has_instrument(code)]
         if len(missing) == len(universe):
             raise ConfigError(
-                "none of the instruments has data in the bundle", where="spec.universe.instruments", fix="list codes the bundle has"
+                "none of the instruments has data in the bundle",
+                where="spec.universe.instruments",
+                fix="list codes the bundle has",
             )

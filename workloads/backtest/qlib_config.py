@@ -31,12 +31,16 @@ def class_config(ref: ClassReference, default_module: str | None, field: str, **
     module = ref.module or default_module
     if module is None:
         raise ConfigError(
-            f"no default module for class {ref.class_name!r}", where=f"{field}.module", fix="set module, e.g. qlib.contrib.model.gbdt"
+            f"no default module for class {ref.class_name!r}",
+            where=f"{field}.module",
+            fix="set module, e.g. qlib.contrib.model.gbdt",
         )
     return {"class": ref.class_name, "module_path": module, "kwargs": {**extra, **ref.kwargs}}
 
 
-def dataset_config(model: InlineModel, market: str | list[str], field: str = "spec.signal.model") -> dict[str, Any]:
+def dataset_config(
+    model: InlineModel, market: str | list[str], field: str = "spec.signal.model"
+) -> dict[str, Any]:
     """qlib's DatasetH config: the handler over train..test, fitted on train, and the three segments."""
     seg = model.segments
     handler = class_config(

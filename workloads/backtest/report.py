@@ -48,7 +48,9 @@ def trades_frame(executed: list[tuple[Any, float, float, float]]) -> pd.DataFram
                 "factor": order.factor,
             }
         )
-    return pd.DataFrame(rows, columns=["datetime", "instrument", "side", "amount", "price", "value", "cost", "factor"])
+    return pd.DataFrame(
+        rows, columns=["datetime", "instrument", "side", "amount", "price", "value", "cost", "factor"]
+    )
 
 
 def write_chart(report: pd.DataFrame, path: Path, title: str) -> None:
@@ -61,7 +63,9 @@ def write_chart(report: pd.DataFrame, path: Path, title: str) -> None:
     net = (report["return"] - report["cost"]).cumsum()
     bench = report["bench"].cumsum()
     drawdown = net - net.cummax()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     top.plot(net.index, net.to_numpy(), label="strategy (net of costs)")
     top.plot(bench.index, bench.to_numpy(), label="benchmark")
     top.plot(net.index, (net - bench).to_numpy(), label="excess", linestyle="--")
@@ -93,7 +97,9 @@ def write_report(
     files = {
         "metrics.json": lambda p: p.write_text(
             json.dumps(
-                {"results": results.to_manifest(), "timingsSeconds": timings, "backtest": manifest}, indent=2, default=str
+                {"results": results.to_manifest(), "timingsSeconds": timings, "backtest": manifest},
+                indent=2,
+                default=str,
             )
             + "\n"
         ),

@@ -50,7 +50,9 @@ def resolve_data_path(bt: Backtest, data_path: Path | None = None) -> Path:
         from kubequant.workloads.data.sample import SampleSpec, ensure_sample_bundle
 
         return ensure_sample_bundle(
-            SampleSpec(instruments=sample.instruments, start=str(sample.start), end=str(sample.end), seed=sample.seed)
+            SampleSpec(
+                instruments=sample.instruments, start=str(sample.start), end=str(sample.end), seed=sample.seed
+            )
         )
     raise ConfigError(
         "a PersistentVolumeClaim cannot be read outside the cluster",
@@ -139,12 +141,16 @@ def _end_qlib_experiment() -> None:
 
     try:
         R.end_exp(recorder_status="FINISHED")
-    except Exception:  # noqa: BLE001 - nothing was started, or it already ended
+    except Exception:
         log.debug("no qlib experiment to end", exc_info=True)
 
 
 def _run_in_qlib(
-    bt: Backtest, report_dir: Path | None, progress: Progress, timings: dict[str, float], lap: Callable[[str], None]
+    bt: Backtest,
+    report_dir: Path | None,
+    progress: Progress,
+    timings: dict[str, float],
+    lap: Callable[[str], None],
 ) -> BacktestOutcome:
     spec = bt.spec
 
@@ -162,7 +168,9 @@ def _run_in_qlib(
             fix="run it on a cluster, or use spec.signal.file with the model's scores",
         )
     if signal.scores.empty:
-        raise ConfigError("the signal has no scores in the period", where="spec.signal", fix="check the period and universe")
+        raise ConfigError(
+            "the signal has no scores in the period", where="spec.signal", fix="check the period and universe"
+        )
     lap("signal")
 
     progress("backtest", f"backtesting {spec.period.start} … {spec.period.end}")
@@ -183,7 +191,9 @@ def _run_in_qlib(
     lap("backtest")
 
     ic, rank_ic = metrics.signal_ic(signal.scores, signal.label)
-    results = metrics.summarize(daily, spec.account, sum(1 for o, *_ in executed if o.deal_amount > 0), ic, rank_ic)
+    results = metrics.summarize(
+        daily, spec.account, sum(1 for o, *_ in executed if o.deal_amount > 0), ic, rank_ic
+    )
     out = report_dir or Path("reports") / bt.metadata.name
     results = results.model_copy(update={"report": str(out)})
     progress("report", f"writing the report to {out}")

@@ -35,7 +35,11 @@ def init_class(config: dict[str, Any], field: str) -> Any:
             fix="check the class name and module, and that the package is installed",
         ) from err
     except TypeError as err:
-        raise ConfigError(f"bad kwargs for {config['class']}: {err}", where=f"{field}.kwargs", fix="check the class's arguments") from err
+        raise ConfigError(
+            f"bad kwargs for {config['class']}: {err}",
+            where=f"{field}.kwargs",
+            fix="check the class's arguments",
+        ) from err
 
 
 def train_and_predict(model_spec: InlineModel, market: str | list[str], progress: Any) -> Signal:
@@ -52,10 +56,16 @@ def train_and_predict(model_spec: InlineModel, market: str | list[str], progress
     if isinstance(scores, pd.DataFrame):
         scores = scores.iloc[:, 0]
     label = dataset.prepare("test", col_set="label", data_key=DataHandlerLP.DK_R)
-    return Signal(scores=scores, label=label.iloc[:, 0] if isinstance(label, pd.DataFrame) else label, model=model)
+    return Signal(
+        scores=scores, label=label.iloc[:, 0] if isinstance(label, pd.DataFrame) else label, model=model
+    )
 
 
-_COLUMN_ALIASES = {"datetime": ("datetime", "date", "time"), "instrument": ("instrument", "symbol", "code"), "score": ("score",)}
+_COLUMN_ALIASES = {
+    "datetime": ("datetime", "date", "time"),
+    "instrument": ("instrument", "symbol", "code"),
+    "score": ("score",),
+}
 
 
 def read_signal_file(path: Path, spec: BacktestSpec) -> Signal:
@@ -66,26 +76,36 @@ def read_signal_file(path: Path, spec: BacktestSpec) -> Signal:
     try:
         frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
     except Exception as err:  # pandas raises many types for unreadable files
-        raise DataError(f"cannot read the signal file ({err})", where=str(path), fix="write CSV or Parquet") from err
+        raise DataError(
+            f"cannot read the signal file ({err})", where=str(path), fix="write CSV or Parquet"
+        ) from err
     lower = {c.lower(): c for c in frame.columns}
     picked = {}
     for want, aliases in _COLUMN_ALIASES.items():
         found = next((lower[a] for a in aliases if a in lower), None)
         if found is None:
-            raise DataError(f"missing column {want!r}", where=str(path), fix="columns must be datetime, instrument, score")
+            raise DataError(
+                f"missing column {want!r}", where=str(path), fix="columns must be datetime, instrument, score"
+            )
         picked[want] = found
     frame = frame.rename(columns={v: k for k, v in picked.items()})[list(picked)]
     try:
         frame["datetime"] = pd.to_datetime(frame["datetime"])
     except (ValueError, TypeError) as err:
-        raise DataError(f"unparseable datetime ({err})", where=str(path), fix="write dates as YYYY-MM-DD") from err
+        raise DataError(
+            f"unparseable datetime ({err})", where=str(path), fix="write dates as YYYY-MM-DD"
+        ) from err
     bad = frame["score"].isna()
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0]) + 2
-        raise DataError("empty or non-numeric score", where=f"{path}:{row}", fix="every row needs a numeric score")
+        raise DataError(
+            "empty or non-numeric score", where=f"{path}:{row}", fix="every row needs a numeric score"
+        )
     if frame.duplicated(["datetime", "instrument"]).any():
         row = int(frame.duplicated(["datetime", "instrument"]).to_numpy().nonzero()[0][0]) + 2
-        raise DataError("duplicate (datetime, instrument)", where=f"{path}:{row}", fix="one score per instrument per day")
+        raise DataError(
+            "duplicate (datetime, instrument)", where=f"{path}:{row}", fix="one score per instrument per day"
+        )
     scores = frame.set_index(["datetime", "instrument"])["score"].astype(float).sort_index()
     return Signal(scores=scores, label=_label_for(scores, spec))
 

@@ -1,0 +1,31 @@
+"""qlib's ``init`` is process-global: tests point it at one bundle at a time through ``use_bundle``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import qlib
+
+
+def use_bundle(provider_uri: Path, mlruns: Path | None = None) -> None:
+    """(Re-)initialise qlib for the bundle at ``provider_uri``; ``mlruns`` is where recorders may write."""
+    kwargs = {}
+    if mlruns is not None:
+        # qlib's LGBModel logs metrics through mlflow, whose file store now needs an explicit opt-in.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        kwargs["exp_manager"] = {
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": f"file:{mlruns}", "default_exp_name": "kubequant-tests"},
+        }
+    # kernels=1: these bundles are small, and worker processes cost more than they save here.
+    qlib.init(
+        provider_uri=str(provider_uri),
+        region="cn",
+        kernels=1,
+        logging_level=logging.WARNING,
+        clear_mem_cache=True,
+        **kwargs,
+    )
