@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kubequant.errors import KubequantError
+from kubequant.errors import InputError, KubequantError
 
 log = logging.getLogger("kubequant")
 
@@ -102,6 +102,8 @@ def validate(files: tuple[str, ...]) -> None:
 
     problems = 0
     for name in files:
+        if name != "-" and not Path(name).is_file():
+            raise InputError("no such file", where=name, fix="check the path given to -f")
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
         for doc_name, errors in validate_documents(
             load_documents(text, source="<stdin>" if name == "-" else name)

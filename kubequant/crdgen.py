@@ -54,11 +54,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if node.get("x-kubernetes-int-or-string"):
-            # The string branch's checks move up (as controller-gen does for quantities): the API
-            # server applies pattern and maxLength to string values only, and anyOf may not carry them.
+            # The string branch's pattern moves up, as controller-gen writes quantities: the API
+            # server applies it to string values only, and the anyOf branches may carry only types.
             for branch in branches:
-                if branch.get("type") == "string":
-                    node.update({k: branch[k] for k in ("pattern", "maxLength") if k in branch})
+                if branch.get("type") == "string" and "pattern" in branch:
+                    node["pattern"] = branch["pattern"]
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         elif len(branches) == 1:
             merged = dict(branches[0])

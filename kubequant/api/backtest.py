@@ -31,7 +31,8 @@ class Universe(ApiModel):
     """Which instruments may be held: a market (an instruments file of the bundle) or an explicit list."""
 
     market: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)] | None = Field(
-        None, description="Name of an instruments file in the bundle (instruments/<market>.txt), e.g. all, csi300."
+        None,
+        description="Name of an instruments file in the bundle (instruments/<market>.txt), e.g. all, csi300.",
     )
     instruments: list[InstrumentCode] | None = Field(
         None, min_length=1, max_length=5000, description="Explicit instrument codes, instead of a market."
@@ -80,7 +81,9 @@ class InlineModel(ApiModel):
         default_factory=lambda: ClassReference(class_name="LGBModel"),
         description="qlib model class; default LGBModel (LightGBM) from qlib.contrib.model.gbdt.",
     )
-    segments: Segments = Field(description="Train/valid/test periods; the backtest trades on test predictions.")
+    segments: Segments = Field(
+        description="Train/valid/test periods; the backtest trades on test predictions."
+    )
 
 
 class SignalFile(ApiModel):
@@ -92,7 +95,9 @@ class SignalFile(ApiModel):
 class Signal(ApiModel):
     """Where the scores the strategy trades on come from. Set exactly one of model, modelRef, file."""
 
-    model: InlineModel | None = Field(None, description="Train a model in the run and trade its test predictions.")
+    model: InlineModel | None = Field(
+        None, description="Train a model in the run and trade its test predictions."
+    )
     model_ref: LocalObjectReference | None = Field(
         None, description="Use the model artifact of a succeeded TrainingJob in the same namespace."
     )
@@ -153,17 +158,24 @@ class Exchange(ApiModel):
     """Trading costs and rules of the simulated exchange (qlib's Exchange)."""
 
     open_cost: float = Field(0.0005, ge=0, lt=1, description="Cost rate of buying, as a fraction of value.")
-    close_cost: float = Field(0.0015, ge=0, lt=1, description="Cost rate of selling (commission plus stamp duty).")
+    close_cost: float = Field(
+        0.0015, ge=0, lt=1, description="Cost rate of selling (commission plus stamp duty)."
+    )
     min_cost: float = Field(5.0, ge=0, description="Minimum cost of one trade, in account currency.")
     limit_threshold: float | None = Field(
-        0.095, gt=0, le=1, description="Daily move, in (0, 1], at which an instrument is limit-up/down and untradable."
+        0.095,
+        gt=0,
+        le=1,
+        description="Daily move, in (0, 1], at which an instrument is limit-up/down and untradable.",
     )
     deal_price: DealPrice = Field(DealPrice.CLOSE, description="Price trades fill at: close, open or vwap.")
     trade_unit: int | None = Field(
         None, ge=1, description="Lot size in shares; defaults to the region's (100 for cn)."
     )
     impact_cost: float = Field(
-        0.0, ge=0, description="qlib's impact cost: coefficient of the squared share of the day's value traded."
+        0.0,
+        ge=0,
+        description="qlib's impact cost: coefficient of the squared share of the day's value traded.",
     )
 
 
@@ -181,7 +193,9 @@ class BacktestSpec(ApiModel):
 
     data: DataSource = Field(default_factory=DataSource, description="The qlib data bundle.")
     universe: Universe = Field(default_factory=Universe, description="Instruments the strategy may hold.")
-    benchmark: InstrumentCode = Field("SYNIDX", description="Benchmark instrument code (the sample's is SYNIDX).")
+    benchmark: InstrumentCode = Field(
+        "SYNIDX", description="Benchmark instrument code (the sample's is SYNIDX)."
+    )
     period: DateRange = Field(description="Days the strategy trades; inside the bundle's calendar.")
     account: float = Field(100_000_000, gt=0, description="Starting cash.")
     signal: Signal = Field(description="Where the scores come from: model, modelRef or file.")
@@ -191,7 +205,9 @@ class BacktestSpec(ApiModel):
     output: Output = Field(default_factory=Output, description="Where the full report is written.")
     pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement (cluster only).")
     job: JobOptions = Field(default_factory=JobOptions, description="Job limits (cluster only).")
-    suspend: bool = Field(False, description="Create the Job suspended; the only field that may change later.")
+    suspend: bool = Field(
+        False, description="Create the Job suspended; the only field that may change later."
+    )
 
     __rules__ = (
         Rule(
@@ -212,10 +228,16 @@ class BacktestSpec(ApiModel):
 class BacktestResults(ApiModel):
     """Headline figures of a finished backtest (the object `kubequant run -o json` prints)."""
 
-    annualized_return: float | None = Field(None, description="Annualised return of the portfolio, net of costs.")
-    sharpe: float | None = Field(None, description="Annualised return over annualised volatility (risk-free 0).")
+    annualized_return: float | None = Field(
+        None, description="Annualised return of the portfolio, net of costs."
+    )
+    sharpe: float | None = Field(
+        None, description="Annualised return over annualised volatility (risk-free 0)."
+    )
     max_drawdown: float | None = Field(None, description="Largest peak-to-trough loss, negative.")
-    excess_annualized_return: float | None = Field(None, description="Annualised return over the benchmark, net.")
+    excess_annualized_return: float | None = Field(
+        None, description="Annualised return over the benchmark, net."
+    )
     information_ratio: float | None = Field(None, description="Information ratio of the excess return, net.")
     excess_max_drawdown: float | None = Field(None, description="Max drawdown of the excess return, net.")
     benchmark_annualized_return: float | None = Field(None, description="Annualised return of the benchmark.")
@@ -265,7 +287,9 @@ class Backtest(Resource):
         description="A Qlib backtest of a signal through a strategy, an executor and an exchange with costs.",
         columns=(
             PrinterColumn("Phase", ".status.phase"),
-            PrinterColumn("Return", ".status.results.annualizedReturn", "number", description="Annualised return"),
+            PrinterColumn(
+                "Return", ".status.results.annualizedReturn", "number", description="Annualised return"
+            ),
             PrinterColumn("Sharpe", ".status.results.sharpe", "number"),
             PrinterColumn("MaxDD", ".status.results.maxDrawdown", "number", description="Max drawdown"),
             AGE,

@@ -22,7 +22,9 @@ ObjectName = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=
 # Instrument codes as qlib stores them (upper case letters, digits, dot, underscore, dash).
 InstrumentCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]+$", min_length=1, max_length=32)]
 PythonName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
-ModulePath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=256)]
+ModulePath = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=256)
+]
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/", max_length=1024)]
 FilePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
@@ -77,10 +79,16 @@ class TaintEffect(StrEnum):
 class Toleration(ApiModel):
     """A pod toleration, as in core/v1 (lets the pod land on tainted nodes such as a GPU pool)."""
 
-    key: str | None = Field(None, max_length=316, description="Taint key to tolerate; empty with Exists tolerates all.")
+    key: str | None = Field(
+        None, max_length=316, description="Taint key to tolerate; empty with Exists tolerates all."
+    )
     operator: TolerationOperator = Field(TolerationOperator.EQUAL, description="Exists or Equal.")
-    value: str | None = Field(None, max_length=63, description="Taint value to match when the operator is Equal.")
-    effect: TaintEffect | None = Field(None, description="Taint effect to tolerate; empty tolerates all effects.")
+    value: str | None = Field(
+        None, max_length=63, description="Taint value to match when the operator is Equal."
+    )
+    effect: TaintEffect | None = Field(
+        None, description="Taint effect to tolerate; empty tolerates all effects."
+    )
     toleration_seconds: int | None = Field(
         None, ge=0, description="For NoExecute: how long the pod stays bound after the taint appears."
     )
@@ -99,7 +107,9 @@ class ResourceRequirements(ApiModel):
     """Compute resources for the workload's container, as in core/v1 (cpu, memory, nvidia.com/gpu, …)."""
 
     requests: dict[str, Quantity] | None = Field(
-        None, max_length=16, description="Minimum resources the scheduler reserves, e.g. {cpu: '2', memory: 4Gi}."
+        None,
+        max_length=16,
+        description="Minimum resources the scheduler reserves, e.g. {cpu: '2', memory: 4Gi}.",
     )
     limits: dict[str, Quantity] | None = Field(
         None, max_length=16, description="Maximum resources; nvidia.com/gpu must be set here to get a GPU."
@@ -116,13 +126,17 @@ class PodOptions(ApiModel):
     """Where and how the workload's pod runs. Ignored by `kubequant run`, which runs in process."""
 
     image: str | None = Field(
-        None, max_length=512, description="Container image; defaults to the operator's configured workload image."
+        None,
+        max_length=512,
+        description="Container image; defaults to the operator's configured workload image.",
     )
     image_pull_policy: PullPolicy | None = Field(None, description="Always, IfNotPresent or Never.")
     image_pull_secrets: list[LocalObjectReference] | None = Field(
         None, max_length=16, description="Secrets holding registry credentials for the image."
     )
-    resources: ResourceRequirements | None = Field(None, description="CPU, memory and GPU requests and limits.")
+    resources: ResourceRequirements | None = Field(
+        None, description="CPU, memory and GPU requests and limits."
+    )
     node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
         None, max_length=32, description="Node labels the pod must land on, e.g. {kubequant.io/pool: gpu}."
     )
@@ -137,11 +151,15 @@ class JobOptions(ApiModel):
     """Knobs of the Kubernetes Job that runs a bounded workload."""
 
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Wall-clock limit of the whole run; the Job fails with DeadlineExceeded after it."
+        None,
+        ge=1,
+        description="Wall-clock limit of the whole run; the Job fails with DeadlineExceeded after it.",
     )
     backoff_limit: int = Field(0, ge=0, le=100, description="Retries of a failed pod before the run fails.")
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the finished Job (not the custom resource) this many seconds after it ends."
+        None,
+        ge=0,
+        description="Delete the finished Job (not the custom resource) this many seconds after it ends.",
     )
 
 
@@ -167,7 +185,9 @@ class SampleData(ApiModel):
     instruments: int = Field(300, ge=1, le=5000, description="Number of synthetic stocks.")
     start: dt.date = Field(dt.date(2020, 1, 1), description="First calendar day of the sample.")
     end: dt.date = Field(dt.date(2022, 12, 31), description="Last calendar day of the sample.")
-    seed: int = Field(42, ge=0, description="Random seed; the same seed gives the same bundle, byte for byte.")
+    seed: int = Field(
+        42, ge=0, description="Random seed; the same seed gives the same bundle, byte for byte."
+    )
 
     __rules__ = (
         Rule(
@@ -191,12 +211,15 @@ class DataSource(ApiModel):
 
     sample: SampleData | None = Field(None, description="The built-in synthetic market (the default).")
     path: AbsolutePath | None = Field(
-        None, description="Absolute path of a qlib bundle on the machine (kubequant run) or in the pod's image."
+        None,
+        description="Absolute path of a qlib bundle on the machine (kubequant run) or in the pod's image.",
     )
     volume: VolumeData | None = Field(None, description="A qlib bundle on a PersistentVolumeClaim.")
     region: str = Field("cn", pattern=r"^(cn|us|tw)$", description="qlib region: trading rules (cn, us, tw).")
 
-    __rules__ = (exactly_one_rule(["sample", "path", "volume"], "leave all unset for the built-in sample", True),)
+    __rules__ = (
+        exactly_one_rule(["sample", "path", "volume"], "leave all unset for the built-in sample", True),
+    )
 
     def resolved_sample(self) -> SampleData | None:
         """The sample settings if this source is the built-in sample (explicitly or by default)."""
@@ -229,19 +252,23 @@ class Condition(ApiModel):
         description="Condition type, e.g. Accepted, Running, Succeeded, Failed, Ready."
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)] = (
-        Field(description="CamelCase reason for the last transition.")
-    )
+    reason: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    ] = Field(description="CamelCase reason for the last transition.")
     message: str = Field("", max_length=32768, description="Human-readable details.")
     last_transition_time: dt.datetime = Field(description="When the status last changed.")
-    observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation this condition is about.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The .metadata.generation this condition is about."
+    )
 
 
 class ClassReference(ApiModel):
     """An importable Python class and the keyword arguments it is built with."""
 
     class_name: PythonName = Field(alias="class", description="Class name, e.g. LGBModel.")
-    module: ModulePath | None = Field(None, description="Module that defines the class; a default per role applies.")
+    module: ModulePath | None = Field(
+        None, description="Module that defines the class; a default per role applies."
+    )
     kwargs: dict[str, object] = Field(
         default_factory=dict,
         description="Keyword arguments passed to the class (free-form).",

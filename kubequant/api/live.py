@@ -16,7 +16,6 @@ from kubequant.api.common import (
     PodOptions,
     Quantity,
     SecretKeyReference,
-    exactly_one_rule,
 )
 from kubequant.api.resource import Resource, StatusBase
 from kubequant.api.risk import TimeZone
@@ -57,7 +56,9 @@ class ScheduledStrategy(ApiModel):
     """Rebalance from a model's scores on a schedule: TopkDropout targets sliced over time."""
 
     signal: Signal = Field(description="Where the scores come from (modelRef or file).")
-    topk_dropout: TopkDropout = Field(default_factory=TopkDropout, description="Target portfolio construction.")
+    topk_dropout: TopkDropout = Field(
+        default_factory=TopkDropout, description="Target portfolio construction."
+    )
     rebalance_at: Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = Field(
         "09:35", description="Time of day (session time zone) the rebalance starts."
     )
@@ -69,7 +70,9 @@ class SessionStrategy(ApiModel):
     """What drives the session's orders. Set signalApi, scheduled, or both."""
 
     signal_api: SignalApi | None = Field(None, description="Accept target signals over HTTP.")
-    scheduled: ScheduledStrategy | None = Field(None, description="Rebalance from model scores on a schedule.")
+    scheduled: ScheduledStrategy | None = Field(
+        None, description="Rebalance from model scores on a schedule."
+    )
 
     __rules__ = (
         Rule(
@@ -91,10 +94,12 @@ class Journal(ApiModel):
 class ReplayOptions(ApiModel):
     """For a paper session: replay historical bars instead of following the clock."""
 
-    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}\.\.\d{4}-\d{2}-\d{2}$")] | None = Field(
-        None, description="START..END of the replay."
+    period: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}\.\.\d{4}-\d{2}-\d{2}$")] | None = (
+        Field(None, description="START..END of the replay.")
     )
-    speed: float = Field(0.0, ge=0, description="Replay speed relative to real time; 0 runs as fast as possible.")
+    speed: float = Field(
+        0.0, ge=0, description="Replay speed relative to real time; 0 runs as fast as possible."
+    )
 
 
 class LiveTradingSessionSpec(ApiModel):
@@ -111,8 +116,12 @@ class LiveTradingSessionSpec(ApiModel):
         description="Signal API and/or scheduled strategy.",
     )
     universe: Universe = Field(default_factory=Universe, description="Instruments the session may trade.")
-    data: DataSource = Field(default_factory=DataSource, description="Bars for the paper broker and for prices.")
-    exchange: Exchange = Field(default_factory=Exchange, description="Costs the paper broker charges (as a Backtest).")
+    data: DataSource = Field(
+        default_factory=DataSource, description="Bars for the paper broker and for prices."
+    )
+    exchange: Exchange = Field(
+        default_factory=Exchange, description="Costs the paper broker charges (as a Backtest)."
+    )
     starting_cash: float = Field(10_000_000, gt=0, description="Paper account's starting cash.")
     timezone: TimeZone = Field("Asia/Shanghai", description="Exchange time zone.")
     halted: bool = Field(False, description="Kill switch: true cancels open orders and stops all trading.")
@@ -161,8 +170,12 @@ class LiveTradingSessionStatus(StatusBase):
     """Observed state of a session."""
 
     phase: SessionPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
-    trading_state: TradingState | None = Field(None, description="ACTIVE, REDUCING (only exposure-reducing orders) or HALTED.")
-    halt_reason: str | None = Field(None, max_length=1024, description="Why the session is halted or reducing.")
+    trading_state: TradingState | None = Field(
+        None, description="ACTIVE, REDUCING (only exposure-reducing orders) or HALTED."
+    )
+    halt_reason: str | None = Field(
+        None, max_length=1024, description="Why the session is halted or reducing."
+    )
     pod_name: str | None = Field(None, max_length=253, description="The trading pod.")
     broker_connected: bool | None = Field(None, description="Whether the broker connection is up.")
     equity: float | None = Field(None, description="Account value.")
@@ -181,7 +194,9 @@ class LiveTradingSession(Resource):
     """A broker-connected trading session."""
 
     spec: LiveTradingSessionSpec = Field(description="The session.")
-    status: LiveTradingSessionStatus | None = Field(None, description="Observed state, written by the operator.")
+    status: LiveTradingSessionStatus | None = Field(
+        None, description="Observed state, written by the operator."
+    )
 
     __crd__ = CrdFacts(
         kind="LiveTradingSession",
@@ -198,6 +213,3 @@ class LiveTradingSession(Resource):
             AGE,
         ),
     )
-
-
-

@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from kubequant.version import API_GROUP, API_VERSION
 from kubequant.api.base import ApiModel, CrdFacts
 from kubequant.api.common import DNS_SUBDOMAIN, Condition
+from kubequant.version import API_GROUP, API_VERSION
 
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
@@ -20,9 +20,15 @@ class ObjectMeta(ApiModel):
 
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Object name (a DNS subdomain).")
     namespace: str | None = Field(None, max_length=63, description="Namespace of the object.")
-    labels: dict[str, str] | None = Field(None, description="Key/value labels for selecting and grouping objects.")
-    annotations: dict[str, str] | None = Field(None, description="Key/value notes for tools; not used for selection.")
-    generation: int | None = Field(None, description="Written by the API server: changes whenever the spec does.")
+    labels: dict[str, str] | None = Field(
+        None, description="Key/value labels for selecting and grouping objects."
+    )
+    annotations: dict[str, str] | None = Field(
+        None, description="Key/value notes for tools; not used for selection."
+    )
+    generation: int | None = Field(
+        None, description="Written by the API server: changes whenever the spec does."
+    )
     uid: str | None = Field(None, description="Written by the API server: the object's unique id.")
 
 

@@ -36,17 +36,25 @@ class Limits(ApiModel):
     """Pre-trade limits; an order breaking any of them is rejected with a reason code."""
 
     max_order_notional: float | None = Field(None, gt=0, description="Largest value of one order.")
-    max_order_quantity: float | None = Field(None, gt=0, description="Largest quantity of one order, in shares.")
+    max_order_quantity: float | None = Field(
+        None, gt=0, description="Largest quantity of one order, in shares."
+    )
     max_daily_trades: int | None = Field(None, ge=1, description="Orders allowed per trading day.")
     max_daily_turnover: float | None = Field(None, gt=0, description="Traded value allowed per trading day.")
     max_concentration: float | None = Field(
         None, gt=0, le=1, description="Largest position in one instrument, as a fraction of equity in (0, 1]."
     )
     max_gross_exposure: float | None = Field(
-        None, gt=0, le=10, description="Sum of absolute position values over equity (1.0 = fully invested, no leverage)."
+        None,
+        gt=0,
+        le=10,
+        description="Sum of absolute position values over equity (1.0 = fully invested, no leverage).",
     )
     price_band: float | None = Field(
-        None, gt=0, le=1, description="Fat-finger band: a limit price further than this fraction from the last price is rejected."
+        None,
+        gt=0,
+        le=1,
+        description="Fat-finger band: a limit price further than this fraction from the last price is rejected.",
     )
     order_rate: OrderRate | None = Field(None, description="Order rate limit.")
 
@@ -75,7 +83,9 @@ class TradingWindow(ApiModel):
 class InstrumentFilter(ApiModel):
     """Instruments the session may or may not trade."""
 
-    allowed: list[InstrumentCode] | None = Field(None, max_length=256, description="If set, only these may be traded.")
+    allowed: list[InstrumentCode] | None = Field(
+        None, max_length=256, description="If set, only these may be traded."
+    )
     blocked: list[InstrumentCode] | None = Field(None, max_length=256, description="Never traded.")
 
     __rules__ = (
@@ -96,7 +106,9 @@ class BreachAction(StrEnum):
 class Breakers(ApiModel):
     """Post-trade circuit breakers, as fractions of the day's starting (or peak) equity."""
 
-    max_daily_loss: float | None = Field(None, gt=0, le=1, description="Loss since the day's open, in (0, 1].")
+    max_daily_loss: float | None = Field(
+        None, gt=0, le=1, description="Loss since the day's open, in (0, 1]."
+    )
     max_drawdown: float | None = Field(None, gt=0, le=1, description="Loss from the equity peak, in (0, 1].")
     action: BreachAction = Field(BreachAction.HALT, description="reduceOnly or halt (cancels open orders).")
 
@@ -115,10 +127,16 @@ class RiskPolicySpec(ApiModel):
     trading_windows: list[TradingWindow] | None = Field(
         None, max_length=16, description="When orders may be sent; unset means any time."
     )
-    timezone: TimeZone = Field("Asia/Shanghai", description="IANA time zone of the trading windows and the trading day.")
-    instruments: InstrumentFilter = Field(default_factory=InstrumentFilter, description="Allowed/blocked instruments.")
+    timezone: TimeZone = Field(
+        "Asia/Shanghai", description="IANA time zone of the trading windows and the trading day."
+    )
+    instruments: InstrumentFilter = Field(
+        default_factory=InstrumentFilter, description="Allowed/blocked instruments."
+    )
     breakers: Breakers = Field(default_factory=Breakers, description="Loss circuit breakers.")
-    broker_disconnect: DisconnectPolicy = Field(default_factory=DisconnectPolicy, description="Broker disconnect handling.")
+    broker_disconnect: DisconnectPolicy = Field(
+        default_factory=DisconnectPolicy, description="Broker disconnect handling."
+    )
 
 
 class RiskPolicyStatus(StatusBase):

@@ -29,7 +29,9 @@ class RayWorkers(ApiModel):
 
     replicas: int = Field(2, ge=1, le=256, description="Number of Ray worker pods.")
     resources: ResourceRequirements | None = Field(None, description="Resources of each worker pod.")
-    gpus_per_worker: int = Field(0, ge=0, le=16, description="GPUs per worker; >0 places workers on the GPU pool.")
+    gpus_per_worker: int = Field(
+        0, ge=0, le=16, description="GPUs per worker; >0 places workers on the GPU pool."
+    )
 
 
 class RayCluster(ApiModel):
@@ -79,7 +81,9 @@ class ParamSpace(ApiModel):
             cel="self.distribution != 'loguniform' || (has(self.low) && self.low > 0.0)",
             message="loguniform needs low > 0; set low to a positive number",
             field="low",
-            check=lambda p: p.distribution != ParamDistribution.LOGUNIFORM or (p.low is not None and p.low > 0),
+            check=lambda p: (
+                p.distribution != ParamDistribution.LOGUNIFORM or (p.low is not None and p.low > 0)
+            ),
         ),
     )
 
@@ -94,10 +98,13 @@ class Tune(ApiModel):
 
     num_samples: int = Field(8, ge=1, le=10000, description="Trials to run.")
     max_concurrent_trials: int = Field(2, ge=1, le=1000, description="Trials running at once.")
-    metric: str = Field("valid_ic", pattern=r"^(valid_ic|valid_rank_ic|valid_loss)$", description="Metric to optimise.")
+    metric: str = Field(
+        "valid_ic", pattern=r"^(valid_ic|valid_rank_ic|valid_loss)$", description="Metric to optimise."
+    )
     mode: TuneMode = Field(TuneMode.MAX, description="max or min.")
     search_space: dict[str, ParamSpace] = Field(
-        max_length=64, description="Model kwargs to search, by name, e.g. {learning_rate: {distribution: loguniform, …}}."
+        max_length=64,
+        description="Model kwargs to search, by name, e.g. {learning_rate: {distribution: loguniform, …}}.",
     )
 
     __rules__ = (
@@ -129,7 +136,9 @@ class TrainingJobSpec(ApiModel):
     ray: RayCluster = Field(default_factory=RayCluster, description="The Ray cluster the training runs on.")
     tune: Tune | None = Field(None, description="Optional hyperparameter search.")
     output: Output = Field(default_factory=Output, description="Where the model artifact and metrics go.")
-    pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement of the driver (cluster only).")
+    pod: PodOptions = Field(
+        default_factory=PodOptions, description="Pod placement of the driver (cluster only)."
+    )
     job: JobOptions = Field(default_factory=JobOptions, description="Job limits (cluster only).")
     suspend: bool = Field(False, description="Create the run suspended.")
 
@@ -163,7 +172,9 @@ class TrainingJobStatus(StatusBase):
     completion_time: dt.datetime | None = Field(None, description="When training finished.")
     best_metric: float | None = Field(None, description="Best value of the optimised metric.")
     best_params: dict[str, object] | None = Field(
-        None, description="Hyperparameters of the best trial.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        None,
+        description="Hyperparameters of the best trial.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     trials: int | None = Field(None, ge=0, description="Trials completed.")
     metrics: TrainingMetrics | None = Field(None, description="Metrics of the best model.")
