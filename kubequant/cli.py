@@ -274,5 +274,46 @@ def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, te
     click.echo(payload)
 
 
+# --- operator -------------------------------------------------------------------------------
+
+
+@main.command("operator")
+@click.option(
+    "-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable); none: all."
+)
+@click.option(
+    "--metrics-port", type=int, default=None, help="Prometheus /metrics port (KUBEQUANT_METRICS_PORT, 9090)."
+)
+@click.option(
+    "--health-port", type=int, default=None, help="kopf /healthz port (KUBEQUANT_HEALTH_PORT, 8081)."
+)
+@click.option("--peering", default=None, help="kopf peering name (KUBEQUANT_PEERING, kubequant).")
+@click.option("--priority", type=int, default=None, help="Peering priority (KUBEQUANT_PRIORITY, 0).")
+@click.option("--standalone", is_flag=True, default=None, help="No peering (single replica).")
+def operator_cmd(
+    namespaces: tuple[str, ...],
+    metrics_port: int | None,
+    health_port: int | None,
+    peering: str | None,
+    priority: int | None,
+    standalone: bool | None,
+) -> None:
+    """Run the kopf operator that reconciles kubequant's custom resources."""
+    from kubequant.operator.config import OperatorConfig
+    from kubequant.operator.main import run_operator
+
+    flags = {
+        "namespaces": list(namespaces) or None,
+        "metrics_port": metrics_port,
+        "health_port": health_port,
+        "peering": peering,
+        "priority": priority,
+        "standalone": standalone,
+    }
+    cfg = OperatorConfig(**{k: v for k, v in flags.items() if v is not None})
+    logging.getLogger().setLevel(logging.INFO)
+    run_operator(cfg)
+
+
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ def validate_documents(docs: list[Document]) -> Iterator[tuple[str, list[Validat
     for doc in docs:
         try:
             parse_resource(doc.body)
-        except _Invalid as err:
+        except InvalidManifest as err:
             yield doc.name, err.errors
         else:
             yield doc.name, []
@@ -66,7 +66,7 @@ def validate_documents(docs: list[Document]) -> Iterator[tuple[str, list[Validat
 def parse_resource(body: Any) -> Resource:
     """Validate one manifest body into its kind's model, or raise with every error found."""
     if not isinstance(body, dict):
-        raise _Invalid(
+        raise InvalidManifest(
             [
                 ValidationError(
                     "a manifest must be a mapping", where="(document)", fix="write key: value pairs"
@@ -78,9 +78,9 @@ def parse_resource(body: Any) -> Resource:
         known = ", ".join(KINDS)
         hint = difflib.get_close_matches(str(kind), list(KINDS), n=1)
         fix = f"did you mean {hint[0]}?" if hint else f"use one of {known}"
-        raise _Invalid([ValidationError(f"unknown kind {kind!r}", where="kind", fix=fix)])
+        raise InvalidManifest([ValidationError(f"unknown kind {kind!r}", where="kind", fix=fix)])
     if api_version != API_GROUP_VERSION:
-        raise _Invalid(
+        raise InvalidManifest(
             [
                 ValidationError(
                     f"apiVersion {api_version!r} is not served",
@@ -92,7 +92,7 @@ def parse_resource(body: Any) -> Resource:
     try:
         return KINDS[kind].model_validate(body)
     except pydantic.ValidationError as err:
-        raise _Invalid(_dedupe([_translate(e, body) for e in err.errors()])) from None
+        raise InvalidManifest(_dedupe([_translate(e, body) for e in err.errors()])) from None
 
 
 def load_resources(path: str | Path) -> list[Resource]:
@@ -102,7 +102,7 @@ def load_resources(path: str | Path) -> list[Resource]:
     for doc in load_documents(text, str(path)):
         try:
             resources.append(parse_resource(doc.body))
-        except _Invalid as err:
+        except InvalidManifest as err:
             first = err.errors[0]
             more = (
                 f" (and {len(err.errors) - 1} more; see `kubequant validate -f {path}`)"
@@ -130,7 +130,9 @@ def _dedupe(errors: list[ValidationError]) -> list[ValidationError]:
     return list(by_where.values())
 
 
-class _Invalid(Exception):
+class InvalidManifest(Exception):
+    """One or more errors in a manifest."""
+
     def __init__(self, errors: list[ValidationError]) -> None:
         super().__init__("; ".join(e.one_line() for e in errors))
         self.errors = errors

@@ -57,16 +57,20 @@ class ParamSpace(ApiModel):
     distribution: ParamDistribution = Field(description="uniform, loguniform, randint or choice.")
     low: float | None = Field(None, description="Lower bound (uniform, loguniform, randint).")
     high: float | None = Field(None, description="Upper bound, exclusive for randint.")
-    values: list[Annotated[str, StringConstraints(max_length=256)] | float] | None = Field(
-        None, max_length=64, description="Candidates for choice."
+    values: list[float] | None = Field(None, max_length=64, description="Numeric candidates for choice.")
+    categories: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        None, max_length=64, description="String candidates for choice (e.g. boosting types)."
     )
 
+    # The API server types CEL variables from the schema, so numbers and strings live in two typed lists.
     __rules__ = (
         Rule(
-            cel="self.distribution != 'choice' || has(self.values)",
-            message="choice needs values; list the candidates in values",
+            cel="self.distribution != 'choice' || has(self.values) != has(self.categories)",
+            message="choice needs candidates; set values (numbers) or categories (strings), not both",
             field="values",
-            check=lambda p: p.distribution != ParamDistribution.CHOICE or p.values is not None,
+            check=lambda p: (
+                p.distribution != ParamDistribution.CHOICE or ((p.values is None) != (p.categories is None))
+            ),
         ),
         Rule(
             cel="self.distribution == 'choice' || (has(self.low) && has(self.high) && self.low < self.high)",

@@ -1,0 +1,60 @@
+"""The operator's configuration: one place, from flags or KUBEQUANT_* environment variables."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_IMAGE = "ghcr.io/kubequant/kubequant:0.1.0"
+
+
+class OperatorConfig(BaseSettings):
+    """Settings of `kubequant operator`; every field is also the env var KUBEQUANT_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEQUANT_", extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch (comma-separated in env); empty means all."
+    )
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
+    )
+    health_port: int = Field(
+        8081, ge=0, le=65535, description="Port of kopf's /healthz liveness endpoint (0: off)."
+    )
+    peering: str = Field("kubequant", description="kopf peering object name shared by the replicas.")
+    standalone: bool = Field(False, description="Run without peering (a single replica, e.g. tests).")
+    priority: int = Field(0, description="kopf peering priority; the highest-priority replica is active.")
+    priority_from_ordinal: bool = Field(
+        False, description="Derive the priority from the pod name's StatefulSet ordinal: 1000 - ordinal."
+    )
+    pod_name: str | None = Field(
+        None, description="This pod's name (downward API), for priority_from_ordinal."
+    )
+    workload_image: str = Field(DEFAULT_IMAGE, description="Image of the Job pods when a spec names none.")
+    workload_image_pull_policy: str = Field("IfNotPresent", description="Pull policy of the Job pods' image.")
+    workload_service_account: str | None = Field(
+        None, description="ServiceAccount of the Job pods when a spec names none."
+    )
+    workload_command: str = Field("kubequant", description="Executable of the workload container.")
+    check_image_pull_secrets: bool = Field(
+        False, description="Check that imagePullSecrets exist before creating a Job (needs `get` on secrets)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_namespaces(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("namespaces"), str):
+            data = {**data, "namespaces": [n for n in re.split(r"[,\s]+", data["namespaces"]) if n]}
+        return data
+
+    def effective_priority(self) -> int:
+        """The peering priority, from the pod ordinal when asked to."""
+        if self.priority_from_ordinal and self.pod_name:
+            match = re.search(r"-(\d+)$", self.pod_name)
+            if match:
+                return 1000 - int(match.group(1))
+        return self.priority

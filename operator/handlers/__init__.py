@@ -1,0 +1,1 @@
+"""Thin kopf handlers: read, call the pure builders, create-or-adopt children, patch status."""

@@ -1,0 +1,60 @@
+"""`kubequant operator`: kopf with kubequant's handlers, settings, metrics and health endpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubequant.operator.config import OperatorConfig
+from kubequant.version import API_GROUP
+
+log = logging.getLogger(__name__)
+
+
+def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
+    """kopf settings: progress kept in annotations (status is schema-checked), peering, posting."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.peering.name = cfg.peering
+    settings.peering.priority = cfg.effective_priority()
+    settings.peering.standalone = cfg.standalone
+    # Replicas must never run unpeered: a missing peering CRD pauses the operator instead.
+    settings.peering.mandatory = not cfg.standalone
+    settings.peering.clusterwide = not cfg.namespaces
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def run_operator(cfg: OperatorConfig) -> None:
+    """Run until stopped (SIGTERM/SIGINT)."""
+    # Importing the handler modules registers them with kopf's default registry.
+    import kubequant.operator.handlers.backtest  # noqa: F401
+    from kubequant.operator import kube, metrics
+
+    kube.load_credentials()
+
+    @kopf.on.startup()
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, cfg)
+        if cfg.metrics_port:
+            metrics.serve(cfg.metrics_port)
+        log.info(
+            "kubequant operator: namespaces=%s priority=%s", cfg.namespaces or "all", cfg.effective_priority()
+        )
+
+    kopf.run(
+        clusterwide=not cfg.namespaces,
+        namespaces=cfg.namespaces,
+        standalone=cfg.standalone or None,
+        priority=cfg.effective_priority(),
+        peering_name=None if cfg.standalone else cfg.peering,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
+        memo=kopf.Memo(config=cfg),
+    )
