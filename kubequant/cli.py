@@ -265,12 +265,21 @@ def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, te
     from kubequant.manifests import load_resources
     from kubequant.workloads.backtest.runner import run_backtest
 
-    (bt,) = [r for r in load_resources(config) if isinstance(r, Backtest)]
-    with contextlib.redirect_stdout(sys.stderr):
-        outcome = run_backtest(bt, report_dir, progress=_stderr_progress(), data_path=data_path)
+    def leave(payload: str) -> None:
+        if termination_log.parent.exists():
+            termination_log.write_text(payload)
+
+    try:
+        (bt,) = [r for r in load_resources(config) if isinstance(r, Backtest)]
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_backtest(bt, report_dir, progress=_stderr_progress(), data_path=data_path)
+    except Exception as err:
+        # The operator reads the reason from the termination message, so a failure leaves one too.
+        text = err.one_line() if isinstance(err, KubequantError) else f"{type(err).__name__}: {err}"
+        leave(json.dumps({"error": text[:3000]}))
+        raise
     payload = json.dumps(outcome.results.to_manifest(), separators=(",", ":"), sort_keys=True)
-    if termination_log.parent.exists():
-        termination_log.write_text(payload)
+    leave(payload)
     click.echo(payload)
 
 

@@ -1,0 +1,171 @@
+"""The Backtest's children are pure functions of the spec: names, ownership, placement, hardening."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from kubequant.api import Backtest
+from kubequant.manifests import parse_resource
+from kubequant.operator.builders.backtest import (
+    build_backtest_config_map,
+    build_backtest_job,
+    config_map_name,
+    job_name,
+)
+from kubequant.operator.builders.common import child_name
+from kubequant.operator.config import OperatorConfig
+
+pytestmark = pytest.mark.unit
+
+BASE: dict[str, Any] = {
+    "apiVersion": "kubequant.io/v1alpha1",
+    "kind": "Backtest",
+    "metadata": {"name": "lgb", "namespace": "research", "uid": "1234-uid", "generation": 1},
+    "spec": {
+        "period": {"start": "2022-01-04", "end": "2022-06-30"},
+        "signal": {"file": {"path": "/data/scores.csv"}},
+    },
+}
+
+
+def backtest(**spec: Any) -> Backtest:
+    doc = copy.deepcopy(BASE)
+    doc["spec"].update(spec)
+    bt = parse_resource(doc)
+    assert isinstance(bt, Backtest)
+    return bt
+
+
+def test_names_are_deterministic_and_short() -> None:
+    assert job_name(backtest()) == "lgb-backtest"
+    assert config_map_name(backtest()) == "lgb-backtest-config"
+    long = "a" * 70
+    first, second = child_name(long, "backtest"), child_name(long, "backtest")
+    assert first == second and len(first) <= 63 and first.endswith("-backtest")
+    assert child_name("a" * 70, "backtest") != child_name("a" * 69 + "b", "backtest")
+
+
+def test_children_are_owned_and_labelled() -> None:
+    bt = backtest()
+    for obj in (build_backtest_config_map(bt), build_backtest_job(bt, OperatorConfig())):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "research"
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "kubequant.io/v1alpha1",
+            "kind": "Backtest",
+            "name": "lgb",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert meta["labels"]["kubequant.io/backtest"] == "lgb"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubequant-operator"
+
+
+def test_config_map_holds_the_resolved_manifest() -> None:
+    cm = build_backtest_config_map(backtest())
+    doc = yaml.safe_load(cm["data"]["backtest.yaml"])
+    assert doc["metadata"] == {"name": "lgb", "namespace": "research"}
+    # Defaults are filled in, so the pod runs exactly what the API server stored.
+    assert doc["spec"]["exchange"]["openCost"] == 0.0005 and doc["spec"]["benchmark"] == "SYNIDX"
+    assert "status" not in doc
+    assert parse_resource(doc).spec == backtest().spec
+
+
+def test_job_runs_the_workload_entrypoint() -> None:
+    job = build_backtest_job(backtest(), OperatorConfig(workload_image="registry.local/kq:1"))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.local/kq:1"
+    assert container["command"] == ["kubequant"]
+    assert container["args"][:4] == ["workload", "backtest", "--config", "/etc/kubequant/backtest.yaml"]
+    assert "--termination-log" in container["args"]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert pod["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["suspend"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/kubequant"]["readOnly"] is True and "/tmp" in mounts
+
+
+def test_job_meets_restricted_pod_security() -> None:
+    pod = build_backtest_job(backtest(), OperatorConfig())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+
+
+def test_job_knobs_and_placement() -> None:
+    bt = backtest(
+        job={"activeDeadlineSeconds": 600, "backoffLimit": 2, "ttlSecondsAfterFinished": 3600},
+        suspend=True,
+        pod={
+            "image": "custom:2",
+            "serviceAccountName": "backtester",
+            "nodeSelector": {"kubequant.io/pool": "cpu"},
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+            "imagePullSecrets": [{"name": "regcred"}],
+        },
+    )
+    job = build_backtest_job(bt, OperatorConfig())
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["activeDeadlineSeconds"], spec["backoffLimit"], spec["ttlSecondsAfterFinished"]) == (
+        600,
+        2,
+        3600,
+    )
+    assert spec["suspend"] is True
+    assert pod["serviceAccountName"] == "backtester"
+    assert pod["nodeSelector"] == {"kubequant.io/pool": "cpu"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["containers"][0]["image"] == "custom:2"
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "8Gi"},
+    }
+    assert "tolerations" not in pod
+
+
+def test_gpu_request_tolerates_the_gpu_pool() -> None:
+    bt = backtest(pod={"resources": {"requests": {"nvidia.com/gpu": 1}}})
+    pod = build_backtest_job(bt, OperatorConfig())["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # Kubernetes needs extended resources in limits too.
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_data_and_artifact_volumes() -> None:
+    bt = backtest(
+        data={"volume": {"claimName": "market-data", "subPath": "cn"}},
+        output={"artifacts": {"volume": {"claimName": "reports"}}},
+    )
+    pod = build_backtest_job(bt, OperatorConfig())["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "market-data", "readOnly": True}
+    assert volumes["report"]["persistentVolumeClaim"] == {"claimName": "reports"}
+    container = pod["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["data"]["subPath"] == "cn" and mounts["data"]["readOnly"] is True
+    assert mounts["report"]["subPath"] == "research/lgb"
+    assert container["args"][-2:] == ["--data-path", "/var/lib/kubequant/data"]
+
+
+def test_builders_are_pure() -> None:
+    bt, cfg = backtest(), OperatorConfig()
+    assert build_backtest_job(bt, cfg) == build_backtest_job(bt, cfg)
+    assert build_backtest_config_map(bt) == build_backtest_config_map(bt)
+
+
+def test_an_object_without_uid_cannot_own_children() -> None:
+    doc = copy.deepcopy(BASE)
+    del doc["metadata"]["uid"]
+    with pytest.raises(ValueError, match="no uid"):
+        build_backtest_job(Backtest.model_validate(doc), OperatorConfig())

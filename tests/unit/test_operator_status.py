@@ -1,0 +1,142 @@
+"""Status from a Job and its pods, in the Kubernetes API conventions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from kubequant.operator import status
+
+pytestmark = pytest.mark.unit
+
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+RESULTS = {"annualizedReturn": 0.12, "sharpe": 1.5, "maxDrawdown": -0.08, "trades": 10}
+
+
+def job(**status_: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "lgb-backtest"}, "spec": {"suspend": False}, "status": status_}
+
+
+def pod(message: str, exit_code: int = 0, finished: str = "2026-01-02T03:09:00Z") -> dict[str, Any]:
+    terminated = {"exitCode": exit_code, "message": message, "finishedAt": finished, "reason": "Completed"}
+    return {"status": {"containerStatuses": [{"state": {"terminated": terminated}}]}}
+
+
+def conditions(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+
+
+def test_first_visit_sets_every_condition() -> None:
+    st = status.backtest_status(1, "lgb-backtest", job(), [], None, T0)
+    assert st["phase"] == "Pending"
+    assert conditions(st) == {
+        "Accepted": ("True", "JobCreated"),
+        "Running": ("False", "PodPending"),
+        "Succeeded": ("Unknown", "PodPending"),
+        "Failed": ("False", "PodPending"),
+    }
+    assert all(c["observedGeneration"] == 1 and c["message"] for c in st["conditions"])
+    assert st["observedGeneration"] == 1 and st["jobName"] == "lgb-backtest"
+
+
+def test_running() -> None:
+    st = status.backtest_status(
+        1, "lgb-backtest", job(active=1, startTime="2026-01-02T03:04:06Z"), [], None, T0
+    )
+    assert st["phase"] == "Running" and conditions(st)["Running"] == ("True", "PodRunning")
+    assert st["startTime"] == "2026-01-02T03:04:06Z"
+
+
+def test_success_carries_results() -> None:
+    done = job(
+        succeeded=1,
+        completionTime="2026-01-02T03:09:01Z",
+        conditions=[{"type": "Complete", "status": "True"}],
+    )
+    st = status.backtest_status(1, "lgb-backtest", done, [pod(json.dumps(RESULTS))], None, T1)
+    assert st["phase"] == "Succeeded"
+    assert st["results"] == RESULTS
+    assert conditions(st)["Succeeded"] == ("True", "BacktestSucceeded")
+    assert conditions(st)["Failed"][0] == "False"
+    assert st["completionTime"] == "2026-01-02T03:09:01Z"
+
+
+def test_completed_without_results_is_a_failure() -> None:
+    done = job(conditions=[{"type": "Complete", "status": "True"}])
+    st = status.backtest_status(1, "lgb-backtest", done, [pod("")], None, T1)
+    assert st["phase"] == "Failed" and conditions(st)["Failed"] == ("True", "ResultsUnreadable")
+    assert "results" not in st
+
+
+def test_failure_names_the_workload_error() -> None:
+    failed = job(
+        conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}]
+    )
+    err = {
+        "error": "spec.period.end: 2022-12-30 is past the last usable day — fix: end on or before 2022-12-29"
+    }
+    st = status.backtest_status(1, "lgb-backtest", failed, [pod(json.dumps(err), exit_code=2)], None, T1)
+    assert st["phase"] == "Failed"
+    assert conditions(st)["Failed"] == ("True", "BackoffLimitExceeded")
+    assert st["message"] == err["error"]
+
+
+def test_deadline_exceeded() -> None:
+    failed = job(
+        conditions=[
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline",
+            }
+        ]
+    )
+    st = status.backtest_status(1, "lgb-backtest", failed, [], None, T1)
+    assert conditions(st)["Failed"] == ("True", "DeadlineExceeded")
+    assert "deadline" in st["message"]
+
+
+def test_suspended() -> None:
+    suspended = {"metadata": {}, "spec": {"suspend": True}, "status": {}}
+    assert status.backtest_status(1, "j", suspended, [], None, T0)["phase"] == "Suspended"
+
+
+def test_transition_time_moves_only_on_change() -> None:
+    first = status.backtest_status(1, "j", job(active=1), [], None, T0)
+    again = status.backtest_status(1, "j", job(active=1), [], first, T1)
+    assert again["conditions"] == first["conditions"]
+    done = job(conditions=[{"type": "Complete", "status": "True"}])
+    later = status.backtest_status(1, "j", done, [pod(json.dumps(RESULTS))], first, T1)
+    by_type = {c["type"]: c for c in later["conditions"]}
+    assert by_type["Accepted"]["lastTransitionTime"] == status.timestamp(T0)
+    assert by_type["Running"]["lastTransitionTime"] == status.timestamp(T1)
+
+
+def test_latest_pod_wins() -> None:
+    pods = [
+        pod('{"error": "old"}', 1, "2026-01-02T03:05:00Z"),
+        pod(json.dumps(RESULTS), 0, "2026-01-02T03:08:00Z"),
+    ]
+    term = status.latest_termination(pods)
+    assert term is not None and term.exit_code == 0
+
+
+def test_rejected_and_waiting() -> None:
+    rej = status.rejected_status(2, "InvalidSpec", "spec.period.end: …", None, T0)
+    assert rej["phase"] == "Failed" and conditions(rej)["Accepted"] == ("False", "InvalidSpec")
+    wait = status.waiting_status(2, "DataVolumeNotFound", "PVC x does not exist yet", None, T0)
+    assert wait["phase"] == "Pending" and conditions(wait)["Accepted"] == ("False", "DataVolumeNotFound")
+    assert conditions(wait)["Failed"][0] == "False"
+
+
+def test_conditions_validate_against_the_api() -> None:
+    from kubequant.api.backtest import BacktestStatus
+
+    done = job(conditions=[{"type": "Complete", "status": "True"}])
+    st = status.backtest_status(1, "j", done, [pod(json.dumps(RESULTS))], None, T1)
+    BacktestStatus.model_validate(st)
