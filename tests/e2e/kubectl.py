@@ -1,0 +1,41 @@
+"""Run the pinned kubectl (built by hack/build-k8s.sh) against the cluster under test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def bin_dir() -> Path:
+    """Folder of the control plane's binaries (kubectl, helm, …)."""
+    out = subprocess.run(
+        [str(REPO_ROOT / "hack" / "build-k8s.sh"), "--print-bin-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+def kubeconfig() -> str:
+    """The kubeconfig of the cluster under test."""
+    return os.environ.get("KUBECONFIG") or str(REPO_ROOT / ".dev-cluster" / "kubeconfig")
+
+
+def kubectl(
+    *args: str, stdin: str | None = None, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl ARGS`` with the cluster's kubeconfig; returns the completed process."""
+    proc = subprocess.run(
+        [str(bin_dir() / "kubectl"), "--kubeconfig", kubeconfig(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
