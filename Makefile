@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy kubequant/api kubequant/crdgen.py
+	hack/typecheck.sh kubequant/api kubequant/crdgen.py kubequant/manifests.py kubequant/operator/builders kubequant/operator/status.py kubequant/operator/config.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
