@@ -40,6 +40,11 @@ class OperatorConfig(BaseSettings):
         None, description="ServiceAccount of the Job pods when a spec names none."
     )
     workload_command: str = Field("kubequant", description="Executable of the workload container.")
+    retry_delay_seconds: float = Field(
+        30,
+        gt=0,
+        description="Delay before retrying a reconcile that waits for a dependency (a volume, a secret).",
+    )
     check_image_pull_secrets: bool = Field(
         False, description="Check that imagePullSecrets exist before creating a Job (needs `get` on secrets)."
     )

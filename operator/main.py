@@ -27,7 +27,7 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     # Replicas must never run unpeered: a missing peering CRD pauses the operator instead.
     settings.peering.mandatory = not cfg.standalone
     settings.peering.clusterwide = not cfg.namespaces
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
 

@@ -111,7 +111,7 @@ def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
             PHASES.set(KIND, key, status.PENDING)
             if previous.get("conditions") != new["conditions"]:
                 kopf.event(body, type="Warning", reason=reason, message=message)
-            raise kopf.TemporaryError(message, delay=30)
+            raise kopf.TemporaryError(message, delay=cfg.retry_delay_seconds)
         try:
             kube.create_or_adopt(build_backtest_config_map(bt))
             job = kube.create_or_adopt(build_backtest_job(bt, cfg))
@@ -130,11 +130,9 @@ def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
         _announce(body, previous.get("phase"), new, logger)
 
 
-@kopf.on.field(API_GROUP, API_VERSION, PLURAL, field="spec.suspend")
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec.suspend")
 def suspend_backtest(body: kopf.Body, new: Any, old: Any, logger: Any, **_: Any) -> None:
     """spec.suspend is the one mutable field: pass it on to the Job."""
-    if old is None:
-        return  # creation: the Job was built with it
     bt_name = body["metadata"]["name"]
     ns = body["metadata"]["namespace"]
     bt = Backtest.model_validate(

@@ -204,7 +204,8 @@ def round_trip_cases() -> list[tuple[str, dict[str, Any]]]:
         "mode": "min",
         "searchSpace": {
             "learning_rate": {"distribution": "loguniform", "low": 0.001, "high": 0.3},
-            "num_leaves": {"distribution": "choice", "values": [31, 63, "auto"]},
+            "num_leaves": {"distribution": "choice", "values": [31, 63]},
+            "boosting": {"distribution": "choice", "categories": ["gbdt", "dart"]},
         },
     }
     cases.append(("training-tune", training))
