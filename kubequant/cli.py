@@ -70,23 +70,35 @@ def crds() -> None:
 
 @crds.command("generate")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("crds"), show_default=True)
+@click.option(
+    "--chart-crds",
+    "chart_dir",
+    type=click.Path(path_type=Path),
+    default=Path("charts/kubequant/crds"),
+    show_default=True,
+    help="The Helm chart's copy, kept identical (skipped when the folder does not exist).",
+)
 @click.option("--check", is_flag=True, help="Exit 1 and name the file when the files on disk drift.")
-def crds_generate(out_dir: Path, check: bool) -> None:
-    """Write crds/<plural>.kubequant.io.yaml from the pydantic models."""
+def crds_generate(out_dir: Path, chart_dir: Path, check: bool) -> None:
+    """Write crds/<plural>.kubequant.io.yaml (and the chart's copy) from the pydantic models."""
     from kubequant.crdgen import check_crds, write_crds
 
+    targets = [out_dir] + (
+        [chart_dir] if chart_dir.is_dir() and chart_dir.resolve() != out_dir.resolve() else []
+    )
     if check:
-        drifted = check_crds(out_dir)
+        drifted = [name for target in targets for name in check_crds(target)]
         if drifted:
             for name in drifted:
                 click.echo(
                     f"drift: {name} differs from the API models; run `kubequant crds generate`", err=True
                 )
             sys.exit(1)
-        click.echo(f"crds in {out_dir} match the API models")
+        click.echo(f"crds in {', '.join(map(str, targets))} match the API models")
         return
-    for path in write_crds(out_dir):
-        click.echo(f"wrote {path}")
+    for target in targets:
+        for path in write_crds(target):
+            click.echo(f"wrote {path}")
 
 
 # --- validate -------------------------------------------------------------------------------
@@ -320,7 +332,8 @@ def operator_cmd(
         "standalone": standalone,
     }
     cfg = OperatorConfig(**{k: v for k, v in flags.items() if v is not None})
-    logging.getLogger().setLevel(logging.INFO)
+    root = click.get_current_context().find_root()
+    logging.getLogger().setLevel(logging.DEBUG if root.params.get("debug") else cfg.log_level)
     run_operator(cfg)
 
 

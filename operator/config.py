@@ -19,6 +19,7 @@ class OperatorConfig(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch (comma-separated in env); empty means all."
     )
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level of the operator.")
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )
