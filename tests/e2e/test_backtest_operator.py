@@ -1,0 +1,328 @@
+"""The operator on a real API server: Backtests become Jobs, Jobs become results, failures become reasons.
+
+The operator runs as a process with the Helm chart's ServiceAccount token; pods that must really
+work run on a LocalKubelet node (tests/e2e/local_kubelet.py), the rest on kwok's simulated nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubectl import REPO_ROOT, kubectl
+from kubernetes import client
+from local_kubelet import LocalKubelet
+from operator_process import OperatorProcess, install_chart_rbac, service_account_kubeconfig
+
+pytestmark = pytest.mark.e2e
+
+OPERATOR_NS = "kubequant-e2e-system"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+LOCAL_NODE = "kq-local-operator-e2e"
+LOCAL_POD = {
+    "nodeSelector": {"kubequant.io/pool": "local", "kubernetes.io/hostname": LOCAL_NODE},
+    "tolerations": [{"key": "kubequant.io/local-runner", "operator": "Exists", "effect": "NoSchedule"}],
+}
+SMALL = {
+    "apiVersion": "kubequant.io/v1alpha1",
+    "kind": "Backtest",
+    "metadata": {"name": "small"},
+    "spec": {
+        "data": {"sample": {"instruments": 40, "start": "2020-01-01", "end": "2021-06-30", "seed": 7}},
+        "period": {"start": "2021-01-04", "end": "2021-06-28"},
+        "account": 10_000_000,
+        "signal": {
+            "model": {
+                "model": {
+                    "class": "LGBModel",
+                    "kwargs": {
+                        "num_leaves": 16,
+                        "num_boost_round": 30,
+                        "early_stopping_rounds": 10,
+                        "num_threads": 1,
+                        "seed": 7,
+                    },
+                },
+                "segments": {
+                    "train": {"start": "2020-01-01", "end": "2020-09-30"},
+                    "valid": {"start": "2020-10-01", "end": "2020-12-31"},
+                    "test": {"start": "2021-01-04", "end": "2021-06-28"},
+                },
+            }
+        },
+        "strategy": {"topkDropout": {"topk": 8, "nDrop": 2}},
+    },
+}
+
+
+def backtest(name: str, pod: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(SMALL)
+    doc["metadata"]["name"] = name
+    doc["spec"].update(spec)
+    if pod is not None:
+        doc["spec"]["pod"] = pod
+    return doc
+
+
+def apply(namespace: str, *docs: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs), check=True)
+
+
+def get_bt(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object("kubequant.io", "v1alpha1", namespace, "backtests", name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    core: client.CoreV1Api, kube_config: client.Configuration, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"), check=True)
+    kubectl("create", "namespace", OPERATOR_NS)
+    account = install_chart_rbac("kubequant", OPERATOR_NS)
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = service_account_kubeconfig(core, kube_config, OPERATOR_NS, account, workdir / "kubeconfig")
+    proc = OperatorProcess(kubeconfig, workdir / "operator.log", {"KUBEQUANT_RETRY_DELAY_SECONDS": "2"})
+    proc.start()
+    yield proc
+    proc.stop()
+    print(f"--- operator log (last lines) ---\n{proc.tail(40)}")
+
+
+@pytest.fixture(scope="module")
+def kubelet(api_client: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKubelet]:
+    with LocalKubelet(
+        api_client,
+        node_name=LOCAL_NODE,
+        workdir=tmp_path_factory.mktemp("kubelet"),
+        command_map={"kubequant": str(Path(sys.executable).parent / "kubequant")},
+    ) as runner:
+        yield runner
+
+
+@pytest.fixture
+def restricted_ns(make_namespace) -> str:  # type: ignore[no-untyped-def]
+    return make_namespace(RESTRICTED)  # type: ignore[no-any-return]
+
+
+def wait_condition(namespace: str, name: str, condition: str, timeout: int = 300) -> None:
+    proc = kubectl(
+        "wait",
+        "-n",
+        namespace,
+        f"bt/{name}",
+        f"--for=condition={condition}",
+        f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_backtest_succeeds_with_real_results(
+    operator: OperatorProcess,
+    kubelet: LocalKubelet,
+    restricted_ns: str,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+) -> None:
+    apply(restricted_ns, backtest("small", pod=LOCAL_POD))
+    try:
+        wait_condition(restricted_ns, "small", "Succeeded")
+    except AssertionError:
+        for pod in core.list_namespaced_pod(restricted_ns).items:
+            print(kubelet.logs(pod.metadata.name, restricted_ns))
+        print(operator.tail())
+        raise
+    bt = get_bt(custom, restricted_ns, "small")
+    st = bt["status"]
+    assert st["phase"] == "Succeeded" and st["observedGeneration"] == 1 and st["jobName"] == "small-backtest"
+    results = st["results"]
+    for key in ("annualizedReturn", "sharpe", "maxDrawdown", "informationRatio", "ic", "rankIc", "turnover"):
+        assert isinstance(results[key], (int, float)), key
+    assert results["trades"] > 0 and results["days"] > 100
+    assert {c["type"] for c in st["conditions"]} == {"Accepted", "Running", "Succeeded", "Failed"}
+    # Printer columns show the numbers.
+    row = kubectl("get", "bt", "small", "-n", restricted_ns, check=True).stdout.splitlines()[1].split()
+    assert row[1] == "Succeeded" and float(row[2]) == pytest.approx(results["annualizedReturn"], abs=1e-3)
+    assert float(row[3]) == pytest.approx(results["sharpe"], abs=1e-3)
+    events = {
+        e.reason
+        for e in core.list_namespaced_event(restricted_ns, field_selector="involvedObject.name=small").items
+    }
+    assert {"Accepted", "Succeeded"} <= events, events
+
+
+def test_failing_backtest_ends_failed_with_the_reason(
+    operator: OperatorProcess, kubelet: LocalKubelet, restricted_ns: str, custom: client.CustomObjectsApi
+) -> None:
+    # The sample's last trading day: qlib needs the next day, so the workload refuses it (exit 2).
+    doc = backtest("late", pod=LOCAL_POD, period={"start": "2021-01-04", "end": "2021-06-30"})
+    doc["spec"]["signal"]["model"]["segments"]["test"]["end"] = "2021-06-30"
+    apply(restricted_ns, doc)
+    wait_condition(restricted_ns, "late", "Failed")
+    st = get_bt(custom, restricted_ns, "late")["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    assert "spec.period.end" in st["message"] and "fix:" in st["message"], st["message"]
+    assert st["phase"] == "Failed" and "results" not in st
+
+
+def test_gpu_backtest_is_scheduled_on_the_gpu_pool(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    core: client.CoreV1Api,
+    pool_nodes: dict[str, set[str]],
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    apply(restricted_ns, backtest("gpu", pod={"resources": {"requests": {"nvidia.com/gpu": 1, "cpu": "1"}}}))
+    pod = wait_until(
+        lambda: next((p for p in core.list_namespaced_pod(restricted_ns).items if p.spec.node_name), None),
+        60,
+        "a scheduled pod",
+    )
+    assert pod.spec.node_name in pool_nodes["gpu"]
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+
+
+def test_cpu_backtest_never_lands_on_the_gpu_pool(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    core: client.CoreV1Api,
+    pool_nodes: dict[str, set[str]],
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    apply(
+        restricted_ns,
+        *(backtest(f"cpu-{i}", pod={"resources": {"requests": {"cpu": "1"}}}) for i in range(4)),
+    )
+    pods = wait_until(
+        lambda: (lambda ps: ps if len(ps) == 4 else None)(
+            [p for p in core.list_namespaced_pod(restricted_ns).items if p.spec.node_name]
+        ),
+        60,
+        "4 scheduled pods",
+    )
+    assert {p.spec.node_name for p in pods} <= pool_nodes["cpu"]
+
+
+def test_operator_restart_creates_no_duplicates(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    names = [f"restart-{i}" for i in range(6)]
+    apply(restricted_ns, *(backtest(n, suspend=True) for n in names))
+    time.sleep(0.3)  # mid-reconcile: some Jobs exist, some do not
+    operator.kill()
+    operator.start()
+    wait_until(
+        lambda: all(get_bt(custom, restricted_ns, n).get("status", {}).get("jobName") for n in names),
+        90,
+        "every Backtest reconciled",
+    )
+    jobs = batch.list_namespaced_job(restricted_ns, label_selector="kubequant.io/backtest").items
+    maps = core.list_namespaced_config_map(restricted_ns, label_selector="kubequant.io/backtest").items
+    assert sorted(j.metadata.name for j in jobs) == sorted(f"{n}-backtest" for n in names)
+    assert sorted(m.metadata.name for m in maps) == sorted(f"{n}-backtest-config" for n in names)
+    assert all(get_bt(custom, restricted_ns, n)["status"]["phase"] == "Suspended" for n in names)
+
+
+def test_deleting_a_backtest_removes_its_children(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    apply(restricted_ns, backtest("doomed", suspend=True))
+    wait_until(lambda: batch.list_namespaced_job(restricted_ns).items, 60, "the Job")
+    bt = get_bt(custom, restricted_ns, "doomed")
+    assert not bt["metadata"].get("finalizers")  # ownerReferences do the cleanup, no finalizer needed
+    kubectl("delete", "-n", restricted_ns, "bt/doomed", "--wait=true", check=True)
+    wait_until(
+        lambda: not batch.list_namespaced_job(restricted_ns).items, 60, "the Job to be garbage-collected"
+    )
+    wait_until(
+        lambda: (
+            not core.list_namespaced_config_map(restricted_ns, label_selector="kubequant.io/backtest").items
+        ),
+        60,
+        "the ConfigMap to be garbage-collected",
+    )
+
+
+def test_missing_data_volume_waits_then_runs(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    apply(restricted_ns, backtest("needs-data", suspend=True, data={"volume": {"claimName": "market-data"}}))
+
+    def waiting() -> bool:
+        st = get_bt(custom, restricted_ns, "needs-data").get("status") or {}
+        accepted = next((c for c in st.get("conditions") or [] if c["type"] == "Accepted"), {})
+        return accepted.get("reason") == "DataVolumeNotFound" and accepted.get("status") == "False"
+
+    wait_until(waiting, 60, "Accepted=False DataVolumeNotFound")
+    assert not batch.list_namespaced_job(restricted_ns).items
+    core.create_namespaced_persistent_volume_claim(
+        restricted_ns,
+        {
+            "metadata": {"name": "market-data"},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    wait_until(lambda: batch.list_namespaced_job(restricted_ns).items, 60, "the Job once the volume exists")
+    job = batch.list_namespaced_job(restricted_ns).items[0]
+    claims = [
+        v.persistent_volume_claim.claim_name
+        for v in job.spec.template.spec.volumes
+        if v.persistent_volume_claim
+    ]
+    assert claims == ["market-data"]
+
+
+def test_metrics_count_reconciles_and_phases(
+    operator: OperatorProcess, restricted_ns: str, wait_until
+) -> None:  # type: ignore[no-untyped-def]
+    apply(restricted_ns, backtest("metered", suspend=True))
+    text = wait_until(
+        lambda: (lambda t: t if 'kubequant_objects{kind="Backtest",phase="Suspended"}' in t else None)(
+            operator.metrics()
+        ),
+        60,
+        "metrics",
+    )
+    assert 'kubequant_reconciles_total{kind="Backtest",outcome="success"}' in text
+    assert "kubequant_reconcile_duration_seconds_bucket" in text
+
+
+def test_pods_are_admitted_in_a_restricted_namespace(
+    operator: OperatorProcess, restricted_ns: str, core: client.CoreV1Api, wait_until
+) -> None:  # type: ignore[no-untyped-def]
+    apply(restricted_ns, backtest("hardened"))
+    wait_until(lambda: core.list_namespaced_pod(restricted_ns).items, 60, "the pod to be created")
+    events = core.list_namespaced_event(restricted_ns).items
+    assert not [e for e in events if e.reason == "FailedCreate"], [
+        e.message for e in events if e.reason == "FailedCreate"
+    ]
