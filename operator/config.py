@@ -28,6 +28,9 @@ class OperatorConfig(BaseSettings):
     )
     peering: str = Field("kubequant", description="kopf peering object name shared by the replicas.")
     standalone: bool = Field(False, description="Run without peering (a single replica, e.g. tests).")
+    peering_lifetime_seconds: int = Field(
+        30, ge=5, le=3600, description="How long a replica's peering record lives; a killed leader is replaced after it."
+    )
     priority: int = Field(0, description="kopf peering priority; the highest-priority replica is active.")
     priority_from_ordinal: bool = Field(
         False, description="Derive the priority from the pod name's StatefulSet ordinal: 1000 - ordinal."

@@ -23,6 +23,7 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.posting.level = logging.INFO
     settings.peering.name = cfg.peering
     settings.peering.priority = cfg.effective_priority()
+    settings.peering.lifetime = cfg.peering_lifetime_seconds
     settings.peering.standalone = cfg.standalone
     # Replicas must never run unpeered: a missing peering CRD pauses the operator instead.
     settings.peering.mandatory = not cfg.standalone

@@ -436,6 +436,11 @@ class LocalKubelet:
         thread.start()
         self._threads.append(thread)
 
+    @property
+    def node_selector(self) -> dict[str, str]:
+        """NODE_SELECTOR pinned to this instance's node (several LocalKubelets may share a cluster)."""
+        return {**NODE_SELECTOR, "kubernetes.io/hostname": self.node_name}
+
     # ------------------------------------------------------------------ diagnostics
 
     def _find_run(self, pod_name: str, namespace: str | None) -> _PodRun:

@@ -90,7 +90,15 @@ def service_account_kubeconfig(
 class OperatorProcess:
     """Start, kill and restart `kubequant operator`; read its health, metrics and log."""
 
-    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+        peering: list[str] | None = None,
+    ) -> None:
+        """``peering``: operator flags for a peered replica (e.g. --peering NAME --priority N); none: standalone."""
+        self.peering = peering
         self.kubeconfig = kubeconfig
         self.log = log
         self.metrics_port = free_port()
@@ -105,7 +113,7 @@ class OperatorProcess:
             [
                 KUBEQUANT,
                 "operator",
-                "--standalone",
+                *(self.peering if self.peering is not None else ["--standalone"]),
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",

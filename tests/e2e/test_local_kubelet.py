@@ -25,6 +25,9 @@ WaitUntil = Callable[..., Any]
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 NODE = "local-runner"
+# Pinned to this module's node: other LocalKubelets (e.g. test_backtest_operator.py's) may
+# serve pool "local" on the same cluster at the same time.
+SELECTOR = {**NODE_SELECTOR, "kubernetes.io/hostname": NODE}
 IMAGE = "kubequant/never-pulled:dev"  # LocalKubelet runs command_map's python3 instead
 DATA_MOUNT = "/data/qlib"
 CONFIG_YAML = "strategy: topk-dropout\ntopk: 50\nbenchmark: SH000300\n"
@@ -68,7 +71,7 @@ def python_container(script: str, *args: str, **extra: Any) -> dict[str, Any]:
 def local_pod_spec(container: dict[str, Any], restart_policy: str = "Never", **spec: Any) -> dict[str, Any]:
     return {
         "restartPolicy": restart_policy,
-        "nodeSelector": dict(NODE_SELECTOR),
+        "nodeSelector": dict(SELECTOR),
         "tolerations": [dict(TOLERATION)],
         "containers": [container],
         **spec,
@@ -267,7 +270,7 @@ def test_pod_without_toleration_never_lands_on_local_node(
 ) -> None:
     # The selector matches the LocalKubelet node and nothing else, and that node is Ready
     # (and not kwok's): only its taint can keep a pod off it.
-    (node,) = core.list_node(label_selector="kubequant.io/pool=local").items
+    (node,) = core.list_node(label_selector=",".join(f"{k}={v}" for k, v in SELECTOR.items())).items
     assert node.metadata.name == NODE
     assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
     assert "kwok.x-k8s.io/node" not in (node.metadata.annotations or {})
@@ -281,7 +284,7 @@ def test_pod_without_toleration_never_lands_on_local_node(
             "metadata": {"name": name},
             "spec": {
                 "restartPolicy": "Never",
-                "nodeSelector": dict(NODE_SELECTOR),
+                "nodeSelector": dict(SELECTOR),
                 "containers": [container],
                 **spec,
             },
