@@ -1,0 +1,122 @@
+"""The Backtest handler's error semantics, with the Kubernetes calls replaced by recorders (no cluster)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from kubequant.operator import kube
+from kubequant.operator.config import OperatorConfig
+from kubequant.operator.handlers import backtest as handler
+
+pytestmark = pytest.mark.unit
+
+BODY: dict[str, Any] = {
+    "apiVersion": "kubequant.io/v1alpha1",
+    "kind": "Backtest",
+    "metadata": {"name": "lgb", "namespace": "research", "uid": "u-1", "generation": 1},
+    "spec": {"period": {"start": "2022-01-04", "end": "2022-06-30"}, "signal": {"file": {"path": "/s.csv"}}},
+}
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    rec = Calls()
+
+    def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
+        rec.created.append(obj)
+        return obj
+
+    monkeypatch.setattr(kube, "create_or_adopt", create_or_adopt)
+    monkeypatch.setattr(kube, "job_pods", lambda ns, name: [])
+    monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: name == "present")
+    monkeypatch.setattr(
+        kopf, "event", lambda body, *, type, reason, message="": rec.events.append((type, reason))
+    )
+    return rec
+
+
+def run(body: dict[str, Any], cfg: OperatorConfig | None = None) -> kopf.Patch:
+    patch = kopf.Patch()
+    handler.reconcile_backtest(
+        body=kopf.Body(body),
+        patch=patch,
+        memo=kopf.Memo(config=cfg or OperatorConfig()),
+        logger=handler.logging.getLogger(),
+    )
+    return patch
+
+
+def test_creates_config_map_then_job_and_reports_pending(calls: Calls) -> None:
+    patch = run(copy.deepcopy(BODY))
+    assert [o["kind"] for o in calls.created] == ["ConfigMap", "Job"]
+    assert patch["status"]["phase"] == "Pending" and patch["status"]["jobName"] == "lgb-backtest"
+    assert ("Normal", "Accepted") in calls.events
+
+
+def test_invalid_spec_is_permanent_with_a_reason(calls: Calls) -> None:
+    body = copy.deepcopy(BODY)
+    body["spec"]["strategy"] = {"topkDropout": {"topk": 2, "nDrop": 5}}
+    with pytest.raises(kopf.PermanentError, match="nDrop"):
+        run(body)
+    assert calls.created == []
+    status = run_status_of_failure(body)
+    accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
+    assert status["phase"] == "Failed"
+
+
+def run_status_of_failure(body: dict[str, Any]) -> dict[str, Any]:
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handler.reconcile_backtest(
+            body=kopf.Body(body),
+            patch=patch,
+            memo=kopf.Memo(config=OperatorConfig()),
+            logger=handler.logging.getLogger(),
+        )
+    return dict(patch["status"])
+
+
+def test_missing_volume_is_temporary_with_the_configured_delay(calls: Calls) -> None:
+    body = copy.deepcopy(BODY)
+    body["spec"]["data"] = {"volume": {"claimName": "absent"}}
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as err:
+        handler.reconcile_backtest(
+            body=kopf.Body(body),
+            patch=patch,
+            memo=kopf.Memo(config=OperatorConfig(retry_delay_seconds=7)),
+            logger=handler.logging.getLogger(),
+        )
+    assert err.value.delay == 7
+    assert calls.created == []
+    assert patch["status"]["phase"] == "Pending"
+    assert ("Warning", "DataVolumeNotFound") in calls.events
+
+
+def test_present_volume_proceeds(calls: Calls) -> None:
+    body = copy.deepcopy(BODY)
+    body["spec"]["data"] = {"volume": {"claimName": "present"}}
+    run(body)
+    assert [o["kind"] for o in calls.created] == ["ConfigMap", "Job"]
+
+
+def test_a_foreign_object_with_the_childs_name_is_a_permanent_conflict(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def conflict(obj: dict[str, Any]) -> dict[str, Any]:
+        raise kube.AdoptionConflict("Job research/lgb-backtest exists and is not owned by this object")
+
+    monkeypatch.setattr(kube, "create_or_adopt", conflict)
+    with pytest.raises(kopf.PermanentError, match="not owned"):
+        run(copy.deepcopy(BODY))
