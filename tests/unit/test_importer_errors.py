@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kubequant.workloads.data.importer import import_bundle
 
 from kubequant.errors import DataError
+from kubequant.workloads.data.importer import import_bundle
 
 pytestmark = pytest.mark.unit
 

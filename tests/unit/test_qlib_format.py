@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from kubequant.errors import DataError
 from kubequant.workloads.data.qlib_format import (
     BundleWriter,
     bundle_checksum,
@@ -20,8 +22,6 @@ from kubequant.workloads.data.qlib_format import (
     is_kubequant_bundle,
     read_feature,
 )
-
-from kubequant.errors import DataError
 
 pytestmark = pytest.mark.unit
 

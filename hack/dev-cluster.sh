@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane for development and e2e tests.
+#
+#   hack/dev-cluster.sh up       build binaries if needed, start the cluster, add the
+#                                fake nodes of hack/nodes.yaml; no-op if already up
+#   hack/dev-cluster.sh down     stop every process of the cluster, remove .dev-cluster/
+#   hack/dev-cluster.sh status   exit 0 and describe the cluster if it answers, else exit 1
+#
+# The cluster is real Kubernetes (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler at the versions of hack/versions.env, built from source by
+# hack/build-k8s.sh) run as local processes by `kwokctl --runtime binary`; the
+# worker nodes are simulated by kwok's controller. The API server serves HTTPS
+# with client certificates, authorization Node,RBAC and the default admission
+# plugins (PodSecurity included) plus NodeRestriction.
+#
+# Everything the cluster writes lives in <repo>/.dev-cluster/ (git-ignored):
+#   kubeconfig   self-contained admin kubeconfig (export KUBECONFIG=... to use it)
+#   kwok/        kwokctl's workdir: pki, etcd data, logs, pid files
+#
+# Env: KUBEQUANT_CACHE_DIR (binary cache, see build-k8s.sh),
+#      KUBEQUANT_DEV_CLUSTER_RUNTIME=kwok (default) | kind (needs docker + kind; untested here)
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${HACK_DIR}/.." && pwd)"
+# shellcheck source=hack/versions.env
+source "${HACK_DIR}/versions.env"
+
+CLUSTER_NAME="kubequant-dev"
+STATE_DIR="${REPO_ROOT}/.dev-cluster"
+KUBECONFIG_OUT="${STATE_DIR}/kubeconfig"
+KWOKCTL_KUBECONFIG="${STATE_DIR}/kwokctl-kubeconfig"
+KWOKCTL_CONFIG="${STATE_DIR}/kwokctl.yaml"
+RUNTIME_FILE="${STATE_DIR}/runtime"
+NODES_MANIFEST="${HACK_DIR}/nodes.yaml"
+# kwokctl keeps each cluster under $KWOK_WORKDIR/clusters/<name>; keep it in the
+# repo so that two checkouts on one machine never share or clobber a cluster.
+export KWOK_WORKDIR="${STATE_DIR}/kwok"
+BIN_DIR="$("${HACK_DIR}/build-k8s.sh" --print-bin-dir)"
+
+log() { printf '[dev-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+kubectl_() { "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_OUT}" "$@"; }
+
+# The cluster answers on its kubeconfig.
+is_up() {
+  [[ -f "${KUBECONFIG_OUT}" && -x "${BIN_DIR}/kubectl" ]] &&
+    kubectl_ --request-timeout=5s get --raw /readyz >/dev/null 2>&1
+}
+
+# PIDs of processes running one of this checkout's cluster binaries: kwokctl starts
+# them through symlinks in its workdir, so their command lines start with that path.
+cluster_pids() { pgrep -f -- "^${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/bin/" || true; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what="$2"
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { log "timed out waiting for ${what}"; return 1; }
+    sleep 0.5
+  done
+}
+
+default_sa_exists() { kubectl_ -n default get serviceaccount default; }
+
+# kwokctl logs JSON when not on a terminal: shorten its INFO lines to their message.
+kwokctl_() {
+  "${BIN_DIR}/kwokctl" "$@" 2>&1 | sed -E '/^\{.*"level":"INFO"/ s/^.*"msg":"([^"]*)".*$/  kwokctl: \1/' >&2
+}
+
+# --------------------------------------------------------------------------- kwok
+up_kwok() {
+  local bin="${BIN_DIR}"
+  log "starting ${CLUSTER_NAME}: $("${bin}/kwokctl" --version 2>/dev/null | head -1 || true), runtime binary"
+  rm -f "${KWOKCTL_KUBECONFIG}"
+  # Options with no command-line flag. bindAddress: kwokctl's default is 0.0.0.0,
+  # which would put an unauthenticated etcd on every interface of the machine.
+  cat >"${KWOKCTL_CONFIG}" <<'EOF'
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  bindAddress: 127.0.0.1
+EOF
+  # --secure-port/--kube-authorization/--kube-admission are kwokctl's defaults for
+  # Kubernetes >= 1.13; spelled out because they are what makes this a real cluster:
+  # TLS + client certs, --authorization-mode=Node,RBAC, the default admission chain.
+  # Ports are left to kwokctl, which picks free ones.
+  # kwokctl has no flag for these two; it reads KWOK_<NAME> for every option.
+  KWOK_KUBE_VERSION="${KUBERNETES_VERSION}" KWOK_KUBECTL_BINARY="${bin}/kubectl" \
+  kwokctl_ --config "${KWOKCTL_CONFIG}" create cluster \
+    --name "${CLUSTER_NAME}" \
+    --runtime binary \
+    --etcd-binary "${bin}/etcd" \
+    --kube-apiserver-binary "${bin}/kube-apiserver" \
+    --kube-controller-manager-binary "${bin}/kube-controller-manager" \
+    --kube-scheduler-binary "${bin}/kube-scheduler" \
+    --kwok-controller-binary "${bin}/kwok" \
+    --secure-port=true \
+    --kube-authorization=true \
+    --kube-admission=true \
+    --extra-args "kube-apiserver=enable-admission-plugins=NodeRestriction" \
+    --extra-args "kwok-controller=manage-all-nodes=false" \
+    --extra-args "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake" \
+    --kubeconfig "${KWOKCTL_KUBECONFIG}" \
+    --timeout 5m \
+    --wait 2m \
+    --quiet-pull
+  # A self-contained copy (certificates inlined) that outlives kwokctl's file layout.
+  "${bin}/kubectl" --kubeconfig "${KWOKCTL_KUBECONFIG}" config view \
+    --raw --flatten --minify --context "kwok-${CLUSTER_NAME}" >"${KUBECONFIG_OUT}.tmp"
+  chmod 0600 "${KUBECONFIG_OUT}.tmp"
+  mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}"
+}
+
+# Those of the given PIDs that are still running (a zombie has exited: it only
+# waits for its new parent to reap it).
+alive() {
+  local pid
+  for pid in "$@"; do
+    [[ "$(ps -o stat= -p "${pid}" 2>/dev/null)" =~ ^[^Z] ]] && echo "${pid}"
+  done
+  return 0
+}
+
+# wait_exit SECONDS PID...: true once none of the PIDs is running.
+wait_exit() {
+  local deadline=$((SECONDS + $1))
+  shift
+  while [[ -n "$(alive "$@")" ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.25
+  done
+}
+
+down_kwok() {
+  local -a pids
+  mapfile -t pids < <(cluster_pids)
+  if [[ -x "${BIN_DIR}/kwokctl" && -d "${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}" ]]; then
+    log "deleting ${CLUSTER_NAME} (kwokctl delete cluster)"
+    kwokctl_ delete cluster --name "${CLUSTER_NAME}" \
+      --kubeconfig "${KWOKCTL_KUBECONFIG}" || log "kwokctl delete cluster failed; killing leftovers"
+  fi
+  # kwokctl only signals the processes: wait for them to exit, and stop whatever is
+  # left, including processes of a workdir that kwokctl no longer knows about.
+  mapfile -t pids < <({ printf '%s\n' "${pids[@]}"; cluster_pids; } | sort -u | sed '/^$/d')
+  ((${#pids[@]})) || return 0
+  if ! wait_exit 10 "${pids[@]}"; then
+    local sig left
+    for sig in TERM KILL; do
+      mapfile -t left < <(alive "${pids[@]}")
+      ((${#left[@]})) || break
+      log "sending SIG${sig} to leftover processes: ${left[*]}"
+      kill -s "${sig}" "${left[@]}" 2>/dev/null || true
+      wait_exit 5 "${left[@]}" && break
+    done
+    [[ -z "$(alive "${pids[@]}")" ]] || die "processes still running: $(alive "${pids[@]}" | tr '\n' ' ')"
+  fi
+  # Give init a moment to reap the exited processes, so that ps/pgrep right after
+  # `down` show nothing (it does so within a few seconds; not waiting is harmless).
+  local deadline=$((SECONDS + 5))
+  while ps -p "$(IFS=,; echo "${pids[*]}")" >/dev/null 2>&1 && ((SECONDS < deadline)); do sleep 0.25; done
+}
+
+# --------------------------------------------------------------------------- kind
+# Optional path for machines with Docker: same labels/taints on real kind nodes,
+# GPU capacity advertised by patching node status. Not exercised in CI here.
+up_kind() {
+  local cfg="${STATE_DIR}/kind.yaml" image="kindest/node:${KUBERNETES_VERSION}"
+  cat >"${cfg}" <<EOF
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+- role: control-plane
+- role: worker
+  labels: {kubequant.io/pool: cpu, node.kubernetes.io/instance-type: sim-cpu-8}
+- role: worker
+  labels: {kubequant.io/pool: cpu, node.kubernetes.io/instance-type: sim-cpu-8}
+- role: worker
+  labels: {kubequant.io/pool: gpu, cloud.google.com/gke-accelerator: nvidia-tesla-t4, nvidia.com/gpu.present: "true"}
+- role: worker
+  labels: {kubequant.io/pool: gpu, cloud.google.com/gke-accelerator: nvidia-tesla-t4, nvidia.com/gpu.present: "true"}
+EOF
+  kind create cluster --name "${CLUSTER_NAME}" --image "${image}" --config "${cfg}" \
+    --kubeconfig "${KUBECONFIG_OUT}" --wait 2m
+  local n
+  for n in $(kubectl_ get nodes -l kubequant.io/pool=gpu -o name); do
+    kubectl_ taint --overwrite "${n}" nvidia.com/gpu=present:NoSchedule
+    kubectl_ patch "${n}" --subresource=status --type=merge \
+      -p '{"status":{"capacity":{"nvidia.com/gpu":"4"},"allocatable":{"nvidia.com/gpu":"4"}}}'
+  done
+}
+
+down_kind() { kind delete cluster --name "${CLUSTER_NAME}" >&2 || true; }
+
+# --------------------------------------------------------------------------- commands
+cmd_up() {
+  local start="${SECONDS}" runtime="${KUBEQUANT_DEV_CLUSTER_RUNTIME:-kwok}"
+  if is_up; then
+    log "${CLUSTER_NAME} is already up: export KUBECONFIG=${KUBECONFIG_OUT}"
+    return 0
+  fi
+  if [[ -d "${STATE_DIR}" ]]; then
+    log "found a stale ${STATE_DIR} (cluster not answering); cleaning it up first"
+    cmd_down
+  fi
+  case "${runtime}" in
+    kwok)
+      "${HACK_DIR}/build-k8s.sh" kubernetes etcd kwok
+      mkdir -p "${STATE_DIR}"
+      echo kwok >"${RUNTIME_FILE}"
+      up_kwok || { log "cluster failed to start; logs: ${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/logs"; return 1; }
+      log "adding fake nodes from ${NODES_MANIFEST#"${REPO_ROOT}/"}"
+      kubectl_ apply -f "${NODES_MANIFEST}" >&2
+      ;;
+    kind)
+      if ! command -v kind >/dev/null || ! docker info >/dev/null 2>&1; then
+        die "the kind runtime needs docker and kind"
+      fi
+      "${HACK_DIR}/build-k8s.sh" kubectl
+      mkdir -p "${STATE_DIR}"
+      echo kind >"${RUNTIME_FILE}"
+      up_kind
+      ;;
+    *) die "unknown KUBEQUANT_DEV_CLUSTER_RUNTIME=${runtime} (kwok or kind)" ;;
+  esac
+  log "waiting for nodes to be Ready and the default ServiceAccount"
+  kubectl_ wait --for=condition=Ready nodes -l kubequant.io/pool --timeout=120s >&2
+  wait_for 120 "the default ServiceAccount" default_sa_exists
+  log "${CLUSTER_NAME} is up in $((SECONDS - start))s ($(kubectl_ version -o json 2>/dev/null |
+    sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | tail -1)); export KUBECONFIG=${KUBECONFIG_OUT}"
+}
+
+cmd_down() {
+  local runtime="kwok"
+  [[ -f "${RUNTIME_FILE}" ]] && runtime="$(cat "${RUNTIME_FILE}")"
+  if [[ "${runtime}" == kind ]]; then down_kind; else down_kwok; fi
+  rm -rf "${STATE_DIR}"
+  local left
+  left="$(cluster_pids)"
+  [[ -z "${left}" ]] || die "processes still running after down: ${left}"
+  log "${CLUSTER_NAME} is down"
+}
+
+cmd_status() {
+  if is_up; then
+    echo "${CLUSTER_NAME}: up (runtime $(cat "${RUNTIME_FILE}" 2>/dev/null || echo '?'))"
+    echo "KUBECONFIG=${KUBECONFIG_OUT}"
+    kubectl_ version 2>/dev/null | sed 's/^/  /'
+    kubectl_ get nodes -L kubequant.io/pool 2>/dev/null | sed 's/^/  /'
+    return 0
+  fi
+  echo "${CLUSTER_NAME}: down"
+  local pids
+  pids="$(cluster_pids)"
+  [[ -z "${pids}" ]] || echo "  but these processes are running: $(echo "${pids}" | tr '\n' ' ')"
+  return 1
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
