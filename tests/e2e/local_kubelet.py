@@ -61,24 +61,35 @@ pods bound to it what a kubelet does, with a local subprocess in place of a cont
   kills what still runs (reported Failed, reason Terminated, like a kubelet's
   graceful node shutdown), stops the threads and deletes the Node and its Lease.
 
-What it is not: no images (the image is never pulled; the host's programs and Python
-environment run instead), no isolation (no namespaces, cgroups, users or
-securityContext; processes run as the test's user, with the host's filesystem and
-network; readOnly mounts and file modes are not enforced beyond chmod), no resource
-requests/limits enforcement, no probes (a running container is Ready at once), no
-lifecycle hooks, no init, sidecar or ephemeral containers and one container per pod
-(other pods are failed with reason UnsupportedByLocalKubelet), no image entrypoints
-(``command`` is required unless ``command_map`` maps the image), no Service env vars
-except ``KUBERNETES_SERVICE_HOST``/``_PORT`` (set to the real API server's address),
-no token rotation, no volume types other than those above (the pod is failed), no
-pod-level status for a pod it is not running (it ignores pods bound to it before a
-restart of the helper if they are terminal). It is a stand-in for tests, not a
-runtime.
+What it is not (it is a stand-in for tests, not a runtime):
+
+* no images: the image is never pulled; the host's programs and Python environment
+  run instead, and a container without ``command`` fails unless ``command_map`` maps
+  its image (image entrypoints are unknown);
+* no isolation: no Linux namespaces, cgroups, users or securityContext; processes run
+  as the test's user with the host's filesystem, network and PIDs; readOnly mounts are
+  not enforced (files get their mode, that is all); paths the program has compiled in
+  (e.g. ``/var/run/secrets/...`` in ``load_incluster_config``) are not redirected;
+* no resource requests/limits enforcement (the scheduler still accounts for them
+  against the node's allocatable), no eviction, no node pressure detection;
+* no probes (a started container is Ready at once), no lifecycle hooks, no
+  ``fileKeyRef`` env, no Services' env vars except ``KUBERNETES_SERVICE_*`` (which
+  point at the real API server), no token rotation;
+* no init containers, sidecars or ephemeral containers, exactly one container per pod,
+  only the volume types listed above: any other pod is failed at once with reason
+  UnsupportedByLocalKubelet (a real kubelet has no such reason);
+* restarts (OnFailure/Always) are in place with a simplified back-off; there is no
+  garbage collection of dead containers, and ``logs()`` shows every attempt;
+* pods bound to the node before it started are treated as new if they are not
+  terminal (their processes, if any, belonged to another LocalKubelet and are gone);
+* several LocalKubelets may serve pool ``local`` on one cluster (one per node name, a
+  second one with a live Lease on the same name is refused): pods that must run on a
+  given one select ``kubernetes.io/hostname`` too (see the ``node_selector`` property).
 
 Usage::
 
     with LocalKubelet(api_client, workdir=tmp_path, command_map={"kubequant": venv_bin}) as lk:
-        ...  # create a Job whose pod template has TOLERATION and NODE_SELECTOR
+        ...  # a Job whose pod template has tolerations [TOLERATION], nodeSelector lk.node_selector
         print(lk.logs(pod_name))
 """
 
@@ -195,7 +206,7 @@ def _get_or_none(call: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
 _QUANTITY = re.compile(
     r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 )
-_SUFFIX = {
+_SUFFIX: dict[str | None, Fraction] = {
     None: Fraction(1),
     "n": Fraction(1, 10**9),
     "u": Fraction(1, 10**6),
@@ -265,6 +276,11 @@ class PathRewriter:
         if self._pattern is None:
             return text
         return self._pattern.sub(lambda m: self.mapping[m.group(1)], text)
+
+
+def container_command(container: Mapping[str, Any]) -> str:
+    """The executable a container names (command[0]), '' if it has none."""
+    return (container.get("command") or [""])[0]
 
 
 def _valid_env_name(name: str) -> bool:
@@ -549,7 +565,8 @@ class LocalKubelet:
         if renewed and (_now() - _parse_ts(renewed)).total_seconds() < LEASE_DURATION_S:
             raise RuntimeError(
                 f"node {self.node_name!r} exists and its Lease was renewed {renewed} "
-                f"(by {annotations.get(INSTANCE_ANNOTATION, 'another kubelet')}): is another LocalKubelet running?"
+                f"(by {annotations.get(INSTANCE_ANNOTATION, 'another kubelet')}): "
+                "is another LocalKubelet running?"
             )
         log.warning("LocalKubelet: adopting stale node %s", self.node_name)
         return _raw(
@@ -659,9 +676,9 @@ class LocalKubelet:
                         self._on_pod(obj)
                     elif event["type"] == "DELETED":
                         with self._lock:
-                            run = self._runs.get(obj["metadata"]["uid"])
-                        if run is not None:
-                            self._on_pod_gone(run)
+                            gone = self._runs.get(obj["metadata"]["uid"])
+                        if gone is not None:
+                            self._on_pod_gone(gone)
             except ApiException as exc:
                 if exc.status == 410:  # too old a resourceVersion: list again
                     rv = None
@@ -736,11 +753,14 @@ class LocalKubelet:
                 if run.delete_requested.is_set() or self._stopping.is_set():
                     return
             try:
-                self._run_pod(run, pod)
+                if not run.delete_requested.is_set():  # deleted before it had a slot: never start it
+                    self._run_pod(run, pod)
             finally:
                 self._slots.release()
         except Exception as exc:
             log.exception("LocalKubelet: pod %s/%s", run.namespace, run.name)
+            if run.proc is not None:  # never leave a process behind
+                self._kill(run.proc, 0)
             with contextlib.suppress(Exception):
                 self._patch_status(
                     run,
@@ -874,8 +894,9 @@ class LocalKubelet:
             return "init containers (and sidecars) are not supported by LocalKubelet"
         if spec.get("ephemeralContainers"):
             return "ephemeral containers are not supported by LocalKubelet"
-        if len(spec.get("containers", [])) != 1:
-            return f"LocalKubelet runs exactly one container per pod; this pod has {len(spec.get('containers', []))}"
+        count = len(spec.get("containers", []))
+        if count != 1:
+            return f"LocalKubelet runs exactly one container per pod; this pod has {count}"
         return None
 
     def _fail_unsupported(
@@ -955,9 +976,11 @@ class LocalKubelet:
                     start_new_session=True,
                 )
             except OSError as exc:
-                message = (
-                    f"failed to start container process: exec: {prepared.argv[0]!r}: {exc.strerror or exc}"
-                )
+                if isinstance(exc, FileNotFoundError) and "/" not in container_command(container):
+                    reason = "executable file not found in $PATH (nor in LocalKubelet's command_map)"
+                else:
+                    reason = exc.strerror or str(exc)
+                message = f'failed to start container process: exec: "{prepared.argv[0]}": {reason}'
                 self._event(run, "Warning", "Failed", f"Error: {message}")
                 return _Exit(128, "StartError", message, started_at, _ts(), "", None)
         run.proc = proc
@@ -1043,15 +1066,23 @@ class LocalKubelet:
     # ------------------------------------------------------------------ status
 
     def _patch_status(self, run: _PodRun, status: dict[str, Any]) -> bool:
-        try:
-            self.core.patch_namespaced_pod_status(
-                run.name, run.namespace, {"status": status}, _content_type=SMP
-            )
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        """Patch pods/status; a few tries, then a warning (a lost update must not orphan a process)."""
+        for attempt in range(3):
+            try:
+                self.core.patch_namespaced_pod_status(
+                    run.name, run.namespace, {"status": status}, _content_type=SMP
+                )
+                return True
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if attempt == 2:
+                    log.warning("LocalKubelet: status of %s/%s not updated: %s", run.namespace, run.name, exc)
+            except Exception as exc:  # connection errors
+                if attempt == 2:
+                    log.warning("LocalKubelet: status of %s/%s not updated: %s", run.namespace, run.name, exc)
+            time.sleep(0.5)
+        return False
 
     def _conditions(
         self,
@@ -1395,16 +1426,17 @@ class LocalKubelet:
                     }
                 else:
                     items = dict(obj.get("data") or {})
-                for key, value in items.items():
+                for key, item in items.items():
                     if _valid_env_name(prefix + key):
-                        env[prefix + key] = value
+                        env[prefix + key] = item
         expansion = {**self._service_env(), **env}
         for var in container.get("env", []):
             name = var["name"]
             if "valueFrom" in var:
-                value = self._value_from(pod, container, var["valueFrom"], objects)
-                if value is None:  # optional and missing
+                found = self._value_from(pod, container, var["valueFrom"], objects)
+                if found is None:  # optional and missing
                     continue
+                value = found
             else:
                 value = expand_vars(var.get("value", ""), expansion)
             env[name] = value

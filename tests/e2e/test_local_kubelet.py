@@ -11,13 +11,22 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from local_kubelet import NODE_SELECTOR, TAINT_KEY, TOLERATION, LocalKubelet
+from local_kubelet import (
+    NODE_SELECTOR,
+    TAINT_KEY,
+    TOLERATION,
+    LocalKubelet,
+    PathRewriter,
+    expand_vars,
+    parse_quantity,
+)
 
 # Fixtures of conftest.py: wait_until(predicate, timeout, what) -> value; namespace -> fresh name.
 WaitUntil = Callable[..., Any]
@@ -365,8 +374,8 @@ out = {
     "cwd_is_scratch": os.path.realpath(os.getcwd()) == os.path.realpath(args["--scratch"]),
     "escaped": args["--escaped"],
     "report": os.environ["REPORT"],
-    "env": {k: os.environ.get(k) for k in
-            ["CFG_mode", "POD_NS", "POD_IP", "NODE", "APP", "CPU_MILLIS", "MEM_MI", "KUBERNETES_SERVICE_HOST"]},
+    "env": {k: os.environ.get(k) for k in ["CFG_mode", "POD_NS", "POD_IP", "NODE", "APP",
+                                           "CPU_MILLIS", "MEM_MI", "KUBERNETES_SERVICE_HOST"]},
 }
 with open(args["--out"], "w") as fh:
     json.dump(out, fh)
@@ -494,3 +503,29 @@ def test_pod_waits_for_a_missing_secret(
     done = wait_until(pod_phase(core, namespace, "patient", "Succeeded", "Failed"), 60, "the pod to finish")
     assert done.status.phase == "Succeeded"
     assert terminated(done).message == "finally"
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_path_rewriting_expansion_and_quantities() -> None:
+    rewrite = PathRewriter(
+        {
+            "/etc/kubequant": "/w/uid/etc/kubequant",
+            "/etc/kubequant/extra": "/w/uid/etc/kubequant/extra",
+            "/dev/termination-log": "/w/uid/dev/termination-log",
+        }
+    )
+    assert rewrite("--config=/etc/kubequant/backtest.yaml") == "--config=/w/uid/etc/kubequant/backtest.yaml"
+    assert rewrite("/etc/kubequant/extra/x") == "/w/uid/etc/kubequant/extra/x"  # longest prefix wins
+    assert rewrite("/etc/kubequantum /tmp/etc/kubequant ./etc/kubequant") == (
+        "/etc/kubequantum /tmp/etc/kubequant ./etc/kubequant"  # only whole, absolute prefixes
+    )
+    assert rewrite(rewrite("/dev/termination-log")) == "/w/uid/dev/termination-log"  # never twice
+    assert expand_vars("$(A)/x $(B) $$(A) $(A", {"A": "/a"}) == "/a/x $(B) $(A) $(A"
+    assert [parse_quantity(q) for q in ("500m", "1Gi", "2e3", "1.5")] == [
+        Fraction(1, 2),
+        Fraction(2**30),
+        Fraction(2000),
+        Fraction(3, 2),
+    ]
