@@ -58,6 +58,7 @@ if command -v flock >/dev/null; then
 fi
 
 WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kubequant-build.XXXXXX")"
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   rm -rf "${WORK_DIR}"
   rm -f "${BIN_DIR}"/.tmp.* 2>/dev/null || true
@@ -80,6 +81,13 @@ install_bin() {
 
 TIMINGS=()
 now() { date +%s; }
+# Said once, before the first thing that is actually built.
+announced=0
+announce() {
+  ((announced)) && return 0
+  announced=1
+  log "building into ${BIN_DIR} with $(go version) (-p $(nproc)), Go build cache $(go env GOCACHE)"
+}
 record() { # record NAME SECONDS
   TIMINGS+=("$(printf '%-24s %5ss' "$1" "$2")")
   log "built $1 in $2s"
@@ -139,7 +147,8 @@ k8s_ldflags() {
 
 build_k8s_cmd() { # build_k8s_cmd NAME
   local name="$1" start
-  is_built "${name}" "${KUBERNETES_VERSION}" && { log "${name} ${KUBERNETES_VERSION}: cached"; return 0; }
+  is_built "${name}" "${KUBERNETES_VERSION}" && return 0
+  announce
   prepare_k8s_module
   log "building ${name} ${KUBERNETES_VERSION}"
   start="$(now)"
@@ -156,7 +165,8 @@ build_k8s_cmd() { # build_k8s_cmd NAME
 # calling etcdmain.Main is enough.
 build_etcd() {
   local start dir="${WORK_DIR}/etcd"
-  is_built etcd "${ETCD_VERSION}" && { log "etcd ${ETCD_VERSION}: cached"; return 0; }
+  is_built etcd "${ETCD_VERSION}" && return 0
+  announce
   log "building etcd ${ETCD_VERSION}"
   start="$(now)"
   mkdir -p "${dir}"
@@ -186,10 +196,8 @@ EOF
 # kwok and helm have no replace directives: `go install pkg@version` builds them as released.
 build_kwok() {
   local start gobin="${WORK_DIR}/gobin-kwok"
-  if is_built kwok "${KWOK_VERSION}" && is_built kwokctl "${KWOK_VERSION}"; then
-    log "kwok/kwokctl ${KWOK_VERSION}: cached"
-    return 0
-  fi
+  is_built kwok "${KWOK_VERSION}" && is_built kwokctl "${KWOK_VERSION}" && return 0
+  announce
   log "building kwok + kwokctl ${KWOK_VERSION}"
   start="$(now)"
   local v="${KWOK_VERSION#v}"
@@ -203,7 +211,8 @@ build_kwok() {
 
 build_helm() {
   local start gobin="${WORK_DIR}/gobin-helm"
-  is_built helm "${HELM_VERSION}" && { log "helm ${HELM_VERSION}: cached"; return 0; }
+  is_built helm "${HELM_VERSION}" && return 0
+  announce
   log "building helm ${HELM_VERSION}"
   start="$(now)"
   GOBIN="${gobin}" go install -trimpath \
@@ -214,29 +223,32 @@ build_helm() {
 }
 
 # ---------------------------------------------------------------------------
-components=("$@")
-((${#components[@]})) || components=(kubernetes etcd kwok helm)
+main() {
+  local components=("$@") c n total_start
+  ((${#components[@]})) || components=(kubernetes etcd kwok helm)
+  total_start="$(now)"
+  for c in "${components[@]}"; do
+    case "${c}" in
+      kubernetes)
+        # apiserver first: it pulls in most of the tree, the rest reuse the build cache.
+        for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do build_k8s_cmd "${n}"; done
+        ;;
+      kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) build_k8s_cmd "${c}" ;;
+      etcd) build_etcd ;;
+      kwok | kwokctl) build_kwok ;;
+      helm) build_helm ;;
+      *) die "unknown component '${c}'" ;;
+    esac
+  done
 
-log "Go: $(GOFLAGS='' go version); GOMAXPROCS/-p: $(nproc) cores; cache: ${BIN_DIR}"
-total_start="$(now)"
-for c in "${components[@]}"; do
-  case "${c}" in
-    kubernetes)
-      # apiserver first: it pulls in most of the tree, the rest reuse the build cache.
-      for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do build_k8s_cmd "${n}"; done
-      ;;
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) build_k8s_cmd "${c}" ;;
-    etcd) build_etcd ;;
-    kwok | kwokctl) build_kwok ;;
-    helm) build_helm ;;
-    *) die "unknown component '${c}'" ;;
-  esac
-done
+  if ((${#TIMINGS[@]})); then
+    log "build times (each on top of the previous ones' Go build cache):"
+    printf '  %s\n' "${TIMINGS[@]}" >&2
+    log "total: $(($(now) - total_start))s; binaries in ${BIN_DIR}"
+  else
+    log "${components[*]}: already built in ${BIN_DIR}"
+  fi
+}
 
-if ((${#TIMINGS[@]})); then
-  log "build times (each on top of the previous ones' Go build cache):"
-  printf '  %s\n' "${TIMINGS[@]}" >&2
-  log "total: $(($(now) - total_start))s"
-else
-  log "all binaries already built in ${BIN_DIR}"
-fi
+# One line, parsed before it runs: editing this file during a build cannot derail it.
+main "$@"; exit $?

@@ -62,11 +62,13 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   done
 }
 
+# shellcheck disable=SC2317  # called through wait_for
 default_sa_exists() { kubectl_ -n default get serviceaccount default; }
 
 # kwokctl logs JSON when not on a terminal: shorten its INFO lines to their message.
 kwokctl_() {
-  "${BIN_DIR}/kwokctl" "$@" 2>&1 | sed -E '/^\{.*"level":"INFO"/ s/^.*"msg":"([^"]*)".*$/  kwokctl: \1/' >&2
+  # 8>&-: the cluster's processes must not inherit the lock (see lock()).
+  "${BIN_DIR}/kwokctl" "$@" 8>&- 2>&1 | sed -E '/^\{.*"level":"INFO"/ s/^.*"msg":"([^"]*)".*$/  kwokctl: \1/' >&2
 }
 
 # --------------------------------------------------------------------------- kwok
@@ -76,7 +78,7 @@ up_kwok() {
   rm -f "${KWOKCTL_KUBECONFIG}"
   # Options with no command-line flag. bindAddress: kwokctl's default is 0.0.0.0,
   # which would put an unauthenticated etcd on every interface of the machine.
-  cat >"${KWOKCTL_CONFIG}" <<'EOF'
+  cat >"${KWOKCTL_CONFIG}" <<'EOF' || return 1
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
@@ -105,12 +107,12 @@ EOF
     --kubeconfig "${KWOKCTL_KUBECONFIG}" \
     --timeout 5m \
     --wait 2m \
-    --quiet-pull
+    --quiet-pull || return 1
   # A self-contained copy (certificates inlined) that outlives kwokctl's file layout.
+  # (Explicit `|| return`: this function runs under `||`, where `set -e` is off.)
   "${bin}/kubectl" --kubeconfig "${KWOKCTL_KUBECONFIG}" config view \
-    --raw --flatten --minify --context "kwok-${CLUSTER_NAME}" >"${KUBECONFIG_OUT}.tmp"
-  chmod 0600 "${KUBECONFIG_OUT}.tmp"
-  mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}"
+    --raw --flatten --minify --context "kwok-${CLUSTER_NAME}" >"${KUBECONFIG_OUT}.tmp" || return 1
+  chmod 0600 "${KUBECONFIG_OUT}.tmp" && mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}"
 }
 
 # Those of the given PIDs that are still running (a zombie has exited: it only
@@ -181,7 +183,7 @@ nodes:
 - role: worker
   labels: {kubequant.io/pool: gpu, cloud.google.com/gke-accelerator: nvidia-tesla-t4, nvidia.com/gpu.present: "true"}
 EOF
-  kind create cluster --name "${CLUSTER_NAME}" --image "${image}" --config "${cfg}" \
+  kind create cluster 8>&- --name "${CLUSTER_NAME}" --image "${image}" --config "${cfg}" \
     --kubeconfig "${KUBECONFIG_OUT}" --wait 2m
   local n
   for n in $(kubectl_ get nodes -l kubequant.io/pool=gpu -o name); do
@@ -206,7 +208,8 @@ cmd_up() {
   fi
   case "${runtime}" in
     kwok)
-      "${HACK_DIR}/build-k8s.sh" kubernetes etcd kwok
+      # Everything, helm included: the e2e tests use the same binaries.
+      "${HACK_DIR}/build-k8s.sh"
       mkdir -p "${STATE_DIR}"
       echo kwok >"${RUNTIME_FILE}"
       up_kwok || { log "cluster failed to start; logs: ${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/logs"; return 1; }
@@ -257,12 +260,27 @@ cmd_status() {
   return 1
 }
 
-case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  *)
-    echo "usage: $0 up|down|status" >&2
-    exit 2
-    ;;
-esac
+# Serialize up/down of this checkout's cluster (e.g. two `make test` at once). The
+# lock lives outside .dev-cluster/, which `down` removes.
+lock() {
+  command -v flock >/dev/null || return 0
+  local key
+  key="$(printf '%s' "${REPO_ROOT}" | cksum | cut -d' ' -f1)"
+  exec 8>"${TMPDIR:-/tmp}/kubequant-dev-cluster-${key}.lock"
+  flock -n 8 || { log "waiting for another dev-cluster.sh of this checkout"; flock 8; }
+}
+
+main() {
+  case "${1:-}" in
+    up) lock && cmd_up ;;
+    down) lock && cmd_down ;;
+    status) cmd_status ;;
+    *)
+      echo "usage: $0 up|down|status" >&2
+      return 2
+      ;;
+  esac
+}
+
+# One line, parsed before it runs: editing this file during a run cannot derail it.
+main "$@"; exit $?

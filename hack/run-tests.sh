@@ -4,8 +4,10 @@
 #
 #   - KUBECONFIG set and its server answers: use that cluster, leave it alone.
 #   - else a dev cluster of this checkout already up (make dev-cluster): use it, leave it up.
-#   - else start one (hack/dev-cluster.sh up, building the binaries on first use)
-#     and tear it down again on exit, whatever happens.
+#   - else start one (hack/dev-cluster.sh up) and tear it down again on exit,
+#     whatever happens.
+# Either way it first builds the pinned binaries if they are not cached yet
+# (hack/build-k8s.sh): the tests use its kubectl and helm.
 #
 # Usage: hack/run-tests.sh [PYTEST ARGS...]
 #   With no path among the arguments, runs every test under tests/; with one
@@ -45,38 +47,46 @@ stop_cluster() {
   fi
   exit "${rc}"
 }
-trap stop_cluster EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-if [[ -n "${KUBECONFIG:-}" ]] && server_answers; then
-  log "using the cluster of KUBECONFIG=${KUBECONFIG}"
-elif KUBECONFIG="${DEV_KUBECONFIG}" server_answers; then
-  export KUBECONFIG="${DEV_KUBECONFIG}"
-  log "using the running dev cluster (KUBECONFIG=${KUBECONFIG}); leaving it up"
-else
-  [[ -z "${KUBECONFIG:-}" ]] || log "KUBECONFIG=${KUBECONFIG} does not answer; starting a dev cluster instead"
-  start="${SECONDS}"
-  started_cluster=1
-  "${HACK_DIR}/dev-cluster.sh" up
-  export KUBECONFIG="${DEV_KUBECONFIG}"
-  log "dev cluster came up in $((SECONDS - start))s (including any binary build)"
-fi
+main() {
+  trap stop_cluster EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 
-# Paths among the arguments replace the default "tests".
-have_path=0
-for arg in "$@"; do
-  [[ "${arg}" != -* && -e "${arg%%::*}" ]] && have_path=1
-done
-args=("$@")
-((have_path)) || args=(tests "$@")
+  # The tests run the pinned kubectl and helm whichever cluster they use
+  # (a no-op once built; the first build takes ~12-14 min on 2 cores).
+  "${HACK_DIR}/build-k8s.sh"
 
-set +e
-"${PYTEST}" "${args[@]}"
-rc=$?
-set -e
-if ((rc == 5)); then
-  log "ERROR: pytest collected no tests"
-  rc=1
-fi
-exit "${rc}"
+  if [[ -n "${KUBECONFIG:-}" ]] && server_answers; then
+    log "using the cluster of KUBECONFIG=${KUBECONFIG}"
+  elif KUBECONFIG="${DEV_KUBECONFIG}" server_answers; then
+    export KUBECONFIG="${DEV_KUBECONFIG}"
+    log "using the running dev cluster (KUBECONFIG=${KUBECONFIG}); leaving it up"
+  else
+    [[ -z "${KUBECONFIG:-}" ]] || log "KUBECONFIG=${KUBECONFIG} does not answer; starting a dev cluster instead"
+    local start="${SECONDS}"
+    started_cluster=1
+    "${HACK_DIR}/dev-cluster.sh" up
+    export KUBECONFIG="${DEV_KUBECONFIG}"
+    log "dev cluster came up in $((SECONDS - start))s"
+  fi
+
+  # Paths among the arguments replace the default "tests".
+  local arg have_path=0
+  for arg in "$@"; do
+    [[ "${arg}" != -* && -e "${arg%%::*}" ]] && have_path=1
+  done
+  local args=("$@")
+  ((have_path)) || args=(tests "$@")
+
+  local rc=0
+  "${PYTEST}" "${args[@]}" || rc=$?
+  if ((rc == 5)); then
+    log "ERROR: pytest collected no tests"
+    rc=1
+  fi
+  return "${rc}"
+}
+
+# One line, parsed before it runs: editing this file during a run cannot derail it.
+main "$@"; exit $?

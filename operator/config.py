@@ -19,7 +19,9 @@ class OperatorConfig(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch (comma-separated in env); empty means all."
     )
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level of the operator.")
+    log_level: str = Field(
+        "INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level of the operator."
+    )
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )
@@ -29,7 +31,10 @@ class OperatorConfig(BaseSettings):
     peering: str = Field("kubequant", description="kopf peering object name shared by the replicas.")
     standalone: bool = Field(False, description="Run without peering (a single replica, e.g. tests).")
     peering_lifetime_seconds: int = Field(
-        30, ge=5, le=3600, description="How long a replica's peering record lives; a killed leader is replaced after it."
+        30,
+        ge=5,
+        le=3600,
+        description="How long a replica's peering record lives; a killed leader is replaced after it.",
     )
     priority: int = Field(0, description="kopf peering priority; the highest-priority replica is active.")
     priority_from_ordinal: bool = Field(
