@@ -143,6 +143,15 @@ def make_namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> It
         }
         core.create_namespace(body)
         created.append(name)
+        # Until the default ServiceAccount exists, pods are rejected and the Job controller backs off.
+        _wait_until(
+            lambda: any(
+                sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+            ),
+            30,
+            f"the default ServiceAccount of {name}",
+            interval=0.1,
+        )
         return name
 
     yield make

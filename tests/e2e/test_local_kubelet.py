@@ -59,20 +59,6 @@ def local_kubelet(
         yield kubelet
 
 
-@pytest.fixture
-def namespace(namespace: str, core: client.CoreV1Api, wait_until: WaitUntil) -> str:
-    """conftest's fresh namespace, once its default ServiceAccount exists: before that, pods
-    are rejected and the Job controller backs off (seconds, growing)."""
-
-    def has_default_sa() -> bool:
-        return any(
-            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(namespace).items
-        )
-
-    wait_until(has_default_sa, 30, f"the default ServiceAccount of {namespace}", interval=0.1)
-    return namespace
-
-
 def python_container(script: str, *args: str, **extra: Any) -> dict[str, Any]:
     return {"name": "main", "image": IMAGE, "command": ["python3", "-c", script], "args": list(args), **extra}
 
