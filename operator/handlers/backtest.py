@@ -153,28 +153,30 @@ def backtest_job_changed(body: kopf.Body, type: str | None, logger: Any, **_: An
     owner = next((r for r in body["metadata"].get("ownerReferences") or [] if r.get("kind") == KIND), None)
     if owner is None or type == "DELETED":
         return
-    ns = body["metadata"]["namespace"]
+    ns, name, job = body["metadata"]["namespace"], owner["name"], dict(body)
     with observe_reconcile(KIND):
-        current = kube.read_custom(PLURAL, ns, owner["name"])
+        current = kube.read_custom(PLURAL, ns, name)
         if current is None or current["metadata"].get("uid") != owner.get("uid"):
             return
         previous = current.get("status") or {}
         if previous.get("phase") in (status.SUCCEEDED, status.FAILED) and previous.get("completionTime"):
             return  # finished runs keep their outcome, even when a TTL removes the Job
-        job = dict(body)
+        job_name_ = job["metadata"]["name"]
         new = status.backtest_status(
             current["metadata"].get("generation"),
-            body["metadata"]["name"],
+            job_name_,
             job,
-            kube.job_pods(ns, body["metadata"]["name"]),
+            kube.job_pods(ns, job_name_),
             previous,
             _now(),
         )
         if {k: previous.get(k) for k in new} == new:
             return
-        kube.patch_custom_status(PLURAL, ns, owner["name"], new)
-        PHASES.set(KIND, f"{ns}/{owner['name']}", new["phase"])
-        _announce(current, previous.get("phase"), new, logger)
+        kube.patch_custom_status(PLURAL, ns, name, new)
+        PHASES.set(KIND, f"{ns}/{name}", new["phase"])
+        # The creation handler announces the first phase; a Job event racing it must not announce it twice.
+        if previous.get("phase") is not None:
+            _announce(current, previous.get("phase"), new, logger)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)

@@ -24,12 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAPPED = {"operator": "kubequant/operator", "workloads": "kubequant/workloads"}
 STDLIB_OPERATOR = Path(sysconfig.get_paths()["stdlib"]) / "operator.py"
-# Modules added to the copy that is built, so that the folder mapping of operator/ (top level and a
-# subpackage) is checked even while the real operator/ holds no Python yet.
-PROBES = {
-    "operator/kubequant_packaging_probe.py": 'WHERE = "operator"\n',
-    "operator/packaging_probe_sub/probe.py": 'WHERE = "operator/packaging_probe_sub"\n',
-}
 
 
 def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -62,9 +56,6 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(REPO_ROOT / name, src / name)
     for folder in ("kubequant", "operator", "workloads"):
         shutil.copytree(REPO_ROOT / folder, src / folder, ignore=ignore)
-    for rel, text in PROBES.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(text)
     out = root / "dist"
     run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)], cwd=root
@@ -110,8 +101,7 @@ def test_wheel_maps_the_folders_into_kubequant(wheel: Path) -> None:
     # Namespace packages by design: no __init__.py that would make them regular packages.
     assert "kubequant/__init__.py" not in names and "kubequant/operator/__init__.py" not in names
     assert "kubequant/py.typed" in names and "kubequant/api/__init__.py" in names
-    for rel in PROBES:
-        assert f"kubequant/{rel}" in names
+    assert "kubequant/operator/main.py" in names and "kubequant/operator/builders/backtest.py" in names
     for folder, package in MAPPED.items():
         missing = [m for m in source_modules(folder) if f"{package}/{m}" not in names]
         assert not missing, f"{folder}/ modules not shipped as {package}/: {missing}"
@@ -124,17 +114,23 @@ def test_wheel_installs_and_runs_outside_the_checkout(fresh_venv: Path, tmp_path
 
     probe = (
         "import json, sys, operator, kubequant, kubequant.api, kubequant.crdgen, kubequant.operator, "
-        "kubequant.workloads, kubequant.operator.kubequant_packaging_probe as top, "
-        "kubequant.operator.packaging_probe_sub.probe as sub\n"
+        "kubequant.workloads, kubequant.operator.config as top, "
+        "kubequant.operator.builders.backtest as sub\n"
         "print(json.dumps({'operator': operator.__file__, 'kubequant': list(kubequant.__path__),"
         " 'api': kubequant.api.__file__, 'crdgen': kubequant.crdgen.__file__,"
         " 'kq_operator': list(kubequant.operator.__path__), 'workloads': kubequant.workloads.__file__,"
-        " 'probes': [top.WHERE, sub.WHERE], 'meta_path': [repr(f) for f in sys.meta_path]}))"
+        " 'probes': [top.__file__, sub.__file__], 'meta_path': [repr(f) for f in sys.meta_path]}))"
     )
     found = json.loads(run([str(bin_dir / "python"), "-c", probe], cwd=tmp_path).stdout)
 
     assert Path(found["operator"]) == STDLIB_OPERATOR
-    assert found["probes"] == ["operator", "operator/packaging_probe_sub"]
+    assert [
+        Path(p).relative_to(Path(p).parents[2] if "builders" in p else Path(p).parents[1]).as_posix()
+        for p in found["probes"]
+    ] == [
+        "operator/config.py",
+        "operator/builders/backtest.py",
+    ]
     site = str(fresh_venv.resolve())
     for key in ("api", "crdgen", "workloads"):
         assert Path(found[key]).resolve().is_relative_to(site), (key, found[key])
