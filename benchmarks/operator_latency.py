@@ -124,6 +124,7 @@ def main() -> None:
             done.set()
             watcher.join(10)
             rss = peak_rss_mb(operator.proc.pid) if operator.proc else float("nan")
+            metrics = operator.metrics()
         finally:
             operator.stop()
             core.delete_namespace(ns)
@@ -134,6 +135,18 @@ def main() -> None:
     )
     print(f"all reconciled (status.jobName set) {all_reconciled:.2f} s after the first apply (goal < 30 s)")
     print(f"operator peak RSS {rss:.0f} MB (goal < 250 MB)")
+    sums = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("kubequant_reconcile_duration_seconds_")
+        and not line.startswith("kubequant_reconcile_duration_seconds_bucket")
+    }
+    count = sums.get('kubequant_reconcile_duration_seconds_count{kind="Backtest"}', 0)
+    total = sums.get('kubequant_reconcile_duration_seconds_sum{kind="Backtest"}', 0)
+    if count:
+        print(
+            f"operator handlers: {count:.0f} runs, mean {total / count * 1000:.0f} ms (creation + Job events)"
+        )
 
 
 if __name__ == "__main__":

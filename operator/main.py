@@ -29,6 +29,8 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.peering.mandatory = not cfg.standalone
     settings.peering.clusterwide = not cfg.namespaces
     settings.execution.max_workers = 32
+    # Handle a burst of new objects at once rather than waiting for more events about each.
+    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
 

@@ -121,7 +121,12 @@ def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
             raise kopf.PermanentError(str(err)) from err
         name = job["metadata"]["name"]
         new = status.backtest_status(
-            generation, name, job, kube.job_pods(bt.metadata.namespace or "default", name), previous, _now()
+            generation,
+            name,
+            job,
+            kube.job_pods(bt.metadata.namespace or "default", name, job["metadata"].get("resourceVersion")),
+            previous,
+            _now(),
         )
         patch.status.update(new)
         PHASES.set(KIND, key, new["phase"])
@@ -166,7 +171,7 @@ def backtest_job_changed(body: kopf.Body, type: str | None, logger: Any, **_: An
             current["metadata"].get("generation"),
             job_name_,
             job,
-            kube.job_pods(ns, job_name_),
+            kube.job_pods(ns, job_name_, job["metadata"].get("resourceVersion")),
             previous,
             _now(),
         )

@@ -37,7 +37,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         return obj
 
     monkeypatch.setattr(kube, "create_or_adopt", create_or_adopt)
-    monkeypatch.setattr(kube, "job_pods", lambda ns, name: [])
+    monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: name == "present")
     monkeypatch.setattr(
         kopf, "event", lambda body, *, type, reason, message="": rec.events.append((type, reason))
