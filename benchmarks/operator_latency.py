@@ -37,7 +37,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def manifest(name: str) -> dict[str, object]:
+def manifest(name: str, suspend: bool) -> dict[str, object]:
     return {
         "apiVersion": "kubequant.io/v1alpha1",
         "kind": "Backtest",
@@ -45,6 +45,7 @@ def manifest(name: str) -> dict[str, object]:
         "spec": {
             "period": {"start": "2022-01-04", "end": "2022-06-30"},
             "signal": {"file": {"path": "/data/scores.csv"}},
+            "suspend": suspend,
         },
     }
 
@@ -57,6 +58,11 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument(
+        "--suspended",
+        action="store_true",
+        help="Create the Jobs suspended: no pods, so no kwok churn competing.",
+    )
     args = parser.parse_args()
     kubeconfig = os.environ.get("KUBECONFIG") or str(REPO / ".dev-cluster" / "kubeconfig")
     config.load_kube_config(kubeconfig)
@@ -104,7 +110,7 @@ def main() -> None:
 
             def create(name: str) -> None:
                 custom.create_namespaced_custom_object(
-                    "kubequant.io", "v1alpha1", ns, "backtests", manifest(name)
+                    "kubequant.io", "v1alpha1", ns, "backtests", manifest(name, args.suspended)
                 )
                 created[name] = time.perf_counter()
 
