@@ -88,9 +88,10 @@ EOF
   # Kubernetes >= 1.13; spelled out because they are what makes this a real cluster:
   # TLS + client certs, --authorization-mode=Node,RBAC, the default admission chain.
   # Ports are left to kwokctl, which picks free ones.
-  # kwokctl has no flag for these two; it reads KWOK_<NAME> for every option.
-  KWOK_KUBE_VERSION="${KUBERNETES_VERSION}" KWOK_KUBECTL_BINARY="${bin}/kubectl" \
-  kwokctl_ --config "${KWOKCTL_CONFIG}" create cluster \
+  # kwokctl has no flag for these two; it reads KWOK_<NAME> for every option. It
+  # also runs `kubectl` from PATH to probe the cluster: make that the pinned one.
+  PATH="${bin}:${PATH}" KWOK_KUBE_VERSION="${KUBERNETES_VERSION}" KWOK_KUBECTL_BINARY="${bin}/kubectl" \
+    kwokctl_ --config "${KWOKCTL_CONFIG}" create cluster \
     --name "${CLUSTER_NAME}" \
     --runtime binary \
     --etcd-binary "${bin}/etcd" \
@@ -105,14 +106,16 @@ EOF
     --extra-args "kwok-controller=manage-all-nodes=false" \
     --extra-args "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake" \
     --kubeconfig "${KWOKCTL_KUBECONFIG}" \
-    --timeout 5m \
-    --wait 2m \
+    --timeout 4m \
+    --wait 1m \
     --quiet-pull || return 1
   # A self-contained copy (certificates inlined) that outlives kwokctl's file layout.
   # (Explicit `|| return`: this function runs under `||`, where `set -e` is off.)
   "${bin}/kubectl" --kubeconfig "${KWOKCTL_KUBECONFIG}" config view \
     --raw --flatten --minify --context "kwok-${CLUSTER_NAME}" >"${KUBECONFIG_OUT}.tmp" || return 1
-  chmod 0600 "${KUBECONFIG_OUT}.tmp" && mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}"
+  chmod 0600 "${KUBECONFIG_OUT}.tmp" && mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}" || return 1
+  # kwokctl logs a failed readiness wait but still exits 0: check for ourselves.
+  wait_for 30 "the API server to be ready" is_up
 }
 
 # Those of the given PIDs that are still running (a zombie has exited: it only
