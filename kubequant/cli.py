@@ -148,13 +148,55 @@ def data() -> None:
     help="Years from 2020-01-01 (default: through 2022-12-31).",
 )
 @click.option("--seed", type=int, default=42, show_default=True)
-def data_sample(out_dir: Path, instruments: int, years: int | None, seed: int) -> None:
+@click.option(
+    "--freq",
+    "freq",
+    default="day",
+    show_default=True,
+    help="Bar frequencies, comma-separated: day, or day,1min to add 1-minute bars consistent with the daily ones.",
+)
+@click.option(
+    "--minute-instruments",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="With 1min: how many instruments get minute bars (listed in instruments/intraday.txt).",
+)
+@click.option(
+    "--minute-days",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="With 1min: minute bars for this many last trading days.",
+)
+def data_sample(
+    out_dir: Path,
+    instruments: int,
+    years: int | None,
+    seed: int,
+    freq: str,
+    minute_instruments: int,
+    minute_days: int,
+) -> None:
     """Generate the deterministic synthetic market (the demo data)."""
+    from kubequant.errors import ValidationError
     from kubequant.workloads.data.sample import SampleSpec, write_sample_bundle
 
-    summary = write_sample_bundle(
-        out_dir, SampleSpec.from_cli(instruments=instruments, years=years, seed=seed)
-    )
+    freqs = tuple(f.strip() for f in freq.split(",") if f.strip())
+    try:
+        spec = SampleSpec.from_cli(
+            instruments=instruments,
+            years=years,
+            seed=seed,
+            freqs=freqs,
+            minute_instruments=minute_instruments,
+            minute_days=minute_days,
+        )
+    except ValidationError as err:
+        if err.where != "sample.freqs":
+            raise
+        raise ValidationError(err.message, where="--freq", fix=err.fix) from err
+    summary = write_sample_bundle(out_dir, spec)
     click.echo(summary.describe())
 
 

@@ -154,6 +154,71 @@ class DealPrice(StrEnum):
     VWAP = "vwap"
 
 
+class ImpactModelKind(StrEnum):
+    ALMGREN_CHRISS = "almgrenChriss"
+
+
+class OnCap(StrEnum):
+    CARRY = "carry"
+    EXPIRE = "expire"
+
+
+class ImpactModel(ApiModel):
+    """Market impact that depends on the order: every fill's price moves against the trade.
+
+    For q shares dealt in a bar of volume V (participation p = q/V), arrival price P and daily
+    volatility σ, the fill price is P·(1 + d·(slippageBps/1e4 + temporary·σ·p^beta + permanent·p)),
+    d = +1 for a buy and -1 for a sell; the impact cost is |fill - P|·q, on top of the fees.
+    """
+
+    model: ImpactModelKind = Field(
+        ImpactModelKind.ALMGREN_CHRISS,
+        description="The impact model; almgrenChriss: permanent impact linear in participation plus "
+        "temporary impact proportional to volatility times participation to the power beta.",
+    )
+    permanent: float = Field(
+        0.0,
+        ge=0,
+        description="Permanent impact coefficient: the price moves by permanent·(q/V) of itself, "
+        "charged to the order that causes it.",
+    )
+    temporary: float = Field(
+        0.0,
+        ge=0,
+        description="Temporary impact coefficient: the fill moves by temporary·σ·(q/V)^beta of the price, "
+        "σ being the daily volatility.",
+    )
+    beta: float = Field(
+        0.5,
+        gt=0,
+        le=2,
+        description="Exponent of participation in the temporary impact, in (0, 2]; 0.5 is the square-root law.",
+    )
+    slippage_bps: float = Field(
+        0.0, ge=0, lt=10000, description="Fixed slippage of every fill against the trade, in basis points."
+    )
+    max_participation: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Cap on an order's share of a bar's volume, in (0, 1]; unset means no cap. A bar "
+        "without volume cannot be traded whenever an impact model is set.",
+    )
+    on_cap: OnCap = Field(
+        OnCap.CARRY,
+        description="What happens to the part of an order above maxParticipation: carry (nested "
+        "execution works it in the next bars) or expire (dropped). A single-level backtest does not "
+        "trade it that step either way; the strategy decides afresh at the next step.",
+    )
+    volatility_window: int = Field(
+        20,
+        ge=2,
+        le=1000,
+        description="Trading days of close-to-close returns in the rolling daily volatility σ; the σ of "
+        "a day uses the returns of the days before it only.",
+    )
+
+
 class Exchange(ApiModel):
     """Trading costs and rules of the simulated exchange (qlib's Exchange)."""
 
@@ -176,6 +241,21 @@ class Exchange(ApiModel):
         0.0,
         ge=0,
         description="qlib's impact cost: coefficient of the squared share of the day's value traded.",
+    )
+    impact: ImpactModel | None = Field(
+        None,
+        description="Almgren–Chriss market impact, slippage and a participation cap, priced into every "
+        "fill (an alternative to impactCost).",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.impact) || !has(self.impactCost) || self.impactCost == 0.0",
+            message="impactCost and impact are two impact models and cannot both be set; "
+            "set impactCost to 0 or remove impact",
+            field="impactCost",
+            check=lambda s: s.impact is None or s.impact_cost == 0,
+        ),
     )
 
 

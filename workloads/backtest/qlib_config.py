@@ -15,6 +15,7 @@ from kubequant.errors import ConfigError
 # Where qlib keeps the classes people name without a module.
 HANDLER_MODULE = "qlib.contrib.data.handler"
 STRATEGY_MODULE = "qlib.contrib.strategy"
+IMPACT_EXCHANGE_MODULE = "kubequant.workloads.backtest.impact_exchange"
 MODEL_MODULES = {
     "LGBModel": "qlib.contrib.model.gbdt",
     "XGBModel": "qlib.contrib.model.xgboost",
@@ -110,7 +111,27 @@ def executor_config(spec: BacktestSpec) -> dict[str, Any]:
 
 
 def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
-    """kwargs of qlib's Exchange."""
+    """``exchange_kwargs`` of qlib's ``backtest()``: Exchange kwargs, or an ImpactExchange config.
+
+    With ``spec.exchange.impact`` set, qlib's ``get_exchange(exchange=...)`` builds the exchange from
+    a class config and ignores the other keys, so the config carries every kwarg, period included.
+    """
+    out = plain_exchange_kwargs(spec)
+    impact = spec.exchange.impact
+    if impact is None:
+        return out
+    kwargs = {**out, "start_time": str(spec.period.start), "end_time": str(spec.period.end)}
+    return {
+        "exchange": {
+            "class": "ImpactExchange",
+            "module_path": IMPACT_EXCHANGE_MODULE,
+            "kwargs": {**kwargs, "impact": impact.model_dump(mode="json")},
+        }
+    }
+
+
+def plain_exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
+    """kwargs of qlib's Exchange (without the impact model)."""
     ex = spec.exchange
     out: dict[str, Any] = {
         "freq": spec.executor.frequency,
