@@ -185,25 +185,38 @@ def backtest_status(
     return status
 
 
+def _not_accepted(
+    generation: int | None,
+    reason: str,
+    message: str,
+    previous: dict[str, Any] | None,
+    now: dt.datetime,
+    failed: bool,
+) -> dict[str, Any]:
+    conds = (previous or {}).get("conditions")
+    conds = set_condition(conds, "Accepted", "False", reason, message, generation, now)
+    conds = set_condition(conds, "Running", "False", reason, message, generation, now)
+    conds = set_condition(
+        conds, "Succeeded", "False" if failed else "Unknown", reason, message, generation, now
+    )
+    conds = set_condition(conds, "Failed", "True" if failed else "False", reason, message, generation, now)
+    return {
+        "observedGeneration": generation,
+        "phase": FAILED if failed else PENDING,
+        "conditions": conds,
+        "message": message,
+    }
+
+
 def rejected_status(
     generation: int | None, reason: str, message: str, previous: dict[str, Any] | None, now: dt.datetime
 ) -> dict[str, Any]:
     """Status of an object the operator will not run (invalid spec): Accepted False and Failed True."""
-    conds = (previous or {}).get("conditions")
-    conds = set_condition(conds, "Accepted", "False", reason, message, generation, now)
-    conds = set_condition(conds, "Running", "False", reason, message, generation, now)
-    conds = set_condition(conds, "Succeeded", "False", reason, message, generation, now)
-    conds = set_condition(conds, "Failed", "True", reason, message, generation, now)
-    return {"observedGeneration": generation, "phase": FAILED, "conditions": conds, "message": message}
+    return _not_accepted(generation, reason, message, previous, now, failed=True)
 
 
 def waiting_status(
     generation: int | None, reason: str, message: str, previous: dict[str, Any] | None, now: dt.datetime
 ) -> dict[str, Any]:
     """Status of an object waiting for a dependency (a data volume, a pull secret): Accepted False, will retry."""
-    conds = (previous or {}).get("conditions")
-    conds = set_condition(conds, "Accepted", "False", reason, message, generation, now)
-    conds = set_condition(conds, "Running", "False", reason, message, generation, now)
-    conds = set_condition(conds, "Succeeded", "Unknown", reason, message, generation, now)
-    conds = set_condition(conds, "Failed", "False", reason, message, generation, now)
-    return {"observedGeneration": generation, "phase": PENDING, "conditions": conds, "message": message}
+    return _not_accepted(generation, reason, message, previous, now, failed=False)
