@@ -137,15 +137,92 @@ class Strategy(ApiModel):
     __rules__ = (exactly_one_rule(["topkDropout", "custom"], "leave both unset for TopkDropout", True),)
 
 
-class Executor(ApiModel):
-    """How decisions become trades: qlib's SimulatorExecutor stepping at one frequency."""
+def minutes(frequency: str) -> int:
+    """Length of a step in minutes (a trading day counts as 240, the A-share session)."""
+    return 240 if frequency == "day" else int(frequency.removesuffix("min"))
 
-    frequency: Frequency = Field("day", description="Decision step (day, or Nmin such as 30min/1min).")
+
+def _cel_minutes(expr: str) -> str:
+    return f"({expr} == 'day' ? 240 : int({expr}.replace('min', '')))"
+
+
+class Twap(ApiModel):
+    """qlib's TWAPStrategy: split each order evenly over the level's steps."""
+
+
+class SbbEma(ApiModel):
+    """qlib's SBBStrategyEMA: trade each order in the better of every two steps, judged by an EMA trend."""
+
+
+class SlicingStrategy(ApiModel):
+    """How a level splits the orders of the level above it. Set exactly one of twap, sbbEma, custom."""
+
+    twap: Twap | None = Field(None, description="Equal slices (qlib's TWAPStrategy).")
+    sbb_ema: SbbEma | None = Field(
+        None, description="qlib's SBBStrategyEMA (needs the instruments' minute bars)."
+    )
+    custom: ClassReference | None = Field(
+        None, description="Any importable qlib strategy that executes an outer decision (e.g. ACStrategy)."
+    )
+
+    __rules__ = (exactly_one_rule(["twap", "sbbEma", "custom"], "choose how this level slices orders"),)
+
+
+class ExecutorLevel(ApiModel):
+    """One inner level of nested execution: its step and the strategy that slices the level above."""
+
+    frequency: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*min$", max_length=16)] = Field(
+        description="Step of this level, e.g. 30min or 1min; strictly finer than the level above."
+    )
+    strategy: SlicingStrategy = Field(description="How this level splits the orders it receives.")
+
+
+class Executor(ApiModel):
+    """How decisions become trades: qlib's SimulatorExecutor at one frequency, or nested levels."""
+
+    frequency: Frequency = Field("day", description="Decision step of the portfolio strategy (day, or Nmin).")
     trade_type: str = Field(
         "serial",
         pattern=r"^(serial|parallel)$",
         description="serial: sells settle before buys on the same step; parallel: independent.",
     )
+    levels: list[ExecutorLevel] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description=(
+            "Inner levels, outermost first (qlib's NestedExecutor): e.g. [30min sbbEma, 1min twap]; "
+            "the last level trades in the simulator. Unset: single level."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.levels) || ("
+                f"{_cel_minutes('self.frequency')} > {_cel_minutes('self.levels[0].frequency')}"
+                f" && (size(self.levels) < 2 || {_cel_minutes('self.levels[0].frequency')} > {_cel_minutes('self.levels[1].frequency')})"
+                f" && (size(self.levels) < 3 || {_cel_minutes('self.levels[1].frequency')} > {_cel_minutes('self.levels[2].frequency')}))"
+            ),
+            message="each level must be strictly finer than the one above it; list levels from coarse to fine, e.g. day → 30min → 1min",
+            field="levels",
+            check=lambda e: (
+                e.levels is None
+                or all(
+                    minutes(a) > minutes(b)
+                    for a, b in zip(
+                        [e.frequency, *(lv.frequency for lv in e.levels)],
+                        [lv.frequency for lv in e.levels],
+                        strict=False,
+                    )
+                )
+            ),
+        ),
+    )
+
+    def finest(self) -> str:
+        """The frequency trades are simulated at."""
+        return self.levels[-1].frequency if self.levels else self.frequency
 
 
 class DealPrice(StrEnum):

@@ -102,15 +102,8 @@ def check_backtest(spec: BacktestSpec, bundle: Bundle) -> None:
             where="spec.benchmark",
             fix="use an index the bundle has",
         )
-    if (
-        spec.executor.frequency != "day"
-        and not (bundle.path / "calendars" / f"{spec.executor.frequency}.txt").is_file()
-    ):
-        raise ConfigError(
-            f"the bundle has no {spec.executor.frequency} bars",
-            where="spec.executor.frequency",
-            fix="use day, or import data at that frequency",
-        )
+    if spec.executor.finest() != "day":
+        check_minute_data(spec, bundle)
     universe = spec.universe.resolved_market()
     if isinstance(universe, str):
         live = [
@@ -132,3 +125,23 @@ def check_backtest(spec: BacktestSpec, bundle: Bundle) -> None:
                 where="spec.universe.instruments",
                 fix="list codes the bundle has",
             )
+
+
+def check_minute_data(spec: BacktestSpec, bundle: Bundle) -> None:
+    """Intraday steps need the bundle's 1-minute bars over the whole period."""
+    field = "spec.executor.levels" if spec.executor.levels else "spec.executor.frequency"
+    calendar = bundle.path / "calendars" / "1min.txt"
+    if not calendar.is_file():
+        raise ConfigError(
+            f"the bundle has no 1-minute bars for the {spec.executor.finest()} level",
+            where=field,
+            fix="use a bundle with minute bars (`kubequant data sample --freq day,1min`, or import them)",
+        )
+    days = sorted({line[:10] for line in calendar.read_text().splitlines() if line.strip()})
+    if not days or days[0] > str(spec.period.start) or days[-1] < str(spec.period.end):
+        span = f"{days[0]} … {days[-1]}" if days else "none"
+        raise ConfigError(
+            f"minute bars cover {span}, not the whole period {spec.period.start} … {spec.period.end}",
+            where="spec.period",
+            fix="shorten the period to the days with minute bars, or generate or import more",
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubequant.api.backtest import BacktestSpec, InlineModel
+from kubequant.api.backtest import BacktestSpec, ExecutorLevel, InlineModel
 from kubequant.api.common import ClassReference
 from kubequant.errors import ConfigError
 
@@ -96,18 +96,51 @@ def strategy_config(spec: BacktestSpec) -> dict[str, Any]:
     }
 
 
+RULE_STRATEGY_MODULE = "qlib.contrib.strategy.rule_strategy"
+
+
+def slicing_config(level: ExecutorLevel, market: str | list[str], field: str) -> dict[str, Any]:
+    """qlib's config of the strategy that slices orders at one inner level."""
+    chosen = level.strategy
+    if chosen.custom is not None:
+        return class_config(chosen.custom, RULE_STRATEGY_MODULE, f"{field}.strategy.custom")
+    if chosen.sbb_ema is not None:
+        return {
+            "class": "SBBStrategyEMA",
+            "module_path": RULE_STRATEGY_MODULE,
+            "kwargs": {"instruments": market, "freq": "1min"},
+        }
+    return {"class": "TWAPStrategy", "module_path": RULE_STRATEGY_MODULE, "kwargs": {}}
+
+
 def executor_config(spec: BacktestSpec) -> dict[str, Any]:
-    """qlib's SimulatorExecutor config."""
-    return {
+    """qlib's SimulatorExecutor config, wrapped in one NestedExecutor per inner level (outermost first)."""
+    levels = spec.executor.levels or []
+    config: dict[str, Any] = {
         "class": "SimulatorExecutor",
         "module_path": "qlib.backtest.executor",
         "kwargs": {
-            "time_per_step": spec.executor.frequency,
+            "time_per_step": spec.executor.finest(),
             "generate_portfolio_metrics": True,
             "trade_type": spec.executor.trade_type,
             "verbose": False,
         },
     }
+    market = spec.universe.resolved_market()
+    for index in reversed(range(len(levels))):
+        step = spec.executor.frequency if index == 0 else levels[index - 1].frequency
+        config = {
+            "class": "NestedExecutor",
+            "module_path": "qlib.backtest.executor",
+            "kwargs": {
+                "time_per_step": step,
+                "inner_executor": config,
+                "inner_strategy": slicing_config(levels[index], market, f"spec.executor.levels[{index}]"),
+                "generate_portfolio_metrics": True,
+                "indicator_config": {"show_indicator": False},
+            },
+        }
+    return config
 
 
 def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
@@ -134,7 +167,7 @@ def plain_exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
     """kwargs of qlib's Exchange (without the impact model)."""
     ex = spec.exchange
     out: dict[str, Any] = {
-        "freq": spec.executor.frequency,
+        "freq": "1min" if spec.executor.finest() != "day" else "day",
         "limit_threshold": ex.limit_threshold,
         "deal_price": ex.deal_price,
         "open_cost": ex.open_cost,
