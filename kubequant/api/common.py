@@ -188,6 +188,15 @@ class SampleData(ApiModel):
     seed: int = Field(
         42, ge=0, description="Random seed; the same seed gives the same bundle, byte for byte."
     )
+    minute_bars: bool = Field(
+        False,
+        description="Also write 1-minute bars (09:30–11:30, 13:00–15:00) consistent with the daily ones, "
+        "for nested execution; their instruments form the market 'intraday'.",
+    )
+    minute_instruments: int = Field(50, ge=1, le=5000, description="Instruments that get minute bars.")
+    minute_days: int = Field(
+        60, ge=1, le=1000, description="Last trading days of the sample that get minute bars."
+    )
 
     __rules__ = (
         Rule(

@@ -51,7 +51,13 @@ def resolve_data_path(bt: Backtest, data_path: Path | None = None) -> Path:
 
         return ensure_sample_bundle(
             SampleSpec(
-                instruments=sample.instruments, start=str(sample.start), end=str(sample.end), seed=sample.seed
+                instruments=sample.instruments,
+                start=str(sample.start),
+                end=str(sample.end),
+                seed=sample.seed,
+                freqs=("day", "1min") if sample.minute_bars else ("day",),
+                minute_instruments=sample.minute_instruments,
+                minute_days=sample.minute_days,
             )
         )
     raise ConfigError(
@@ -69,6 +75,9 @@ def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
     """
     import qlib
 
+    from kubequant.workloads.backtest import qlib_compat
+
+    qlib_compat.apply()
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     qlib.init(
         provider_uri=str(provider_uri),

@@ -1,0 +1,125 @@
+"""Nested execution through `kubequant run`: day decisions executed by 30-minute and 1-minute levels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from kubequant.workloads.data.sample import SampleSpec, write_sample_bundle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+KUBEQUANT = str(Path(sys.executable).parent / "kubequant")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("minute") / "bundle"
+    spec = SampleSpec(
+        instruments=20,
+        start="2020-01-01",
+        end="2020-12-31",
+        seed=3,
+        freqs=("day", "1min"),
+        minute_instruments=8,
+        minute_days=12,
+    )
+    write_sample_bundle(path, spec)
+    return path
+
+
+def _manifest(bundle: Path, scores: Path, name: str, levels: list[dict[str, Any]] | None) -> dict[str, Any]:
+    days = [d for d in (bundle / "calendars" / "day.txt").read_text().split()]
+    spec: dict[str, Any] = {
+        "data": {"path": str(bundle)},
+        "universe": {"market": "intraday"},
+        "period": {"start": days[-11], "end": days[-2]},
+        "account": 5_000_000,
+        "signal": {"file": {"path": str(scores)}},
+        "strategy": {"topkDropout": {"topk": 4, "nDrop": 1}},
+    }
+    if levels:
+        spec["executor"] = {"frequency": "day", "levels": levels}
+    return {
+        "apiVersion": "kubequant.io/v1alpha1",
+        "kind": "Backtest",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _run(doc: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    manifest = tmp / f"{doc['metadata']['name']}.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        [
+            KUBEQUANT,
+            "run",
+            "-f",
+            str(manifest),
+            "-o",
+            "json",
+            "--report-dir",
+            str(tmp / doc["metadata"]["name"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_nested_levels_trade_intraday(bundle: Path, tmp_path: Path) -> None:
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
+    rng = np.random.default_rng(5)
+    scores = tmp_path / "scores.csv"
+    pd.DataFrame(
+        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
+    ).to_csv(scores, index=False)
+    single = _run(_manifest(bundle, scores, "single", None), tmp_path)
+    nested = _run(
+        _manifest(
+            bundle,
+            scores,
+            "nested",
+            [
+                {"frequency": "30min", "strategy": {"sbbEma": {}}},
+                {"frequency": "1min", "strategy": {"twap": {}}},
+            ],
+        ),
+        tmp_path,
+    )
+    assert single["days"] == nested["days"] == 10
+    # Orders are split into many intraday fills, each one at a minute bar's price.
+    assert nested["trades"] > 5 * single["trades"] > 0
+    trades = pd.read_csv(tmp_path / "nested" / "trades.csv", parse_dates=["datetime"])
+    assert (trades["datetime"].dt.time != pd.Timestamp("00:00").time()).all()
+    assert trades["datetime"].dt.strftime("%H:%M").between("09:30", "15:00").all()
+
+
+def test_nested_without_minute_bars_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "daily"
+    write_sample_bundle(path, SampleSpec(instruments=5, start="2020-01-01", end="2020-03-31"))
+    scores = tmp_path / "s.csv"
+    scores.write_text("datetime,instrument,score\n2020-03-02,SYN0001,1\n")
+    doc = _manifest(path, scores, "nominutes", [{"frequency": "1min", "strategy": {"twap": {}}}])
+    doc["spec"]["universe"] = {"market": "all"}
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        [KUBEQUANT, "run", "-f", str(manifest)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "spec.executor.levels" in proc.stderr and "1-minute bars" in proc.stderr
