@@ -20,6 +20,13 @@ def use_bundle(provider_uri: Path, mlruns: Path | None = None) -> None:
             "module_path": "qlib.workflow.expm",
             "kwargs": {"uri": f"file:{mlruns}", "default_exp_name": "kubequant-tests"},
         }
+    # A model fitted by an earlier test may have left qlib's MLflow experiment open; close it first.
+    try:
+        from qlib.workflow import R
+
+        R.end_exp(recorder_status="FINISHED")
+    except Exception:
+        pass
     # kernels=1: these bundles are small, and worker processes cost more than they save here.
     qlib.init(
         provider_uri=str(provider_uri),

@@ -107,6 +107,9 @@ def test_nested_levels_trade_intraday(bundle: Path, tmp_path: Path) -> None:
     trades = pd.read_csv(tmp_path / "nested" / "trades.csv", parse_dates=["datetime"])
     assert (trades["datetime"].dt.time != pd.Timestamp("00:00").time()).all()
     assert trades["datetime"].dt.strftime("%H:%M").between("09:30", "15:00").all()
+    # The last day trades too (its minutes are loaded through 15:00, not cut at midnight).
+    last = (bundle / "calendars" / "day.txt").read_text().split()[-2]
+    assert (trades["datetime"].dt.strftime("%Y-%m-%d") == last).any()
 
 
 def test_nested_without_minute_bars_is_refused(tmp_path: Path) -> None:

@@ -123,10 +123,11 @@ CASES: list[tuple[str, dict[str, str | pd.DataFrame], str, str]] = [
         "mixed frequencies",
     ),
     (
-        "intraday-bars",
-        {"AAA.csv": HEADER + "2020-01-02 09:31,10,11,9,10.5,1000\n2020-01-02 09:32,10,11,9,10.5,1000\n"},
+        # 1-minute bars are imported now (tests/unit/test_importer_minutes.py); off-session ones are not.
+        "intraday-bar-outside-sessions",
+        {"AAA.csv": HEADER + "2020-01-02 09:31,10,11,9,10.5,1000\n2020-01-02 11:30,10,11,9,10.5,1000\n"},
         "AAA.csv:row 2",
-        "intraday data is not supported",
+        "outside the trading sessions",
     ),
     ("empty-file", {"AAA.csv": ""}, "AAA.csv", "file is empty"),
     ("header-only", {"AAA.csv": HEADER}, "AAA.csv", "no data rows"),

@@ -153,7 +153,7 @@ def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
     impact = spec.exchange.impact
     if impact is None:
         return out
-    kwargs = {**out, "start_time": str(spec.period.start), "end_time": str(spec.period.end)}
+    kwargs = {"start_time": str(spec.period.start), "end_time": str(spec.period.end), **out}
     return {
         "exchange": {
             "class": "ImpactExchange",
@@ -177,4 +177,7 @@ def plain_exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
     }
     if ex.trade_unit is not None:
         out["trade_unit"] = ex.trade_unit
+    if spec.executor.finest() != "day":
+        # qlib loads quotes up to end_time as given: a bare date would drop the last day's minutes.
+        out["end_time"] = f"{spec.period.end} 15:00:00"
     return out

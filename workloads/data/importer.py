@@ -1,9 +1,15 @@
-"""Import daily OHLCV bars from CSV or Parquet into a qlib bundle, refusing bad rows with file and row.
+"""Import OHLCV bars from CSV or Parquet into a qlib bundle, refusing bad rows with file and row.
 
 Input is either a directory with one file per instrument (symbol = file stem) or a long table with
 an ``instrument``/``symbol`` column (a directory may mix both). Prices follow qlib's convention:
 ``open/high/low/close/vwap`` are adjusted prices and ``factor`` the adjustment factor (raw price =
 close / factor; default 1.0 when the column is absent), ``volume`` is in adjusted shares.
+
+Bars are daily (one per instrument and date) or 1-minute: a file in which some instrument has
+several bars on one day holds intraday bars, and every file of one import must be of one kind.
+1-minute bars are stamped in exchange time with the minute they start (qlib's CN grid, see
+``sessions``); they become ``calendars/1min.txt`` and ``<field>.1min.bin`` beside daily bars
+rolled up from them (qlib's backtests step through days even when they trade in minutes).
 """
 
 from __future__ import annotations
@@ -17,6 +23,15 @@ import pandas as pd
 
 from kubequant.errors import DataError
 from kubequant.workloads.data.qlib_format import BundleSummary, BundleWriter, check_output_dir, check_symbol
+from kubequant.workloads.data.sessions import (
+    BAR_LABELS_TEXT,
+    INTRADAY_FREQ,
+    SESSIONS_TEXT,
+    bars_per_day,
+    minute_calendar,
+    on_bar_grid,
+    roll_up_days,
+)
 
 REQUIRED = ("open", "high", "low", "close", "volume")
 OPTIONAL = ("factor", "vwap", "amount")
@@ -25,6 +40,11 @@ SYMBOL_COLUMNS = ("instrument", "symbol")
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 COLUMNS_FIX = (
     "columns (case-insensitive): date, open, high, low, close, volume; optional factor, vwap, amount"
+)
+SESSIONS_FIX = (
+    f"stamp each 1-minute bar in exchange time with the minute it starts: {BAR_LABELS_TEXT} "
+    f"(sessions {SESSIONS_TEXT}, qlib's convention); bars stamped with the minute they end "
+    "(09:31…11:30, 13:01…15:00) need shifting back one minute"
 )
 
 
@@ -44,7 +64,7 @@ class ImportSummary:
 
 @dataclass(frozen=True)
 class _Bars:
-    """One instrument's validated bars: dates (midnight) and float64 fields."""
+    """One instrument's validated bars: dates (midnight; intraday: bar labels) and float64 fields."""
 
     symbol: str
     origin: str
@@ -53,28 +73,29 @@ class _Bars:
 
 
 def import_bundle(source: Path, out: Path) -> ImportSummary:
-    """Validate every file under ``source`` and write them as one daily qlib bundle at ``out``."""
+    """Validate every file under ``source`` and write them as one qlib bundle at ``out``.
+
+    Daily files give a daily bundle; 1-minute files a bundle with 1-minute bars and the daily
+    bars rolled up from them.
+    """
     source, out = Path(source), Path(out)
     files = discover_files(source)
     check_output_dir(out)  # fail before reading gigabytes
     bars: dict[str, _Bars] = {}
-    stamp: tuple[str, pd.Timedelta] | None = None  # (file, time of day) every file must share
+    # The first file, and its daily time of day (None: 1-minute bars); the others must match it.
+    first: tuple[str, pd.Timedelta | None] | None = None
     rows = 0
     for file in files:
         frame = read_table(file)
         rows += len(frame)
         _check_mixed_stamps(frame, file)
-        items = list(_instruments(frame, file))
-        time_of_day = _file_time_of_day(frame, file)
-        if stamp is None:
-            stamp = (str(file), time_of_day)
-        elif time_of_day != stamp[1]:
-            raise DataError(
-                f"mixed frequencies: bars here are stamped {_hms(time_of_day)} but in {stamp[0]} {_hms(stamp[1])}",
-                where=str(file),
-                fix="give every file the same kind of timestamps (daily bars: dates only, YYYY-MM-DD)",
-            )
-        for item in items:
+        intraday_row = _first_intraday_row(frame)
+        if intraday_row is not None:
+            _check_sessions(frame, file)
+        time_of_day = None if intraday_row is not None else _file_time_of_day(frame, file)
+        first = first or (str(file), time_of_day)
+        _check_same_kind(file, time_of_day, intraday_row, first)
+        for item in _instruments(frame, file, intraday=time_of_day is None):
             if item.symbol in bars:
                 raise DataError(
                     f"instrument {item.symbol} also appears in {bars[item.symbol].origin}",
@@ -82,12 +103,59 @@ def import_bundle(source: Path, out: Path) -> ImportSummary:
                     fix="keep each instrument in one file",
                 )
             bars[item.symbol] = item
+    meta = {"generator": "kubequant.workloads.data.importer", "source": str(source)}
+    if first is not None and first[1] is None:
+        return ImportSummary(source, len(files), rows, _write_intraday(out, bars, meta))
     calendar = pd.DatetimeIndex(np.unique(np.concatenate([b.dates.to_numpy() for b in bars.values()])))
     with BundleWriter(out, calendar, freq="day") as writer:
         for symbol in sorted(bars):
             writer.add_instrument(symbol, *_on_calendar(bars[symbol], calendar))
-        summary = writer.commit({"generator": "kubequant.workloads.data.importer", "source": str(source)})
+        summary = writer.commit(meta)
     return ImportSummary(source=source, source_files=len(files), rows=rows, bundle=summary)
+
+
+def _check_same_kind(
+    file: Path,
+    time_of_day: pd.Timedelta | None,
+    intraday_row: int | None,
+    first: tuple[str, pd.Timedelta | None],
+) -> None:
+    """Refuse a file whose bars differ in kind from the first file's: daily vs 1-minute, or stamped otherwise."""
+    first_file, first_time = first
+    if (time_of_day is None) != (first_time is None):
+        here, there = ("1-minute", "daily") if time_of_day is None else ("daily", "1-minute")
+        raise DataError(
+            f"mixed frequencies: {here} bars here but {there} bars in {first_file}",
+            where=_where(file, intraday_row or 1),
+            fix="import daily and 1-minute bars separately, into two bundles",
+        )
+    if time_of_day is not None and first_time is not None and time_of_day != first_time:
+        raise DataError(
+            f"mixed frequencies: bars here are stamped {_hms(time_of_day)} but in {first_file} {_hms(first_time)}",
+            where=str(file),
+            fix="give every file the same kind of timestamps (daily bars: dates only, YYYY-MM-DD)",
+        )
+
+
+def _write_intraday(out: Path, bars: dict[str, _Bars], meta: dict[str, str]) -> BundleSummary:
+    """Write 1-minute bars on the full session grid of every day with a bar, and their daily roll-up."""
+    daily = {}
+    for symbol, minutes in bars.items():
+        days, fields = roll_up_days(minutes.dates.to_numpy(), minutes.fields)
+        daily[symbol] = _Bars(symbol, minutes.origin, pd.DatetimeIndex(days), fields)
+    calendar = pd.DatetimeIndex(np.unique(np.concatenate([b.dates.to_numpy() for b in daily.values()])))
+    grid = minute_calendar(calendar)
+    with BundleWriter(out, calendar, freq="day") as writer:
+        writer.add_calendar(INTRADAY_FREQ, grid)
+        for symbol in sorted(bars):
+            writer.add_instrument(symbol, *_on_calendar(daily[symbol], calendar))
+            writer.add_instrument(symbol, *_on_calendar(bars[symbol], grid), freq=INTRADAY_FREQ)
+        note = (
+            f"1-minute bars: {sum(len(b.dates) for b in bars.values())} bars on the {bars_per_day()}-bar "
+            f"grid of {len(calendar)} days (calendars/{INTRADAY_FREQ}.txt, <field>.{INTRADAY_FREQ}.bin); "
+            "the daily bars are rolled up from them."
+        )
+        return writer.commit(meta, notes=(note,))
 
 
 def discover_files(source: Path) -> list[Path]:
@@ -224,6 +292,40 @@ def _check_mixed_stamps(frame: pd.DataFrame, file: Path) -> None:
         )
 
 
+def _first_intraday_row(frame: pd.DataFrame) -> int | None:
+    """The first row (1-based) stamped at another time of a day on which its instrument has a bar already.
+
+    None means a daily file (a repeated date, or a repeated timestamp, is a duplicate, not intraday).
+    """
+    ts = frame["_ts"]
+    if not (ts != ts.dt.normalize()).any():
+        return None
+    column = next((c for c in SYMBOL_COLUMNS if c in frame), None)
+    symbol = (
+        frame[column].astype("string").str.strip().str.upper().fillna("").to_numpy()
+        if column
+        else np.zeros(len(frame))
+    )
+    keys = pd.DataFrame({"s": symbol, "t": ts.to_numpy(), "d": ts.dt.normalize().to_numpy()})
+    again = keys.duplicated(["s", "d"]) & ~keys.duplicated(["s", "t"])
+    return int(frame["_row"].to_numpy()[np.argmax(again.to_numpy())]) if again.any() else None
+
+
+def _check_sessions(frame: pd.DataFrame, file: Path) -> None:
+    """Refuse 1-minute bars stamped outside the exchange's sessions or between whole minutes."""
+    ts = frame["_ts"].to_numpy()
+    bad = ~on_bar_grid(ts)
+    if bad.any():
+        i = int(np.argmax(bad))
+        stamp = pd.Timestamp(ts[i])
+        what = (
+            "not on a whole minute"
+            if stamp.second or stamp.nanosecond or stamp.microsecond
+            else (f"outside the trading sessions ({SESSIONS_TEXT})")
+        )
+        raise DataError(f"1-minute bar at {stamp} is {what}", where=_where(file, i + 1), fix=SESSIONS_FIX)
+
+
 def _file_time_of_day(frame: pd.DataFrame, file: Path) -> pd.Timedelta:
     """The one time of day every (daily) bar in the file is stamped with; refuse differing time parts."""
     tod = _time_of_day(frame)
@@ -234,17 +336,18 @@ def _file_time_of_day(frame: pd.DataFrame, file: Path) -> pd.Timedelta:
             f"mixed frequencies: row {i + 1} is stamped {_hms(pd.Timedelta(tod[i]))} but row 1 "
             f"{_hms(pd.Timedelta(tod[0]))} (time parts differ between daily bars)",
             where=_where(file, i + 1),
-            fix="stamp every daily bar the same way, best as a date without time (YYYY-MM-DD)",
+            fix="stamp every daily bar the same way, best as a date without time (YYYY-MM-DD); "
+            "1-minute bars have several rows per day",
         )
     return pd.Timedelta(tod[0])
 
 
-def _instruments(frame: pd.DataFrame, file: Path) -> Iterator[_Bars]:
+def _instruments(frame: pd.DataFrame, file: Path, *, intraday: bool = False) -> Iterator[_Bars]:
     """Split a file into per-instrument bars (by its symbol column, else its file name) and validate each."""
     column = next((c for c in SYMBOL_COLUMNS if c in frame), None)
     if column is None:
         stem = file.name.split(".")[0]
-        yield _validate(frame, file, check_symbol(stem, where=str(file)), str(file))
+        yield _validate(frame, file, check_symbol(stem, where=str(file)), str(file), intraday)
         return
     symbols = frame[column].astype("string").str.strip()
     missing = symbols.isna() | (symbols == "")
@@ -257,10 +360,10 @@ def _instruments(frame: pd.DataFrame, file: Path) -> Iterator[_Bars]:
     for positions in groups.values():  # positions keep file order, so row checks stay meaningful
         first = int(positions[0])
         name = check_symbol(str(symbols.iloc[first]), where=_where(file, first + 1))
-        yield _validate(frame.iloc[positions], file, name, f"{file} (instrument {name})")
+        yield _validate(frame.iloc[positions], file, name, f"{file} (instrument {name})", intraday)
 
 
-def _validate(frame: pd.DataFrame, file: Path, symbol: str, origin: str) -> _Bars:
+def _validate(frame: pd.DataFrame, file: Path, symbol: str, origin: str, intraday: bool = False) -> _Bars:
     """Check one instrument's rows (order, duplicates, prices, OHLC consistency) and return its bars."""
     rows = frame["_row"].to_numpy()
     ts = frame["_ts"].to_numpy()
@@ -274,21 +377,25 @@ def _validate(frame: pd.DataFrame, file: Path, symbol: str, origin: str) -> _Bar
 
     step = np.concatenate([[np.timedelta64(1, "ns")], np.diff(ts)])
     prev = np.concatenate([ts[:1], ts[:-1]])
+    what = "timestamp" if intraday else "date"
     for i in np.flatnonzero(step <= np.timedelta64(0, "ns"))[:1]:
-        kind = "duplicate date" if step[i] == np.timedelta64(0, "ns") else "dates not sorted"
+        duplicate = step[i] == np.timedelta64(0, "ns")
+        kind = f"duplicate {what}" if duplicate else f"{what}s not sorted"
         raise DataError(
             f"{symbol}: {kind}: {pd.Timestamp(ts[i])} follows {pd.Timestamp(prev[i])}",
             where=_where(file, int(rows[i])),
-            fix="keep one row per date"
-            if kind == "duplicate date"
-            else "sort each instrument's rows by date, oldest first",
+            fix=f"keep one row per {what}"
+            if duplicate
+            else f"sort each instrument's rows by {what}, oldest first",
         )
     days = pd.DatetimeIndex(ts).normalize()
-    refuse(
-        np.concatenate([[False], days[1:] == days[:-1]]),
-        f"{symbol}: several bars on one day ({{ts}}): intraday data is not supported yet",
-        "aggregate to one daily bar per date",
-    )
+    same_day = np.concatenate([[False], days[1:] == days[:-1]])
+    if not intraday:
+        refuse(
+            same_day,
+            f"{symbol}: several bars on one day ({{ts}})",
+            "keep one daily bar per date (1-minute bars go in files of their own)",
+        )
     values = {c: frame[c].to_numpy(dtype="float64") for c in REQUIRED + OPTIONAL if c in frame}
     for column in (*REQUIRED, "factor"):
         if column in values:
@@ -309,10 +416,20 @@ def _validate(frame: pd.DataFrame, file: Path, symbol: str, origin: str) -> _Bar
     refuse(h < np.maximum(o, c), f"{symbol}: high is below max(open, close)", "check the row's OHLC values")
     refuse(lo > np.minimum(o, c), f"{symbol}: low is above min(open, close)", "check the row's OHLC values")
     values.setdefault("factor", np.ones(len(frame)))
+    if intraday:
+        factor = values["factor"]
+        refuse(
+            same_day & (factor != np.concatenate([factor[:1], factor[:-1]])),
+            f"{symbol}: the factor changes within a day ({{ts}})",
+            "an adjustment factor holds for a whole day: give every bar of a day that day's factor",
+        )
     change = np.full(len(frame), np.nan)
-    change[1:] = c[1:] / c[:-1] - 1.0  # against the previous bar: suspended days have no row
+    # Against the previous bar: suspended days have no row; a day's first minute follows the last
+    # minute of the day before (qlib's minute $change runs across the lunch break and overnight).
+    change[1:] = c[1:] / c[:-1] - 1.0
     values["change"] = change
-    return _Bars(symbol=symbol, origin=origin, dates=days, fields=values)
+    stamps = pd.DatetimeIndex(ts) if intraday else days
+    return _Bars(symbol=symbol, origin=origin, dates=stamps, fields=values)
 
 
 def _on_calendar(bars: _Bars, calendar: pd.DatetimeIndex) -> tuple[int, dict[str, np.ndarray]]:

@@ -8,6 +8,13 @@ Layout, as read by ``qlib.data.storage.file_storage``::
                                          little-endian float32: [start index, v0, v1, ...]
     meta/bundle.json                     kubequant's manifest (not read by qlib)
 
+A bundle is daily at heart (qlib's default freq and the outer level of every backtest); it may
+also carry 1-minute bars in the same folder: ``calendars/1min.txt`` and ``<field>.1min.bin``,
+each ``.1min.bin`` indexed into the minute calendar. qlib reads one ``instruments/`` for every
+freq and filters minute rows by those spans, so in such a bundle the spans are written as
+timestamps (``%Y-%m-%d %H:%M:%S``) ending at the last bar of the last day (14:59:00), not at its
+midnight.
+
 Everything is written into a temporary directory next to the target and renamed into place at
 the end, so a reader never sees a half-written bundle.
 """
@@ -31,11 +38,14 @@ import numpy as np
 import pandas as pd
 
 from kubequant.errors import DataError
+from kubequant.workloads.data.sessions import last_bar_offset
 
 # How each frequency spells its timestamps in calendars/ and instruments/ (as dump_bin does).
 FREQ_FORMATS: dict[str, str] = {"day": "%Y-%m-%d", "1min": "%Y-%m-%d %H:%M:%S"}
-# Frequencies whose writer path is implemented and tested; "1min" is reserved for later.
+# The bundle's primary frequency (its instruments/ spans and manifest): daily only.
 SUPPORTED_FREQS: tuple[str, ...] = ("day",)
+# Finer frequencies a daily bundle can carry beside its daily bars (``BundleWriter.add_calendar``).
+INTRADAY_FREQS: tuple[str, ...] = ("1min",)
 BUNDLE_FORMAT = "kubequant-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "meta/bundle.json"
@@ -162,7 +172,10 @@ class BundleWriter:
         if freq not in FREQ_FORMATS:
             raise ValueError(f"unknown freq {freq!r}; known: {sorted(FREQ_FORMATS)}")
         if freq not in SUPPORTED_FREQS:
-            raise NotImplementedError(f"freq {freq!r} is not implemented yet")
+            raise NotImplementedError(
+                f"freq {freq!r} as a bundle's own frequency is not implemented: a bundle is daily, "
+                f"with intraday bars beside (add_calendar({freq!r}, ...))"
+            )
         cal = pd.DatetimeIndex(calendar)
         if len(cal) == 0:
             raise ValueError("calendar is empty")
@@ -171,10 +184,11 @@ class BundleWriter:
         self.out = Path(out)
         self.freq = freq
         self.calendar = cal
+        self.calendars: dict[str, pd.DatetimeIndex] = {freq: cal}
         self._digests: dict[str, str] = {}
         self._spans: dict[str, dict[str, tuple[int, int]]] = {}
-        self._symbols: set[str] = set()
-        self._fields: set[str] = set()
+        self._symbols: dict[str, set[str]] = {freq: set()}
+        self._fields: dict[str, set[str]] = {freq: set()}
         self._done = False
         check_output_dir(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +217,28 @@ class BundleWriter:
         target.write_bytes(data)
         self._digests[rel] = hashlib.sha256(data).hexdigest()
 
+    def add_calendar(self, freq: str, calendar: Sequence[pd.Timestamp] | pd.DatetimeIndex) -> None:
+        """Add a finer calendar (``calendars/<freq>.txt``) for intraday bars beside the daily ones."""
+        if freq not in INTRADAY_FREQS:
+            raise ValueError(f"freq {freq!r} cannot be added to a bundle; known: {list(INTRADAY_FREQS)}")
+        if freq in self.calendars:
+            raise ValueError(f"calendar {freq} added twice")
+        cal = pd.DatetimeIndex(calendar)
+        if len(cal) == 0:
+            raise ValueError("calendar is empty")
+        if not cal.is_monotonic_increasing or not cal.is_unique:
+            raise ValueError("calendar must be strictly increasing")
+        if len(cal) >= 2**24:  # start indices are stored as float32
+            raise ValueError(f"calendar {freq} has {len(cal)} bars; at most {2**24 - 1} fit the format")
+        outside = ~pd.DatetimeIndex(cal.normalize().unique()).isin(self.calendar)
+        if outside.any():
+            day = cal.normalize().unique()[np.argmax(outside)]
+            raise ValueError(f"calendar {freq} has bars on {day.date()}, which the daily calendar lacks")
+        self.add_file(f"calendars/{freq}.txt", "".join(f"{d}\n" for d in format_timestamps(cal, freq)))
+        self.calendars[freq] = cal
+        self._symbols[freq] = set()
+        self._fields[freq] = set()
+
     def add_instrument(
         self,
         symbol: str,
@@ -210,35 +246,47 @@ class BundleWriter:
         fields: Mapping[str, np.ndarray],
         *,
         markets: Iterable[str] = (DEFAULT_MARKET,),
+        freq: str | None = None,
     ) -> None:
-        """Write one instrument's fields (each a 1-D array from ``start_index``); list it in ``markets``."""
+        """Write one instrument's fields (each a 1-D array from ``start_index``); list it in ``markets``.
+
+        ``freq`` (default: the bundle's own) picks the calendar ``start_index`` counts in; only
+        daily bars list an instrument in ``markets``, intraday bars go beside them.
+        """
+        freq = freq or self.freq
+        if freq not in self.calendars:
+            raise ValueError(f"no {freq} calendar in this bundle; add_calendar({freq!r}, ...) first")
         symbol = check_symbol(symbol, where=f"instrument {symbol!r}")
-        if symbol in self._symbols:
+        if symbol in self._symbols[freq]:
             raise ValueError(f"instrument {symbol} written twice")
         lengths = {len(v) for v in fields.values()}
         if len(lengths) != 1 or 0 in lengths:
             raise ValueError(f"{symbol}: fields must be non-empty and of equal length, got {lengths}")
         end_index = start_index + lengths.pop() - 1
-        if start_index < 0 or end_index >= len(self.calendar):
+        if start_index < 0 or end_index >= len(self.calendars[freq]):
             raise ValueError(f"{symbol}: span {start_index}..{end_index} outside the calendar")
         folder = feature_dir_name(symbol)
         for name, values in fields.items():
-            self.add_file(
-                f"features/{folder}/{name.lower()}.{self.freq}.bin", encode_feature(start_index, values)
-            )
-            self._fields.add(name.lower())
-        self._symbols.add(symbol)
+            self.add_file(f"features/{folder}/{name.lower()}.{freq}.bin", encode_feature(start_index, values))
+            self._fields[freq].add(name.lower())
+        self._symbols[freq].add(symbol)
+        if freq != self.freq:
+            return
         for market in markets:
             self._spans.setdefault(market.lower(), {})[symbol] = (start_index, end_index)
+
+    def _span_text(self, start: int, end: int) -> list[str]:
+        """An instruments/ line's start and end: dates, or timestamps covering the last day's minutes."""
+        first, last = self.calendar[start], self.calendar[end]
+        if len(self.calendars) == 1:
+            return format_timestamps([first, last], self.freq)
+        return format_timestamps([first, last + last_bar_offset()], "1min")
 
     def commit(self, meta: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> BundleSummary:
         """Write instruments/ and the manifest, then move the bundle into place; returns its summary."""
         try:
             for market, spans in sorted(self._spans.items()):
-                lines = [
-                    "\t".join([sym, *format_timestamps(self.calendar[[s, e]], self.freq)])
-                    for sym, (s, e) in sorted(spans.items())
-                ]
+                lines = ["\t".join([sym, *self._span_text(s, e)]) for sym, (s, e) in sorted(spans.items())]
                 self.add_file(f"instruments/{market}.txt", "".join(f"{line}\n" for line in lines))
             checksum = tree_checksum(self._digests)
             listed = len(self._spans.get(DEFAULT_MARKET, {}))
@@ -247,13 +295,26 @@ class BundleWriter:
                 "format": BUNDLE_FORMAT,
                 "format_version": BUNDLE_FORMAT_VERSION,
                 "freq": self.freq,
-                "fields": sorted(self._fields),
+                "fields": sorted(self._fields[self.freq]),
                 "calendar": {"start": start, "end": end, "days": len(self.calendar)},
                 "instruments": listed,
                 "markets": {m: len(s) for m, s in sorted(self._spans.items())},
                 "checksum": checksum,
                 **(meta or {}),
             }
+            intraday = {f: c for f, c in self.calendars.items() if f != self.freq}
+            if intraday:  # absent from daily-only bundles, so those stay byte-identical
+                manifest["intraday"] = {
+                    freq: {
+                        "fields": sorted(self._fields[freq]),
+                        "start": format_timestamps(cal[[0]], freq)[0],
+                        "end": format_timestamps(cal[[-1]], freq)[0],
+                        "bars": len(cal),
+                        "days": int(cal.normalize().nunique()),
+                        "instruments": len(self._symbols[freq]),
+                    }
+                    for freq, cal in sorted(intraday.items())
+                }
             self.add_file(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             self._swap_into_place()
         except BaseException:
@@ -269,7 +330,7 @@ class BundleWriter:
             end=end,
             files=len(self._digests),
             checksum=checksum,
-            fields=tuple(sorted(self._fields)),
+            fields=tuple(sorted(self._fields[self.freq])),
             notes=tuple(notes),
         )
 
