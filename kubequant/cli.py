@@ -250,6 +250,34 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
     for key, label, fmt in _TABLE_ROWS:
         value = results.get(key)
         click.echo(f"  {label:<26} {'-' if value is None else fmt.format(value)}")
+    execution = results.get("execution")
+    if execution:
+        click.echo("  Execution")
+        for level in execution.get("levels", []):
+            fill = level.get("fillRate")
+            pa = level.get("priceAdvantageBps")
+            click.echo(
+                f"    {level['frequency']:<8} orders {level['orders']:>7}  fill rate "
+                f"{'-' if fill is None else f'{fill:.1%}'}  price advantage {'-' if pa is None else f'{pa:+.2f} bps'}"
+            )
+        for key, label, fmt in (
+            ("implementationShortfallBps", "Shortfall vs arrival (bps)", "{:.2f}"),
+            ("impactBps", "Slippage+impact (bps)", "{:.2f}"),
+            ("participation", "Participation", "{:.2%}"),
+            ("fillsPerOrder", "Fills per order", "{:.1f}"),
+        ):
+            value = execution.get(key)
+            click.echo(f"    {label:<24} {'-' if value is None else fmt.format(value)}")
+    single = results.get("singleLevel")
+    if single:
+        click.echo("  Same signal, single-level daily executor")
+        for key, label, fmt in (
+            ("annualizedReturn", "Annualised return", "{:+.2%}"),
+            ("avgTradeCostBps", "Avg trade cost (bps)", "{:.1f}"),
+            ("trades", "Trades", "{:d}"),
+        ):
+            value = single.get(key)
+            click.echo(f"    {label:<24} {'-' if value is None else fmt.format(value)}")
     if results.get("report"):
         click.echo(f"  {'Report':<26} {results['report']}")
 

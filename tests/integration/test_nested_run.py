@@ -102,6 +102,17 @@ def test_nested_levels_trade_intraday(bundle: Path, tmp_path: Path) -> None:
         tmp_path,
     )
     assert single["days"] == nested["days"] == 10
+    # Execution quality per level, outermost first, and the single-level comparison on the same signal.
+    levels = nested["execution"]["levels"]
+    assert [lv["frequency"] for lv in levels] == ["day", "30min", "1min"]
+    assert all(0 < lv["fillRate"] <= 1 for lv in levels)
+    assert nested["execution"]["fillsPerOrder"] > 5
+    assert 0 < nested["execution"]["participation"] < 1
+    assert nested["singleLevel"]["trades"] == single["trades"]
+    assert nested["singleLevel"]["annualizedReturn"] == pytest.approx(single["annualizedReturn"])
+    assert [lv["frequency"] for lv in single["execution"]["levels"]] == [
+        "day"
+    ] and "singleLevel" not in single
     # Orders are split into many intraday fills, each one at a minute bar's price.
     assert nested["trades"] > 5 * single["trades"] > 0
     trades = pd.read_csv(tmp_path / "nested" / "trades.csv", parse_dates=["datetime"])

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from kubequant.api.backtest import Backtest, BacktestResults
+from kubequant.api.backtest import Backtest, BacktestResults, BacktestSpec, SingleLevelComparison
 from kubequant.errors import ConfigError
-from kubequant.workloads.backtest import metrics, preflight, report
+from kubequant.workloads.backtest import execution, metrics, preflight, report
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
 from kubequant.workloads.backtest.signal import Signal, init_class, read_signal_file, train_and_predict
 
@@ -183,11 +183,45 @@ def _run_in_qlib(
     lap("signal")
 
     progress("backtest", f"backtesting {spec.period.start} … {spec.period.end}")
+    executed: list[Any] = []
+    daily, positions, indicators = _backtest(spec, signal.scores, executed)
+    trades = report.trades_frame(executed)
+    lap("backtest")
+
+    ic, rank_ic = metrics.signal_ic(signal.scores, signal.label)
+    results = metrics.summarize(daily, spec.account, len(trades), ic, rank_ic)
+    update: dict[str, Any] = {"execution": execution.execution_quality(indicators, trades, spec)}
+    if spec.executor.levels:
+        progress("compare", "the same signal with the single-level daily executor")
+        update["single_level"] = _single_level(spec, signal.scores)
+        lap("compare")
+    out = report_dir or Path("reports") / bt.metadata.name
+    update["report"] = str(out)
+    results = results.model_copy(update=update)
+    progress("report", f"writing the report to {out}")
+    files = report.write_report(
+        out,
+        bt.metadata.name,
+        results,
+        daily,
+        report.positions_frame(positions),
+        trades,
+        signal.scores,
+        bt.to_manifest(),
+        timings,
+    )
+    lap("report")
+    return BacktestOutcome(results=results, report_dir=out, files=files, timings=timings)
+
+
+def _backtest(
+    spec: BacktestSpec, scores: pd.Series, executed: list[Any]
+) -> tuple[pd.DataFrame, Any, dict[str, Any]]:
+    """qlib's backtest of the spec: the outermost level's daily report, positions, and every level's indicators."""
     from qlib.backtest import backtest as qlib_backtest
 
-    executed: list[Any] = []
-    strategy = recording_strategy(strategy_config(spec), signal.scores, executed)
-    portfolio, _indicators = qlib_backtest(
+    strategy = recording_strategy(strategy_config(spec), scores, executed)
+    portfolio, indicators = qlib_backtest(
         start_time=str(spec.period.start),
         end_time=str(spec.period.end),
         strategy=strategy,
@@ -197,25 +231,21 @@ def _run_in_qlib(
         exchange_kwargs=exchange_kwargs(spec),
     )
     daily, positions = next(iter(portfolio.values()))
-    lap("backtest")
+    return daily, positions, indicators
 
-    ic, rank_ic = metrics.signal_ic(signal.scores, signal.label)
-    results = metrics.summarize(
-        daily, spec.account, sum(1 for o, *_ in executed if o.deal_amount > 0), ic, rank_ic
+
+def _single_level(spec: BacktestSpec, scores: pd.Series) -> SingleLevelComparison:
+    """The same signal through the single-level daily executor, for comparison with a nested run."""
+    flat = spec.model_copy(
+        update={"executor": spec.executor.model_copy(update={"levels": None, "frequency": "day"})}
     )
-    out = report_dir or Path("reports") / bt.metadata.name
-    results = results.model_copy(update={"report": str(out)})
-    progress("report", f"writing the report to {out}")
-    files = report.write_report(
-        out,
-        bt.metadata.name,
-        results,
-        daily,
-        report.positions_frame(positions),
-        report.trades_frame(executed),
-        signal.scores,
-        bt.to_manifest(),
-        timings,
+    executed: list[Any] = []
+    daily, _positions, _indicators = _backtest(flat, scores, executed)
+    summary = metrics.summarize(daily, spec.account, len(report.trades_frame(executed)), None, None)
+    return SingleLevelComparison(
+        annualized_return=summary.annualized_return,
+        sharpe=summary.sharpe,
+        avg_trade_cost_bps=summary.avg_trade_cost_bps,
+        total_cost=summary.total_cost,
+        trades=summary.trades,
     )
-    lap("report")
-    return BacktestOutcome(results=results, report_dir=out, files=files, timings=timings)
