@@ -326,3 +326,26 @@ def test_pods_are_admitted_in_a_restricted_namespace(
     assert not [e for e in events if e.reason == "FailedCreate"], [
         e.message for e in events if e.reason == "FailedCreate"
     ]
+
+
+def test_nested_example_runs_through_the_operator(
+    operator: OperatorProcess,
+    kubelet: LocalKubelet,
+    restricted_ns: str,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+) -> None:
+    doc = yaml.safe_load((REPO_ROOT / "examples" / "backtest-nested.yaml").read_text())
+    doc["spec"]["pod"] = LOCAL_POD
+    apply(restricted_ns, doc)
+    name = doc["metadata"]["name"]
+    try:
+        wait_condition(restricted_ns, name, "Succeeded", timeout=600)
+    except AssertionError:
+        for pod in core.list_namespaced_pod(restricted_ns).items:
+            print(kubelet.logs(pod.metadata.name, restricted_ns)[-5000:])
+        raise
+    results = get_bt(custom, restricted_ns, name)["status"]["results"]
+    assert [lv["frequency"] for lv in results["execution"]["levels"]] == ["day", "30min", "1min"]
+    assert results["execution"]["impactBps"] > 0  # every fill carries its market impact
+    assert results["singleLevel"]["trades"] > 0
