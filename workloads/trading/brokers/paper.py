@@ -1,0 +1,369 @@
+"""The paper broker: fills against a qlib bundle's bars with the Backtest's deal and cost rules.
+
+It keeps its own record (orders, every submit attempt, fills, positions, cash, the bar cursor) in
+its own SQLite file, one transaction per request, so it behaves like a venue that outlives the
+trading process: the crash test compares the OMS journal with this record. Faults can be
+injected (lost submits, lost acks, query timeouts, disconnects) for tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from kubequant.workloads.trading.brokers.base import (
+    BrokerAccount,
+    BrokerAck,
+    BrokerDisconnected,
+    BrokerFill,
+    BrokerOrder,
+    BrokerRejected,
+    BrokerTimeout,
+    DuplicateOrder,
+    SubmitRequest,
+)
+from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
+from kubequant.workloads.trading.domain import ZERO, Clock, Fill, Side, WallClock, as_money
+from kubequant.workloads.trading.orders import OrderStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_order_id TEXT NOT NULL UNIQUE,
+    instrument TEXT NOT NULL, side TEXT NOT NULL, quantity TEXT NOT NULL, limit_price TEXT,
+    filled TEXT NOT NULL DEFAULT '0', status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    bar INTEGER NOT NULL, ts TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client_order_id TEXT NOT NULL, ts TEXT NOT NULL, outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, order_seq INTEGER NOT NULL, client_order_id TEXT NOT NULL,
+    instrument TEXT NOT NULL, side TEXT NOT NULL, quantity TEXT NOT NULL, price TEXT NOT NULL,
+    fee TEXT NOT NULL, ts TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (instrument TEXT PRIMARY KEY, quantity TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+OPEN = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
+
+
+@dataclass
+class Faults:
+    """Faults to inject: each counter applies to that many of the next calls."""
+
+    connected: bool = True
+    lose_submits: int = 0  # the request never arrives; the caller times out
+    lose_acks: int = 0  # the order is placed but the answer is lost; the caller times out
+    query_timeouts: int = 0  # reads time out
+
+
+def _broker_id(seq: int) -> str:
+    return f"P{seq:010d}"
+
+
+def _fill_id(seq: int) -> str:
+    return f"PF{seq:010d}"
+
+
+class PaperBroker:
+    """A Broker over a QlibMarket; ``advance`` deals the open orders at the current bar, then moves on."""
+
+    def __init__(
+        self,
+        market: QlibMarket,
+        path: Path,
+        *,
+        starting_cash: Decimal,
+        start_bar: int = 1,
+        clock: Clock | None = None,
+    ) -> None:
+        self.market = market
+        self.clock = clock or WallClock()
+        self.faults = Faults()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('cash', ?)", (str(as_money(starting_cash)),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('bar', ?)", (str(start_bar),))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str:
+        return str(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(value), key))
+
+    def _holding(self, instrument: str) -> Decimal:
+        row = self._db.execute(
+            "SELECT quantity FROM positions WHERE instrument = ?", (instrument,)
+        ).fetchone()
+        return Decimal(row[0]) if row else ZERO
+
+    def _guard(self, query: bool = False) -> None:
+        if not self.faults.connected:
+            raise BrokerDisconnected("paper broker: disconnected")
+        if query and self.faults.query_timeouts > 0:
+            self.faults.query_timeouts -= 1
+            raise BrokerTimeout("paper broker: query timed out")
+
+    # --- the bar clock ---------------------------------------------------------------------
+    @property
+    def bar(self) -> int:
+        """Index of the bar now trading (orders placed now fill at its close)."""
+        return int(self._meta("bar"))
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every bar has been dealt."""
+        return self.bar >= len(self.market.calendar)
+
+    def last_price(self, instrument: str) -> Decimal | None:
+        """Close of the last completed bar (the risk engine's last price)."""
+        return self.market.close(instrument, self.bar - 1)
+
+    def advance(self) -> list[Fill]:
+        """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""
+        bar = self.bar
+        if bar >= len(self.market.calendar):
+            return []
+        fills: list[Fill] = []
+        now = self.clock.now()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT seq, client_order_id, instrument, side, quantity, limit_price, filled FROM orders"
+                " WHERE status IN (?, ?) ORDER BY seq",
+                OPEN,
+            ).fetchall()
+            cash = Decimal(self._meta("cash"))
+            for seq, cid, inst, side_s, qty_s, limit_s, filled_s in rows:
+                side, remaining = Side(side_s), Decimal(qty_s) - Decimal(filled_s)
+                limit = Decimal(limit_s) if limit_s is not None else None
+                deal = self.market.deal(inst, side, remaining, limit, cash, self._holding(inst), bar)
+                filled = Decimal(filled_s)
+                if deal is not None:
+                    cur = db.execute(
+                        "INSERT INTO fills (order_seq, client_order_id, instrument, side, quantity, price, fee, ts)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            seq,
+                            cid,
+                            inst,
+                            side_s,
+                            str(deal.quantity),
+                            str(deal.price),
+                            str(deal.fee),
+                            now.isoformat(),
+                        ),
+                    )
+                    fill_seq = int(cur.lastrowid or 0)
+                    fill = Fill(
+                        _fill_id(fill_seq),
+                        cid,
+                        _broker_id(seq),
+                        inst,
+                        side,
+                        deal.quantity,
+                        deal.price,
+                        deal.fee,
+                        now,
+                    )
+                    fills.append(fill)
+                    cash += fill.cash_delta
+                    held = self._holding(inst) + fill.signed_quantity
+                    db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?)", (inst, str(held)))
+                    filled += deal.quantity
+                done = filled >= Decimal(qty_s)
+                status = OrderStatus.FILLED if done else OrderStatus.EXPIRED
+                reason = (
+                    "" if done else ("not tradable at the bar" if deal is None else "rest of a day order")
+                )
+                db.execute(
+                    "UPDATE orders SET filled = ?, status = ?, reason = ? WHERE seq = ?",
+                    (str(filled), status.value, reason, seq),
+                )
+            self._set_meta("cash", cash)
+            self._set_meta("bar", bar + 1)
+        return fills
+
+    # --- the Broker protocol ---------------------------------------------------------------
+    def is_connected(self) -> bool:
+        """Whether the (simulated) connection is up."""
+        return self.faults.connected
+
+    async def submit(self, request: SubmitRequest) -> BrokerAck:
+        """Place an order; the attempt is recorded even when refused, so duplicates can be counted."""
+        self._guard()
+        if self.faults.lose_submits > 0:
+            self.faults.lose_submits -= 1
+            raise BrokerTimeout("paper broker: submit timed out (request lost)")
+        now = self.clock.now()
+        reason = ""
+        if request.quantity <= 0:
+            reason = "quantity must be positive"
+        elif not self.market.knows(request.instrument):
+            reason = f"unknown instrument {request.instrument}"
+        with self._tx() as db:
+            dup = db.execute(
+                "SELECT 1 FROM orders WHERE client_order_id = ?", (request.client_order_id,)
+            ).fetchone()
+            outcome = "duplicate" if dup else ("rejected" if reason else "accepted")
+            db.execute(
+                "INSERT INTO submissions (client_order_id, ts, outcome) VALUES (?, ?, ?)",
+                (request.client_order_id, now.isoformat(), outcome),
+            )
+            if not dup:
+                cur = db.execute(
+                    "INSERT INTO orders (client_order_id, instrument, side, quantity, limit_price, status, reason, bar, ts)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request.client_order_id,
+                        request.instrument,
+                        request.side.value,
+                        str(request.quantity),
+                        None if request.limit_price is None else str(request.limit_price),
+                        (OrderStatus.REJECTED if reason else OrderStatus.ACCEPTED).value,
+                        reason,
+                        self.bar,
+                        now.isoformat(),
+                    ),
+                )
+                seq = int(cur.lastrowid or 0)
+        if dup:
+            raise DuplicateOrder(f"duplicate client order id {request.client_order_id}")
+        if reason:
+            raise BrokerRejected(reason)
+        if self.faults.lose_acks > 0:
+            self.faults.lose_acks -= 1
+            raise BrokerTimeout("paper broker: submit timed out (ack lost)")
+        return BrokerAck(request.client_order_id, _broker_id(seq), now)
+
+    async def cancel(self, broker_order_id: str) -> None:
+        """Cancel an open order."""
+        self._guard()
+        seq = int(broker_order_id.removeprefix("P"))
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE orders SET status = ?, reason = 'canceled by request' WHERE seq = ? AND status IN (?, ?)",
+                (OrderStatus.CANCELED.value, seq, *OPEN),
+            )
+            if cur.rowcount == 0:
+                raise BrokerRejected(f"order {broker_order_id} is not open")
+
+    def _report(self, row: tuple[object, ...]) -> BrokerOrder:
+        seq, cid, inst, side, qty, limit, filled, status, reason = row
+        return BrokerOrder(
+            client_order_id=str(cid),
+            broker_order_id=_broker_id(int(str(seq))),
+            instrument=str(inst),
+            side=Side(str(side)),
+            quantity=Decimal(str(qty)),
+            filled_quantity=Decimal(str(filled)),
+            status=OrderStatus(str(status)),
+            limit_price=None if limit is None else Decimal(str(limit)),
+            reason=str(reason),
+        )
+
+    _COLUMNS = "seq, client_order_id, instrument, side, quantity, limit_price, filled, status, reason"
+
+    async def get_order(self, client_order_id: str) -> BrokerOrder | None:
+        """One order by client order id; None if it never arrived."""
+        self._guard(query=True)
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM orders WHERE client_order_id = ?", (client_order_id,)
+        ).fetchone()
+        return None if row is None else self._report(row)
+
+    async def open_orders(self) -> list[BrokerOrder]:
+        """Orders that may still fill."""
+        self._guard(query=True)
+        rows = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM orders WHERE status IN (?, ?) ORDER BY seq", OPEN
+        ).fetchall()
+        return [self._report(r) for r in rows]
+
+    async def fills_since(self, cursor: str | None) -> list[BrokerFill]:
+        """Fills after ``cursor``, oldest first."""
+        self._guard(query=True)
+        return [BrokerFill(f, _fill_id(seq)) for seq, f in self._fills_after(int((cursor or "PF0")[2:]))]
+
+    def _fills_after(self, seq: int) -> list[tuple[int, Fill]]:
+        rows = self._db.execute(
+            "SELECT seq, order_seq, client_order_id, instrument, side, quantity, price, fee, ts FROM fills"
+            " WHERE seq > ? ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [
+            (
+                s,
+                Fill(
+                    _fill_id(s),
+                    cid,
+                    _broker_id(o),
+                    inst,
+                    Side(side),
+                    Decimal(q),
+                    Decimal(p),
+                    Decimal(fee),
+                    dt.datetime.fromisoformat(ts),
+                ),
+            )
+            for s, o, cid, inst, side, q, p, fee, ts in rows
+        ]
+
+    async def positions(self) -> dict[str, Decimal]:
+        """Non-zero holdings."""
+        self._guard(query=True)
+        return self.record_positions()
+
+    async def account(self) -> BrokerAccount:
+        """Cash, and equity at the last completed bar's closes."""
+        self._guard(query=True)
+        cash = Decimal(self._meta("cash"))
+        value = ZERO
+        for inst, qty in self.record_positions().items():
+            price = self.last_price(inst)
+            value += qty * (price if price is not None else ZERO)
+        return BrokerAccount(cash, as_money(cash + value), self.clock.now())
+
+    # --- the broker's own record (what tests compare against) ------------------------------
+    def record_positions(self) -> dict[str, Decimal]:
+        """Holdings in the broker's record."""
+        rows = self._db.execute("SELECT instrument, quantity FROM positions").fetchall()
+        return {inst: Decimal(q) for inst, q in rows if Decimal(q) != 0}
+
+    def record_fills(self) -> list[Fill]:
+        """Every fill the broker made."""
+        return [f for _, f in self._fills_after(0)]
+
+    def record_submissions(self) -> dict[str, int]:
+        """How many times each client order id was submitted."""
+        rows = self._db.execute("SELECT client_order_id, COUNT(*) FROM submissions GROUP BY client_order_id")
+        return {cid: int(n) for cid, n in rows}
+
+    def set_position(self, instrument: str, quantity: Decimal) -> None:
+        """Change a holding behind everyone's back (a corporate action, a manual transfer): for tests."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?)", (instrument, str(quantity)))
+
+    def close(self) -> None:
+        """Close the record."""
+        self._db.close()

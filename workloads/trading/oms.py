@@ -1,0 +1,284 @@
+"""The execution path: intents become journaled orders, pass the risk engine, reach the broker exactly once.
+
+Every state change goes to the journal before anything outside the process sees it: an order is
+journaled as submitted before the broker call, a fill before it counts. Nothing is ever sent
+twice on a guess: a submit that times out stays in flight until a query about that client order
+id resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol, TypeVar
+
+from kubequant.api.live import TradingState
+from kubequant.errors import KubequantError
+from kubequant.workloads.trading import metrics
+from kubequant.workloads.trading.brokers.base import (
+    Broker,
+    BrokerAck,
+    BrokerDisconnected,
+    BrokerError,
+    BrokerRejected,
+    BrokerTimeout,
+    DuplicateOrder,
+    RetryPolicy,
+    SubmitRequest,
+    with_retry,
+)
+from kubequant.workloads.trading.domain import (
+    ZERO,
+    Clock,
+    OrderIntent,
+    PortfolioView,
+    WallClock,
+    client_order_id,
+)
+from kubequant.workloads.trading.events import (
+    Event,
+    OrderAccepted,
+    OrderCancelRequested,
+    OrderCreated,
+    OrderEvent,
+    OrderRejected,
+    OrderSubmitted,
+    RejectSource,
+)
+from kubequant.workloads.trading.journal import Journal, JournalError
+from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus
+from kubequant.workloads.trading.risk_engine import Reject, RiskEngine
+from kubequant.workloads.trading.state import OmsState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PriceSource(Protocol):
+    """Last traded prices (the paper broker's bars, or a market data feed)."""
+
+    def last_price(self, instrument: str) -> Decimal | None: ...
+
+
+class NotReady(KubequantError):
+    """The OMS does not take signals yet (recovery has not finished) or any more (it failed)."""
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What became of an intent: the order, whether it is on its way, and why not."""
+
+    order: Order
+    accepted: bool
+    duplicate: bool = False
+    reason: str = ""
+
+
+class OrderManager:
+    """Orders, fills and positions of one session, journaled, checked by the risk engine, sent to one broker."""
+
+    def __init__(
+        self,
+        session_id: str,
+        journal: Journal,
+        broker: Broker,
+        risk: RiskEngine,
+        prices: PriceSource,
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.journal = journal
+        self.broker = broker
+        self.risk = risk
+        self.prices = prices
+        self.clock = clock or WallClock()
+        self.retry = retry or RetryPolicy()
+        self.state = OmsState()
+        self.ready = False  # set by recovery once every in-flight order is resolved
+        self.failed: str | None = None
+        self._lock = asyncio.Lock()
+        self._sending: set[str] = set()
+        self.anomalies: list[str] = []
+
+    # --- journal ---------------------------------------------------------------------------
+    def commit(self, *events: Event) -> None:
+        """Apply ``events`` to the state and write them in one durable transaction.
+
+        Both happen before anything is sent or acknowledged. If either fails the in-memory state can
+        no longer be trusted, so the OMS stops; a restart rebuilds it from the journal.
+        """
+        if self.failed:
+            raise NotReady(f"the OMS stopped: {self.failed}", fix="restart the runtime")
+        try:
+            for event in events:
+                self.state.apply(event)
+            self.journal.append(*events)
+        except (JournalError, IllegalTransition) as err:
+            self.failed, self.ready = str(err), False
+            raise
+        for event in events:
+            if isinstance(event, OrderEvent) and (order := self.state.orders.get(event.client_order_id)):
+                metrics.ORDER_TRANSITIONS.labels(order.status.value).inc()
+
+    def try_commit(self, event: Event) -> bool:
+        """Commit a broker-driven event if the state machine allows it; else record an anomaly and halt."""
+        try:
+            self.state.check(event)
+        except IllegalTransition as err:
+            self.anomaly(str(err))
+            return False
+        self.commit(event)
+        return True
+
+    def anomaly(self, detail: str) -> None:
+        """A broker fact the OMS cannot explain: fail closed."""
+        log.error("reconciliation anomaly: %s", detail)
+        metrics.RECONCILIATION_ANOMALIES.inc()
+        self.anomalies.append(detail)
+        self.risk.set_condition("reconciliation", TradingState.HALTED, detail[:500])
+
+    async def call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """A read-only broker call, retried with backoff on timeouts and disconnects."""
+        return await with_retry(fn, self.retry, what=what)
+
+    # --- views -----------------------------------------------------------------------------
+    def mark(self, instrument: str) -> Decimal | None:
+        """Last price, else the average cost of the position."""
+        price = self.prices.last_price(instrument)
+        if price is None and (pos := self.state.positions.get(instrument)) is not None and pos.average_price:
+            price = pos.average_price
+        return price
+
+    def view(self, *instruments: str) -> PortfolioView:
+        """The risk engine's view: equity, positions with live orders included, marks."""
+        projected = self.state.projected()
+        marks = {}
+        for inst in {*projected, *instruments}:
+            if (price := self.mark(inst)) is not None:
+                marks[inst] = price
+        equity = self.state.account.equity if self.state.account else ZERO
+        return PortfolioView(equity, projected, marks)
+
+    # --- submit ----------------------------------------------------------------------------
+    async def submit(self, intent: OrderIntent, received: float | None = None) -> SubmitOutcome:
+        """Check, journal and send one intent; a leg already known returns its order (idempotent).
+
+        ``received`` is the ``time.perf_counter()`` at which the signal arrived (for the latency metric).
+        """
+        received = time.perf_counter() if received is None else received
+        if not self.ready:
+            raise NotReady(self.failed or "recovery has not finished", fix="wait for /readyz")
+        cid = client_order_id(self.session_id, intent.signal_id, intent.leg)
+        async with self._lock:
+            old = self.state.orders.get(cid)
+            if old is not None and not (old.is_terminal and old.retryable and not old.fills):
+                return SubmitOutcome(old, accepted=old.status is not OrderStatus.REJECTED, duplicate=True)
+            now = self.clock.now()
+            view = self.view(intent.instrument)
+            verdict = self.risk.check(intent, view, now)
+            created = OrderCreated(
+                now,
+                cid,
+                intent.instrument,
+                intent.side,
+                intent.quantity,
+                intent.signal_id,
+                intent.leg,
+                limit_price=intent.limit_price,
+                reference_price=view.marks.get(intent.instrument),
+            )
+            if isinstance(verdict, Reject):
+                self.commit(
+                    created, OrderRejected(now, cid, RejectSource.RISK, verdict.reason.value, verdict.detail)
+                )
+                metrics.RISK_REJECTIONS.labels(verdict.reason.value).inc()
+                return SubmitOutcome(
+                    self.state.orders[cid], False, reason=f"{verdict.reason}: {verdict.detail}"
+                )
+            self.commit(created, OrderSubmitted(now, cid, verdict.notional))
+            self.risk.record(verdict.notional, now)
+            self._sending.add(cid)
+        order = self.state.orders[cid]
+        try:
+            metrics.SIGNAL_TO_SUBMIT_SECONDS.observe(time.perf_counter() - received)
+            await self._send(order)
+        finally:
+            self._sending.discard(cid)
+        return SubmitOutcome(order, accepted=order.status is not OrderStatus.REJECTED, reason=order.reason)
+
+    async def _send(self, order: Order) -> None:
+        request = SubmitRequest(
+            order.client_order_id, order.instrument, order.side, order.quantity, order.limit_price
+        )
+        cid = order.client_order_id
+        try:
+            # Only a disconnect proves the request never left; a timeout is resolved by a query instead.
+            ack = await with_retry(
+                lambda: self.broker.submit(request), self.retry, (BrokerDisconnected,), f"submit {cid}"
+            )
+        except DuplicateOrder:
+            log.warning("broker already has %s; a query will settle it", cid)
+        except BrokerRejected as err:
+            self.try_commit(
+                OrderRejected(self.clock.now(), cid, RejectSource.BROKER, "BROKER_REJECTED", str(err))
+            )
+        except BrokerDisconnected as err:
+            self.try_commit(
+                OrderRejected(
+                    self.clock.now(), cid, RejectSource.BROKER, "BROKER_DISCONNECTED", str(err), True
+                )
+            )
+        except BrokerTimeout:
+            log.warning("submit of %s timed out; it stays in flight until a query resolves it", cid)
+        else:
+            self.on_ack(ack)
+
+    def on_ack(self, ack: BrokerAck) -> None:
+        """Record the broker's acknowledgement (a late one, after a fill or cancel request, is ignored)."""
+        order = self.state.orders.get(ack.client_order_id)
+        if order is not None and order.status is OrderStatus.SUBMITTED:
+            self.commit(OrderAccepted(self.clock.now(), order.client_order_id, ack.broker_order_id))
+
+    # --- cancel ----------------------------------------------------------------------------
+    async def cancel(self, client_order_id: str, reason: str = "requested") -> bool:
+        """Ask the broker to cancel a live order; False if it cannot be asked now."""
+        order = self.state.orders.get(client_order_id)
+        if order is None or not order.is_live or order.broker_order_id is None:
+            return False
+        if order.status is not OrderStatus.PENDING_CANCEL:
+            self.commit(OrderCancelRequested(self.clock.now(), client_order_id, reason))
+        try:
+            await self.call(
+                lambda: self.broker.cancel(order.broker_order_id or ""), f"cancel {client_order_id}"
+            )
+        except BrokerError as err:
+            # Already filled or closed at the broker: the next reconciliation settles the status.
+            log.warning("cancel of %s failed: %s", client_order_id, err)
+            return False
+        return True
+
+    async def cancel_all(self, reason: str) -> int:
+        """Cancel every live order the broker knows; returns how many were asked."""
+        asked = 0
+        for order in self.state.live_orders():
+            # Pending cancels are asked again: a cancel lost on the way must not leave an order working.
+            if await self.cancel(order.client_order_id, reason):
+                asked += 1
+        return asked
+
+    def local_id(self, client_id: str, broker_id: str) -> str | None:
+        """The local key of a broker order, by client order id or broker order id."""
+        if client_id in self.state.orders:
+            return client_id
+        return self.state.by_broker_id.get(broker_id)
+
+    @property
+    def sending(self) -> frozenset[str]:
+        """Client order ids whose submit call has not returned yet."""
+        return frozenset(self._sending)

@@ -1,0 +1,186 @@
+"""Keeping the OMS in line with the broker: fills, order statuses, orders placed elsewhere, the account.
+
+Used at start-up by ``recovery.recover`` and afterwards by the periodic ``poll``. Whatever the
+broker reports that the journal cannot explain halts the session (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kubequant.api.live import TradingState
+from kubequant.workloads.trading import metrics
+from kubequant.workloads.trading.brokers.base import BrokerDisconnected, BrokerOrder, BrokerTimeout
+from kubequant.workloads.trading.events import (
+    AccountSnapshot,
+    OrderAccepted,
+    OrderCanceled,
+    OrderCreated,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    OrderSubmitted,
+    RejectSource,
+    RiskStateChanged,
+)
+from kubequant.workloads.trading.oms import OrderManager
+from kubequant.workloads.trading.orders import Order, OrderStatus
+
+log = logging.getLogger(__name__)
+
+
+async def sync_fills(oms: OrderManager) -> tuple[int, int]:
+    """Journal the broker's new fills (adopting orders placed elsewhere); returns (applied, repeated)."""
+    applied = repeated = 0
+    for bf in await oms.call(lambda: oms.broker.fills_since(oms.state.cursor), "fills"):
+        fill = bf.fill
+        if fill.fill_id in oms.state.fill_ids:
+            repeated += 1
+            continue
+        cid = oms.local_id(fill.client_order_id, fill.broker_order_id)
+        if cid is None:
+            report = await oms.call(lambda f=fill: oms.broker.get_order(f.client_order_id), "get order")
+            cid = adopt(oms, report) if report is not None else None
+            if cid is None:
+                oms.anomaly(f"fill {fill.fill_id} for an order the broker cannot describe")
+                continue
+        late = oms.state.orders[cid].is_terminal
+        if oms.try_commit(OrderFilled(oms.clock.now(), cid, fill, bf.cursor)):
+            applied += 1
+            if late:
+                oms.anomaly(f"fill {fill.fill_id} arrived for closed order {cid}")
+    return applied, repeated
+
+
+def adopt(oms: OrderManager, report: BrokerOrder) -> str:
+    """Take in an order placed outside this session, tagged external."""
+    now = oms.clock.now()
+    cid = report.client_order_id or f"external-{report.broker_order_id}"
+    if cid in oms.state.orders:
+        cid = f"external-{report.broker_order_id}"
+    log.warning("adopting external order %s (%s %s %s)", cid, report.side, report.quantity, report.instrument)
+    oms.commit(
+        OrderCreated(
+            now,
+            cid,
+            report.instrument,
+            report.side,
+            report.quantity,
+            "external",
+            report.broker_order_id,
+            limit_price=report.limit_price,
+            external=True,
+        ),
+        OrderSubmitted(now, cid),
+        OrderAccepted(now, cid, report.broker_order_id),
+    )
+    return cid
+
+
+async def settle(oms: OrderManager, order: Order, report: BrokerOrder | None) -> str:
+    """Bring a local order in line with the broker's report of it; returns what was done."""
+    now, cid = oms.clock.now(), order.client_order_id
+    if report is None:
+        if order.status is OrderStatus.SUBMITTED and not order.fills:
+            # One targeted query said the broker never received it: reject it, never resend on a guess.
+            oms.commit(
+                OrderRejected(
+                    now,
+                    cid,
+                    RejectSource.RECOVERY,
+                    "UNKNOWN_AT_BROKER",
+                    "the broker never received it",
+                    True,
+                )
+            )
+            return "unknown-rejected"
+        oms.anomaly(f"order {cid} ({order.status}) is unknown to the broker")
+        return "anomaly"
+    if report.status is OrderStatus.REJECTED:
+        oms.try_commit(OrderRejected(now, cid, RejectSource.BROKER, "BROKER_REJECTED", report.reason))
+        return "rejected"
+    if order.status is OrderStatus.SUBMITTED:
+        oms.commit(OrderAccepted(now, cid, report.broker_order_id))
+    if report.filled_quantity > order.filled_quantity:
+        await sync_fills(oms)
+    if report.filled_quantity != order.filled_quantity:
+        oms.anomaly(f"order {cid}: broker filled {report.filled_quantity}, journal {order.filled_quantity}")
+        return "anomaly"
+    if report.status is OrderStatus.CANCELED and not order.is_terminal:
+        oms.try_commit(OrderCanceled(now, cid, report.reason or "canceled at the broker"))
+    elif report.status is OrderStatus.EXPIRED and not order.is_terminal:
+        oms.try_commit(OrderExpired(now, cid, report.reason or "expired at the broker"))
+    return str(order.status)
+
+
+async def reconcile_orders(oms: OrderManager) -> tuple[int, dict[str, int]]:
+    """Adopt orders open at the broker that are not ours; settle every other live order by one query.
+
+    Returns (orders adopted, outcomes of the targeted queries by kind). Orders whose submit is
+    still on its way are left alone: their own call settles them.
+    """
+    adopted, outcomes = 0, dict[str, int]()
+    open_here: set[str] = set()
+    for remote in await oms.call(oms.broker.open_orders, "open orders"):
+        cid = oms.local_id(remote.client_order_id, remote.broker_order_id)
+        if cid is None:
+            cid = adopt(oms, remote)
+            adopted += 1
+        elif oms.state.orders[cid].is_terminal:
+            oms.anomaly(f"order {cid} is {oms.state.orders[cid].status} here but open at the broker")
+        else:
+            order = oms.state.orders[cid]
+            in_flight = order.status is OrderStatus.SUBMITTED
+            what = await settle(oms, order, remote)
+            if in_flight:  # sent before a crash or a lost ack; the broker's open orders answer for it
+                outcomes[f"open-{what}"] = outcomes.get(f"open-{what}", 0) + 1
+        open_here.add(cid)
+    for order in oms.state.live_orders():
+        if order.client_order_id in open_here or order.client_order_id in oms.sending:
+            continue
+        remote = await oms.call(lambda o=order: oms.broker.get_order(o.client_order_id), "get order")
+        what = await settle(oms, order, remote)
+        outcomes[what] = outcomes.get(what, 0) + 1
+    return adopted, outcomes
+
+
+async def poll(oms: OrderManager) -> None:
+    """Fills, in-flight orders, account, connectivity and the trading state; halting cancels orders."""
+    now = oms.clock.now()
+    connected = oms.broker.is_connected()
+    metrics.BROKER_CONNECTED.set(1 if connected else 0)
+    oms.risk.observe_connectivity(connected, now)
+    if connected:
+        try:
+            await sync_fills(oms)
+            await reconcile_orders(oms)
+            await refresh_account(oms)
+        except (BrokerTimeout, BrokerDisconnected) as err:
+            log.warning("broker poll failed: %s", err)
+    await sync_risk_state(oms)
+
+
+async def refresh_account(oms: OrderManager) -> None:
+    """Journal a changed account and feed equity to the breakers."""
+    acct = await oms.call(oms.broker.account, "account")
+    now = oms.clock.now()
+    old = oms.state.account
+    if old is None or (old.cash, old.equity) != (acct.cash, acct.equity):
+        oms.commit(AccountSnapshot(now, acct.cash, acct.equity))
+    metrics.EQUITY.set(float(acct.equity))
+    oms.risk.observe_equity(acct.equity, now)
+
+
+async def sync_risk_state(oms: OrderManager) -> None:
+    """Journal a change of the trading state; while halted, cancel whatever is still live."""
+    state, conditions = oms.risk.state, oms.risk.describe()
+    if (state.value, conditions) != (oms.state.risk_state, oms.state.risk_conditions):
+        oms.commit(RiskStateChanged(oms.clock.now(), state.value, conditions))
+        for s in TradingState:
+            metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
+        log.warning("trading state %s: %s", state, conditions or "all clear")
+    if state is TradingState.HALTED and oms.broker.is_connected():
+        try:
+            await oms.cancel_all("halted")
+        except (BrokerTimeout, BrokerDisconnected) as err:
+            log.warning("cancelling on halt failed: %s", err)

@@ -1,0 +1,117 @@
+"""Start-up: replay the journal, reconcile with the broker, resolve every in-flight order, then open for signals.
+
+Anything the broker reports that the journal cannot explain halts the session with the reason
+(fail closed); the runtime then starts no strategy and ``/readyz`` stays false.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from kubequant.api.live import TradingState
+from kubequant.workloads.trading.events import (
+    AccountSnapshot,
+    OrderSubmitted,
+    PositionSnapshot,
+    RecoveryCompleted,
+    RiskStateChanged,
+)
+from kubequant.workloads.trading.journal import Journal
+from kubequant.workloads.trading.oms import OrderManager
+from kubequant.workloads.trading.reconcile import (
+    reconcile_orders,
+    refresh_account,
+    sync_fills,
+    sync_risk_state,
+)
+from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.state import OmsState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found and did."""
+
+    replayed: int = 0
+    fills_applied: int = 0
+    repeated_fills: int = 0
+    adopted: int = 0
+    resolved: dict[str, int] = field(default_factory=dict)
+    position_mismatches: int = 0
+    halted: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Flat counts for the journal and the log."""
+        out = {
+            "replayed": self.replayed,
+            "fills_applied": self.fills_applied,
+            "repeated_fills": self.repeated_fills,
+            "adopted": self.adopted,
+            "position_mismatches": self.position_mismatches,
+        }
+        return out | {f"resolved_{k}": v for k, v in sorted(self.resolved.items())}
+
+
+def rebuild(journal: Journal, risk: RiskEngine) -> OmsState:
+    """The OMS state from the journal, with the risk engine's counters, peak equity and latched breakers."""
+    state = OmsState()
+    last_risk: RiskStateChanged | None = None
+    for _, event in journal.replay():
+        state.apply(event)
+        match event:
+            case OrderSubmitted(ts=ts, notional=notional, client_order_id=cid):
+                # Today's orders and the rate window survive a restart: a crash must not reset the limits.
+                if not state.orders[cid].external:
+                    risk.record(notional, ts)
+            case AccountSnapshot(ts=ts, equity=equity):
+                risk.observe_equity(equity, ts, evaluate=False)
+            case RiskStateChanged():
+                last_risk = event
+    if last_risk is not None:
+        risk.restore(last_risk.conditions)
+    return state
+
+
+async def recover(oms: OrderManager) -> RecoveryReport:
+    """Replay and reconcile; on return every order is settled and ``oms.ready`` says whether to trade."""
+    report = RecoveryReport()
+    oms.ready = False
+    oms.state = rebuild(oms.journal, oms.risk)
+    report.replayed = oms.state.events
+    broker, now = oms.broker, oms.clock.now()
+    if report.replayed == 0:
+        # A fresh journal starts from the broker's positions as they are, and its fills so far.
+        fills = await oms.call(lambda: broker.fills_since(None), "fills")
+        positions = await oms.call(broker.positions, "positions")
+        cursor = fills[-1].cursor if fills else None
+        oms.commit(PositionSnapshot(now, positions, baseline=True, cursor=cursor))
+
+    # Fills missed while down come first, so that the order statuses below see them.
+    report.fills_applied, report.repeated_fills = await sync_fills(oms)
+    report.adopted, report.resolved = await reconcile_orders(oms)
+
+    remote_positions = await oms.call(broker.positions, "positions")
+    local_positions = oms.state.position_quantities()
+    differ = {
+        inst: (local_positions.get(inst), remote_positions.get(inst))
+        for inst in set(local_positions) | set(remote_positions)
+        if local_positions.get(inst) != remote_positions.get(inst)
+    }
+    if differ:
+        report.position_mismatches = len(differ)
+        oms.commit(PositionSnapshot(oms.clock.now(), dict(remote_positions)))
+        detail = ", ".join(f"{k} journal {v[0] or 0} broker {v[1] or 0}" for k, v in sorted(differ.items()))
+        oms.anomaly(f"positions differ after reconciliation: {detail}")
+
+    await refresh_account(oms)
+    await sync_risk_state(oms)
+    if oms.risk.state is TradingState.HALTED:
+        report.halted = "; ".join(oms.risk.describe().values())
+    oms.commit(RecoveryCompleted(oms.clock.now(), report.counts(), report.halted))
+    # A reconciliation failure keeps the session closed; a kill switch still lets signals be refused politely.
+    oms.ready = "reconciliation" not in oms.risk.conditions and oms.failed is None
+    log.info("recovery: %s%s", report.counts(), f"; HALTED: {report.halted}" if report.halted else "")
+    return report

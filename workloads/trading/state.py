@@ -1,0 +1,149 @@
+"""The OMS state as a fold over journal events: the same code rebuilds it on replay and advances it live."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from kubequant.workloads.trading.domain import ZERO, Account, Fill, Position
+from kubequant.workloads.trading.events import (
+    AccountSnapshot,
+    Event,
+    OrderCreated,
+    OrderEvent,
+    OrderFilled,
+    PositionSnapshot,
+    RecoveryCompleted,
+    RiskStateChanged,
+)
+from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus, next_status
+
+
+@dataclass
+class OmsState:
+    """Orders, positions, fills seen, the broker's fill cursor, the account and the risk state."""
+
+    orders: dict[str, Order] = field(default_factory=dict)
+    # Orders replaced by a retry of the same signal after the broker provably never saw them.
+    superseded: list[Order] = field(default_factory=list)
+    by_broker_id: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)
+    fill_ids: set[str] = field(default_factory=set)
+    cursor: str | None = None
+    account: Account | None = None
+    risk_state: str = "ACTIVE"
+    risk_conditions: dict[str, str] = field(default_factory=dict)
+    # Broker facts that contradict the order they belong to (e.g. a fill on a closed order).
+    anomalies: list[str] = field(default_factory=list)
+    recoveries: list[RecoveryCompleted] = field(default_factory=list)
+    events: int = 0
+    has_baseline: bool = False
+    # Client order ids of live orders, oldest first (a dict keeps insertion order): the hot path
+    # (the risk view of every signal) must not walk every order of the session.
+    live: dict[str, None] = field(default_factory=dict)
+
+    @classmethod
+    def rebuild(cls, events: Iterable[Event]) -> OmsState:
+        """The state after ``events`` (a journal replay)."""
+        state = cls()
+        for event in events:
+            state.apply(event)
+        return state
+
+    def check(self, event: Event) -> None:
+        """Raise IllegalTransition if ``event`` cannot be applied; changes nothing."""
+        if isinstance(event, OrderCreated):
+            old = self.orders.get(event.client_order_id)
+            if old is not None and not (old.is_terminal and old.retryable and not old.fills):
+                raise IllegalTransition(f"order {event.client_order_id} already exists ({old.status})")
+            return
+        if not isinstance(event, OrderEvent):
+            return
+        order = self.orders.get(event.client_order_id)
+        if order is None:
+            raise IllegalTransition(f"{event.kind} for unknown order {event.client_order_id}")
+        if isinstance(event, OrderFilled) and order.is_terminal:
+            return  # a late fill: apply records it as an anomaly, and the position still follows the broker
+        trigger = order.trigger_for(event)
+        if trigger is not None:
+            next_status(order.status, trigger)
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; False when it changed nothing (a repeated fill)."""
+        self.check(event)
+        self.events += 1
+        match event:
+            case OrderCreated():
+                old = self.orders.get(event.client_order_id)
+                if old is not None:
+                    self.superseded.append(old)
+                self.orders[event.client_order_id] = Order.create(event)
+                self._track(self.orders[event.client_order_id])
+                return True
+            case OrderFilled(fill=fill) if fill is not None:
+                return self._apply_fill(event, fill)
+            case OrderEvent():
+                order = self.orders[event.client_order_id]
+                changed = order.apply(event)
+                self._track(order)
+                return changed
+            case PositionSnapshot(positions=positions, baseline=True, cursor=cursor):
+                self.positions = {k: Position(k, q) for k, q in positions.items() if q}
+                self.cursor = cursor
+                self.has_baseline = True
+            case AccountSnapshot(cash=cash, equity=equity, ts=ts):
+                self.account = Account(cash, equity, ts)
+            case RiskStateChanged(state=state, conditions=conditions):
+                self.risk_state, self.risk_conditions = state, dict(conditions)
+            case RecoveryCompleted():
+                self.recoveries.append(event)
+        return True
+
+    def _apply_fill(self, event: OrderFilled, fill: Fill) -> bool:
+        if fill.fill_id in self.fill_ids:
+            return False
+        order = self.orders[event.client_order_id]
+        if order.is_terminal:
+            self.anomalies.append(f"fill {fill.fill_id} on {order.status} order {order.client_order_id}")
+        else:
+            order.apply(event)
+            self._track(order)
+        self.fill_ids.add(fill.fill_id)
+        pos = self.positions.get(fill.instrument) or Position(fill.instrument)
+        self.positions[fill.instrument] = pos.apply(fill)
+        if event.cursor is not None:
+            self.cursor = event.cursor
+        return True
+
+    def _track(self, order: Order) -> None:
+        if order.broker_order_id:
+            self.by_broker_id[order.broker_order_id] = order.client_order_id
+        if order.is_live:
+            self.live.setdefault(order.client_order_id)
+        else:
+            self.live.pop(order.client_order_id, None)
+
+    def position(self, instrument: str) -> Decimal:
+        """Signed filled quantity of ``instrument``."""
+        pos = self.positions.get(instrument)
+        return pos.quantity if pos else ZERO
+
+    def position_quantities(self) -> dict[str, Decimal]:
+        """Non-zero filled positions by instrument."""
+        return {k: p.quantity for k, p in self.positions.items() if p.quantity}
+
+    def projected(self) -> dict[str, Decimal]:
+        """Positions as if every live order filled completely (what the risk engine limits)."""
+        out = self.position_quantities()
+        for order in self.live_orders():
+            out[order.instrument] = out.get(order.instrument, ZERO) + order.remaining * order.side.sign
+        return out
+
+    def live_orders(self) -> list[Order]:
+        """Orders the broker may still fill (in flight included), oldest first."""
+        return [self.orders[cid] for cid in self.live]
+
+    def in_flight(self) -> list[Order]:
+        """Orders sent (or about to be) that the broker has not acknowledged."""
+        return [o for o in self.live_orders() if o.status is OrderStatus.SUBMITTED]
