@@ -9,7 +9,7 @@ from typing import Any
 
 import pydantic
 
-from kubequant.api.backtest import BacktestResults
+from kubequant.api.results import BacktestResults
 
 SUCCEEDED, FAILED, RUNNING, PENDING, SUSPENDED = "Succeeded", "Failed", "Running", "Pending", "Suspended"
 

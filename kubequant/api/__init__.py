@@ -1,9 +1,10 @@
 """The kubequant API (group kubequant.io, version v1alpha1): the single source of the CRDs."""
 
-from kubequant.api.backtest import Backtest, BacktestResults, BacktestSpec, BacktestStatus
+from kubequant.api.backtest import Backtest, BacktestSpec, BacktestStatus
 from kubequant.api.common import Condition
 from kubequant.api.live import LiveTradingSession, LiveTradingSessionSpec, LiveTradingSessionStatus
 from kubequant.api.resource import API_GROUP_VERSION, Resource
+from kubequant.api.results import BacktestResults
 from kubequant.api.risk import RiskPolicy, RiskPolicySpec, RiskPolicyStatus
 from kubequant.api.training import TrainingJob, TrainingJobSpec, TrainingJobStatus
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from kubequant.api.backtest import BacktestSpec, ExecutionQuality, LevelExecution
+from kubequant.api.backtest import BacktestSpec
+from kubequant.api.results import ExecutionQuality, LevelExecution
 
 
 def _num(value: Any, scale: float = 1.0) -> float | None:

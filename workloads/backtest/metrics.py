@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from kubequant.api.backtest import BacktestResults
+from kubequant.api.results import BacktestResults
 
 
 def _num(value: Any) -> float | None:

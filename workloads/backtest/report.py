@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from kubequant.api.backtest import BacktestResults
+from kubequant.api.results import BacktestResults
 
 
 def positions_frame(positions: dict[Any, Any]) -> pd.DataFrame:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from kubequant.api.backtest import Backtest, BacktestResults, BacktestSpec, SingleLevelComparison
+from kubequant.api.backtest import Backtest, BacktestSpec
+from kubequant.api.results import BacktestResults, SingleLevelComparison
 from kubequant.errors import ConfigError
 from kubequant.workloads.backtest import execution, metrics, preflight, report
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
