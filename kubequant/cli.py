@@ -290,14 +290,46 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
 @click.option(
     "--report-dir", type=click.Path(path_type=Path), default=None, help="Default: ./reports/<name>."
 )
-def run(file: Path, output: str, report_dir: Path | None) -> None:
-    """Run a manifest in process, with no cluster (Backtest)."""
+@click.option(
+    "--replay",
+    "replay",
+    default=None,
+    metavar="START..END",
+    help="LiveTradingSession: replay these days of bars with the paper broker (default: spec.replay.period).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="LiveTradingSession replay speed relative to real time; 0 runs as fast as possible.",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="LiveTradingSession: RiskPolicy file, when the manifest has none.",
+)
+def run(
+    file: Path,
+    output: str,
+    report_dir: Path | None,
+    replay: str | None,
+    speed: float | None,
+    policy_file: Path | None,
+) -> None:
+    """Run a manifest in process, with no cluster (Backtest; LiveTradingSession with --replay)."""
     from kubequant.api import Backtest
+    from kubequant.api.live import LiveTradingSession
     from kubequant.errors import ValidationError
     from kubequant.manifests import load_resources
     from kubequant.workloads.backtest.runner import run_backtest
 
     resources = load_resources(file)
+    sessions = [r for r in resources if isinstance(r, LiveTradingSession)]
+    if sessions:
+        _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file)
+        return
     runnable = [r for r in resources if isinstance(r, Backtest)]
     if not runnable:
         kinds = sorted({type(r).__name__ for r in resources}) or ["nothing"]
@@ -319,6 +351,50 @@ def run(file: Path, output: str, report_dir: Path | None) -> None:
     else:
         for name, results in outputs.items():
             _print_results(name, results)
+
+
+def _run_replay(
+    file: Path,
+    resources: list[Any],
+    session: Any,
+    output: str,
+    report_dir: Path | None,
+    replay: str | None,
+    speed: float | None,
+    policy_file: Path | None,
+) -> None:
+    from kubequant.api.risk import RiskPolicy
+    from kubequant.errors import ValidationError
+    from kubequant.manifests import load_resources
+    from kubequant.workloads.trading.replay import run_replay
+
+    spec_replay = session.spec.replay
+    period = replay or (spec_replay.period if spec_replay else None)
+    if period is None:
+        raise ValidationError(
+            "a LiveTradingSession runs locally only as a replay",
+            where="--replay",
+            fix="pass --replay START..END (or set spec.replay.period)",
+        )
+    pool = load_resources(policy_file) if policy_file is not None else resources
+    policies = [r for r in pool if isinstance(r, RiskPolicy)]
+    wanted = session.spec.risk_policy_ref.name
+    policy = next((p for p in policies if p.metadata.name == wanted), policies[0] if policy_file else None)
+    target = report_dir if report_dir is not None else Path("reports") / session.metadata.name
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_replay(
+            session,
+            policy,
+            period,
+            speed if speed is not None else (spec_replay.speed if spec_replay else 0.0),
+            target,
+            _stderr_progress(),
+        )
+    if output == "json":
+        click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in summary.describe():
+            click.echo(line)
 
 
 @main.group(cls=_Group)

@@ -119,3 +119,25 @@ def test_duplicates_are_refused_and_recorded_and_faults_are_injectable(
     assert not broker.is_connected()
     with pytest.raises(BrokerDisconnected):
         asyncio.run(broker.positions())
+
+
+def test_a_suspended_holding_keeps_its_last_close(tmp_path: Path, market: QlibMarket, bundle: Path) -> None:
+    """Equity values a position with no bar (suspension) at its last close, not at zero."""
+    found = None
+    for inst in sorted(p.name.upper() for p in (bundle / "features").iterdir()):
+        start, closes = read_feature(bundle / "features" / inst.lower() / "close.day.bin")
+        for i in range(1, len(closes)):
+            if np.isnan(closes[i]) and not np.isnan(closes[i - 1]) and start + i + 1 < len(market.calendar):
+                found = (inst, start + i)
+                break
+        if found:
+            break
+    assert found, "the sample bundle has suspensions"
+    inst, suspended_bar = found
+    broker = PaperBroker(market, tmp_path / "b.sqlite", starting_cash=CASH, start_bar=suspended_bar + 1)
+    broker.set_position(inst, Decimal(1000))
+    assert market.close(inst, suspended_bar) is None
+    before = market.close(inst, suspended_bar - 1)
+    assert broker.last_price(inst) == before
+    acct = asyncio.run(broker.account())
+    assert acct.equity == CASH + 1000 * before  # type: ignore[operator]

@@ -137,8 +137,16 @@ class PaperBroker:
         return self.bar >= len(self.market.calendar)
 
     def last_price(self, instrument: str) -> Decimal | None:
-        """Close of the last completed bar (the risk engine's last price)."""
-        return self.market.close(instrument, self.bar - 1)
+        """Last traded close up to the last completed bar (the risk engine's last price).
+
+        A suspended instrument has no bar; it keeps its last close, as a broker marks it, rather
+        than counting as worth nothing (which would fake a loss and trip the breakers).
+        """
+        for index in range(self.bar - 1, -1, -1):
+            price = self.market.close(instrument, index)
+            if price is not None:
+                return price
+        return None
 
     def advance(self) -> list[Fill]:
         """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""

@@ -1,0 +1,212 @@
+"""The signal API over a real runtime (paper broker, SQLite journal, small bundle) through aiohttp's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
+from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.signal_api import SignalService, build_app
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+SESSION = """\
+apiVersion: kubequant.io/v1alpha1
+kind: LiveTradingSession
+metadata:
+  name: api-test
+spec:
+  account: paper-api
+  riskPolicyRef: {{name: api-test}}
+  data: {{path: {bundle}}}
+  startingCash: 2000000
+  replay: {{period: "2020-01-01..2020-06-30"}}
+---
+apiVersion: kubequant.io/v1alpha1
+kind: RiskPolicy
+metadata:
+  name: api-test
+spec:
+  limits:
+    maxOrderQuantity: 20000
+"""
+
+
+@pytest.fixture(scope="module")
+def api_session(tmp_path_factory: pytest.TempPathFactory, trading_bundle: Path) -> tuple[Path, QlibMarket]:
+    path = tmp_path_factory.mktemp("signal-api") / "session.yaml"
+    path.write_text(SESSION.format(bundle=trading_bundle))
+    session, _ = read_session(path)
+    market = prepare(RuntimeConfig(session=session, policy_path=path, state_dir=path.parent))
+    return path, market
+
+
+Scenario = Callable[[TestClient[Any, Any], TradingRuntime], Awaitable[None]]
+
+
+@asynccontextmanager
+async def api(
+    tmp_path: Path, api_session: tuple[Path, QlibMarket], recover: bool = True
+) -> AsyncIterator[tuple[TestClient[Any, Any], TradingRuntime]]:
+    path, market = api_session
+    session, _ = read_session(path)
+    runtime = TradingRuntime(
+        RuntimeConfig(session=session, policy_path=path, state_dir=tmp_path / "volume"), market
+    )
+    client = TestClient(TestServer(build_app(SignalService.for_runtime(runtime), TOKEN)))
+    await client.start_server()
+    try:
+        if recover:
+            await runtime.start()
+        yield client, runtime
+    finally:
+        await client.close()
+        runtime.close()
+
+
+def run(
+    tmp_path: Path, api_session: tuple[Path, QlibMarket], scenario: Scenario, recover: bool = True
+) -> None:
+    async def main() -> None:
+        async with api(tmp_path, api_session, recover) as (client, runtime):
+            await scenario(client, runtime)
+
+    asyncio.run(main())
+
+
+def signal(sid: str, **target: Any) -> dict[str, Any]:
+    return {"id": sid, "targets": [{"instrument": "SYN0001", **target}]}
+
+
+def test_readyz_only_after_recovery(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/readyz")).status == 503
+        refused = await client.post("/v1/signals", json=signal("early", quantity=100), headers=AUTH)
+        assert refused.status == 503
+        assert (await (await client.get("/v1/status", headers=AUTH)).json())["phase"] == "Reconciling"
+        await runtime.start()
+        assert (await client.get("/readyz")).status == 200
+        assert (await (await client.get("/v1/status", headers=AUTH)).json())["phase"] == "Trading"
+
+    run(tmp_path, api_session, scenario, recover=False)
+
+
+def test_bearer_token_on_every_v1_route(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        routes = [
+            ("GET", "/v1/orders"),
+            ("GET", "/v1/positions"),
+            ("GET", "/v1/status"),
+            ("POST", "/v1/signals"),
+        ]
+        for method, route in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+                resp = await client.request(method, route, headers=headers, json=signal("a", quantity=100))
+                assert resp.status == 401, (route, headers)
+                assert (await resp.json())["field"] == "headers.Authorization"
+        assert (await client.get("/v1/orders", headers=AUTH)).status == 200
+        assert not runtime.oms.state.orders  # the refused POSTs created nothing
+        metrics = await client.get("/metrics")  # scraped without a token, like /healthz
+        assert metrics.status == 200
+        assert "kubequant_signal_to_submit_seconds" in await metrics.text()
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_the_same_id_twice_makes_one_order(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        body = {
+            "id": "sig-1",
+            "targets": [
+                {"instrument": "SYN0001", "quantity": 500},
+                {"instrument": "SYN0002", "weight": 0.05},
+            ],
+        }
+        first = await client.post("/v1/signals", json=body, headers=AUTH)
+        assert first.status == 202
+        one = await first.json()
+        assert one["duplicate"] is False and len(one["orders"]) == 2
+        assert all(o["accepted"] and o["reason"] is None for o in one["orders"]), one
+        again = await client.post("/v1/signals", json=body, headers=AUTH)
+        assert again.status == 200
+        two = await again.json()
+        assert two["duplicate"] is True
+        assert [o["clientOrderId"] for o in two["orders"]] == [o["clientOrderId"] for o in one["orders"]]
+        assert len((await (await client.get("/v1/orders", headers=AUTH)).json())["orders"]) == 2
+        venue = sqlite3.connect(runtime.cfg.broker_path)
+        assert venue.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 2
+
+    run(tmp_path, api_session, scenario)
+
+
+BAD = [
+    (b"{not json", 400, "$"),
+    (b"[1, 2]", 400, "$"),
+    ({"targets": [{"instrument": "SYN0001", "quantity": 1}]}, 422, "id"),
+    ({"id": "x", "targets": []}, 422, "targets"),
+    (
+        signal("x", quantity=1) | {"targets": [{"instrument": "SYN 0001!", "quantity": 1}]},
+        422,
+        "targets[0].instrument",
+    ),
+    (
+        signal("x", quantity=1) | {"targets": [{"instrument": "NOPE9999", "quantity": 1}]},
+        422,
+        "targets[0].instrument",
+    ),
+    (signal("x", weight=1.5), 422, "targets[0].weight"),
+    (signal("x", weight=-2), 422, "targets[0].weight"),
+    (signal("x", weight=0.1, quantity=100), 422, "targets[0]"),
+    (signal("x"), 422, "targets[0]"),
+    (signal("x", quantity="lots"), 422, "targets[0].quantity"),
+    (signal("x", quantity=100) | {"limitPrices": {"SYN0001": -3}}, 422, "limitPrices.SYN0001"),
+    (signal("x", quantity=100) | {"extra": 1}, 422, "extra"),
+]
+
+
+def test_bad_requests_name_the_field(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        for body, status, field in BAD:
+            kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+            resp = await client.post("/v1/signals", headers=AUTH, **kwargs)
+            answer = await resp.json()
+            assert (resp.status, answer["field"]) == (status, field), (body, answer)
+            assert answer["error"] and answer["fix"]
+        assert not runtime.oms.state.orders
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_status_and_positions_after_a_fill(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        ok = await client.post("/v1/signals", json=signal("buy", quantity=500), headers=AUTH)
+        assert ok.status == 202
+        too_big = await (
+            await client.post("/v1/signals", json=signal("big", quantity=50000), headers=AUTH)
+        ).json()
+        assert too_big["orders"][0]["accepted"] is False
+        assert too_big["orders"][0]["reason"] == "ORDER_QUANTITY"
+        runtime.broker.advance()  # the paper market deals the open order at the next bar
+        await runtime.tick()
+        positions = (await (await client.get("/v1/positions", headers=AUTH)).json())["positions"]
+        assert [(p["instrument"], p["quantity"]) for p in positions] == [("SYN0001", "500.000000")]
+        status = await (await client.get("/v1/status", headers=AUTH)).json()
+        assert status["tradingState"] == "ACTIVE" and status["brokerConnected"] is True
+        assert (status["ordersToday"], status["fillsToday"], status["rejectionsToday"]) == (1, 1, 1)
+        assert status["positions"] == 1 and status["equity"] > 0 and "pnl" in status
+        orders = (await (await client.get("/v1/orders", headers=AUTH)).json())["orders"]
+        assert {o["status"] for o in orders} == {"filled", "rejected"}
+
+    run(tmp_path, api_session, scenario)
