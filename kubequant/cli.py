@@ -331,6 +331,10 @@ def run(
         _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file)
         return
     runnable = [r for r in resources if isinstance(r, Backtest)]
+    if replay is not None or speed is not None or policy_file is not None:
+        raise ValidationError(
+            "--replay, --speed and --policy apply to a LiveTradingSession", where=str(file), fix="remove them"
+        )
     if not runnable:
         kinds = sorted({type(r).__name__ for r in resources}) or ["nothing"]
         raise ValidationError(

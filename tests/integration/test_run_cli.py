@@ -47,6 +47,7 @@ def test_model_backtest_json_and_report(bundle: Path, tmp_path: Path) -> None:
     proc = _run("run", "-f", str(manifest), "-o", "json", "--report-dir", str(tmp_path / "rep"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)  # stdout holds only the JSON: qlib's prints go to stderr
+    assert "usage: git" not in proc.stderr  # qlib's recorder does not shell out to git here
     for key in (
         "annualizedReturn",
         "sharpe",
@@ -139,3 +140,9 @@ def test_malformed_signal_file(bundle: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "missing column 'score'" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_replay_flags_need_a_session(bundle: Path, signal_file: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(file_backtest(bundle, signal_file), tmp_path / "bt.yaml")
+    proc = _run("run", "-f", str(manifest), "--replay", "2021-01-04..2021-02-01", cwd=tmp_path)
+    assert proc.returncode == 2 and "apply to a LiveTradingSession" in proc.stderr
