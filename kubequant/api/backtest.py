@@ -151,14 +151,28 @@ class Twap(ApiModel):
     """qlib's TWAPStrategy: split each order evenly over the level's steps."""
 
 
+class Vwap(ApiModel):
+    """Volume-weighted slices: each step gets the share of the day's volume the instrument usually trades then."""
+
+    lookback_days: int = Field(
+        5,
+        ge=1,
+        le=60,
+        description="Past trading days whose 1-minute volumes make the profile (none from the day traded).",
+    )
+
+
 class SbbEma(ApiModel):
     """qlib's SBBStrategyEMA: trade each order in the better of every two steps, judged by an EMA trend."""
 
 
 class SlicingStrategy(ApiModel):
-    """How a level splits the orders of the level above it. Set exactly one of twap, sbbEma, custom."""
+    """How a level splits the orders of the level above it. Set exactly one of twap, vwap, sbbEma, custom."""
 
     twap: Twap | None = Field(None, description="Equal slices (qlib's TWAPStrategy).")
+    vwap: Vwap | None = Field(
+        None, description="Slices in proportion to the usual intraday volume (kubequant's VWAPStrategy)."
+    )
     sbb_ema: SbbEma | None = Field(
         None, description="qlib's SBBStrategyEMA (needs the instruments' minute bars)."
     )
@@ -166,7 +180,9 @@ class SlicingStrategy(ApiModel):
         None, description="Any importable qlib strategy that executes an outer decision (e.g. ACStrategy)."
     )
 
-    __rules__ = (exactly_one_rule(["twap", "sbbEma", "custom"], "choose how this level slices orders"),)
+    __rules__ = (
+        exactly_one_rule(["twap", "vwap", "sbbEma", "custom"], "choose how this level slices orders"),
+    )
 
 
 class ExecutorLevel(ApiModel):

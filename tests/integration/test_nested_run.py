@@ -137,3 +137,30 @@ def test_nested_without_minute_bars_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "spec.executor.levels" in proc.stderr and "1-minute bars" in proc.stderr
+
+
+def test_vwap_follows_the_intraday_volume_profile(bundle: Path, tmp_path: Path) -> None:
+    """VWAP puts more of each order into the busy first and last half hours than TWAP does."""
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
+    rng = np.random.default_rng(9)
+    scores = tmp_path / "scores.csv"
+    pd.DataFrame(
+        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
+    ).to_csv(scores, index=False)
+    shares = {}
+    for kind in ("twap", "vwap"):
+        doc = _manifest(bundle, scores, kind, [{"frequency": "1min", "strategy": {kind: {}}}])
+        result = _run(doc, tmp_path)
+        assert result["trades"] > 0
+        trades = pd.read_csv(tmp_path / kind / "trades.csv", parse_dates=["datetime"])
+        clock = trades["datetime"].dt.strftime("%H:%M")
+        edges = (clock < "10:00") | (clock >= "14:30")
+        value = trades["amount"] * trades["price"]
+        shares[kind] = value[edges].sum() / value.sum()
+    print(f"share of traded value in 09:30–10:00 and 14:30–15:00: {shares}")
+    # A TWAP day spends 60 of its 240 minutes in those windows (25 %); the U-shaped volume pulls VWAP above it.
+    assert shares["twap"] == pytest.approx(0.25, abs=0.05)
+    assert shares["vwap"] > shares["twap"] + 0.05, shares

@@ -104,6 +104,12 @@ def slicing_config(level: ExecutorLevel, market: str | list[str], field: str) ->
     chosen = level.strategy
     if chosen.custom is not None:
         return class_config(chosen.custom, RULE_STRATEGY_MODULE, f"{field}.strategy.custom")
+    if chosen.vwap is not None:
+        return {
+            "class": "VWAPStrategy",
+            "module_path": "kubequant.workloads.backtest.vwap",
+            "kwargs": {"lookback_days": chosen.vwap.lookback_days},
+        }
     if chosen.sbb_ema is not None:
         return {
             "class": "SBBStrategyEMA",
