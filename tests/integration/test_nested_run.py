@@ -164,3 +164,35 @@ def test_vwap_follows_the_intraday_volume_profile(bundle: Path, tmp_path: Path) 
     # A TWAP day spends 60 of its 240 minutes in those windows (25 %); the U-shaped volume pulls VWAP above it.
     assert shares["twap"] == pytest.approx(0.25, abs=0.05)
     assert shares["vwap"] > shares["twap"] + 0.05, shares
+
+
+def test_capped_slices_carry_or_expire(bundle: Path, tmp_path: Path) -> None:
+    """With a tight participation cap, carry makes up unfilled slices later; expire gives them up."""
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
+    rng = np.random.default_rng(11)
+    scores = tmp_path / "scores.csv"
+    pd.DataFrame(
+        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
+    ).to_csv(scores, index=False)
+    traded = {}
+    for on_cap in ("carry", "expire"):
+        doc = _manifest(bundle, scores, on_cap, [{"frequency": "1min", "strategy": {"twap": {}}}])
+        doc["spec"]["account"] = 50_000_000  # large orders, so the cap binds
+        doc["spec"]["exchange"] = {
+            "impact": {
+                "permanent": 0,
+                "temporary": 0,
+                "slippageBps": 0,
+                "maxParticipation": 0.02,
+                "onCap": on_cap,
+            }
+        }
+        result = _run(doc, tmp_path)
+        trades = pd.read_csv(tmp_path / on_cap / "trades.csv")
+        traded[on_cap] = float((trades["amount"] * trades["price"]).sum())
+        assert result["execution"]["participation"] <= 0.02 + 1e-9
+    print(f"traded value with a 2 % cap: {traded}")
+    assert traded["expire"] < 0.95 * traded["carry"], traded

@@ -97,17 +97,24 @@ def strategy_config(spec: BacktestSpec) -> dict[str, Any]:
 
 
 RULE_STRATEGY_MODULE = "qlib.contrib.strategy.rule_strategy"
+SLICING_MODULE = "kubequant.workloads.backtest.slicing"
 
 
-def slicing_config(level: ExecutorLevel, market: str | list[str], field: str) -> dict[str, Any]:
-    """qlib's config of the strategy that slices orders at one inner level."""
+def slicing_config(
+    level: ExecutorLevel, market: str | list[str], field: str, expire_unfilled: bool = False
+) -> dict[str, Any]:
+    """qlib's config of the strategy that slices orders at one inner level.
+
+    ``expire_unfilled`` (``spec.exchange.impact.onCap: expire``) makes TWAP/VWAP drop what a slice
+    did not fill; by default the next slices make it up (carry), as qlib's TWAP does.
+    """
     chosen = level.strategy
     if chosen.custom is not None:
         return class_config(chosen.custom, RULE_STRATEGY_MODULE, f"{field}.strategy.custom")
     if chosen.vwap is not None:
         return {
-            "class": "VWAPStrategy",
-            "module_path": "kubequant.workloads.backtest.vwap",
+            "class": "ExpiringVWAPStrategy" if expire_unfilled else "VWAPStrategy",
+            "module_path": SLICING_MODULE,
             "kwargs": {"lookback_days": chosen.vwap.lookback_days},
         }
     if chosen.sbb_ema is not None:
@@ -116,6 +123,8 @@ def slicing_config(level: ExecutorLevel, market: str | list[str], field: str) ->
             "module_path": RULE_STRATEGY_MODULE,
             "kwargs": {"instruments": market, "freq": "1min"},
         }
+    if expire_unfilled:
+        return {"class": "ExpiringTWAPStrategy", "module_path": SLICING_MODULE, "kwargs": {}}
     return {"class": "TWAPStrategy", "module_path": RULE_STRATEGY_MODULE, "kwargs": {}}
 
 
@@ -133,6 +142,8 @@ def executor_config(spec: BacktestSpec) -> dict[str, Any]:
         },
     }
     market = spec.universe.resolved_market()
+    impact = spec.exchange.impact
+    expire = impact is not None and impact.on_cap == "expire"
     for index in reversed(range(len(levels))):
         step = spec.executor.frequency if index == 0 else levels[index - 1].frequency
         config = {
@@ -141,7 +152,9 @@ def executor_config(spec: BacktestSpec) -> dict[str, Any]:
             "kwargs": {
                 "time_per_step": step,
                 "inner_executor": config,
-                "inner_strategy": slicing_config(levels[index], market, f"spec.executor.levels[{index}]"),
+                "inner_strategy": slicing_config(
+                    levels[index], market, f"spec.executor.levels[{index}]", expire
+                ),
                 "generate_portfolio_metrics": True,
                 "indicator_config": {"show_indicator": False},
             },

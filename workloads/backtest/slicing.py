@@ -1,7 +1,7 @@
-"""VWAP slicing for an inner execution level (qlib has TWAP and SBB strategies, no VWAP).
+"""Slicing strategies for inner execution levels that qlib lacks: VWAP, and TWAP/VWAP whose unfilled slices expire.
 
-Each order of the level above is split over this level's steps in proportion to the volume the
-instrument usually trades in each step: its 1-minute volumes over the previous ``lookback_days``
+VWAP: each order of the level above is split over this level's steps in proportion to the volume
+the instrument usually trades in each step: its 1-minute volumes over the previous ``lookback_days``
 trading days (nothing from the day being traded), summed over each step's time of day. Without
 history it falls back to equal slices (TWAP). The order bookkeeping — remaining amount, lot
 rounding, suspended steps, the last step taking the remainder — is qlib's TWAPStrategy's.
@@ -101,3 +101,24 @@ class VWAPStrategy(TWAPStrategy):
                     )
                 )
         return TradeDecisionWO(order_list=order_list, strategy=self)
+
+
+class _ExpireUnfilled:
+    """Gives up what a slice did not fill (above the participation cap, or untradable) instead of
+    letting the next slices make it up, which is what TWAP's bookkeeping does by itself (carry)."""
+
+    trade_amount_remain: dict[str, float]
+
+    def generate_trade_decision(self, execute_result: Any = None) -> TradeDecisionWO:
+        if execute_result is not None:
+            for order, *_ in execute_result:
+                self.trade_amount_remain[order.stock_id] -= order.amount - order.deal_amount
+        return super().generate_trade_decision(execute_result)  # type: ignore[misc, no-any-return]
+
+
+class ExpiringTWAPStrategy(_ExpireUnfilled, TWAPStrategy):
+    """qlib's TWAP where an unfilled slice expires (``onCap: expire``)."""
+
+
+class ExpiringVWAPStrategy(_ExpireUnfilled, VWAPStrategy):
+    """VWAP where an unfilled slice expires (``onCap: expire``)."""
