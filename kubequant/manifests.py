@@ -116,18 +116,16 @@ def load_resources(path: str | Path) -> list[Resource]:
 
 
 def _dedupe(errors: list[ValidationError]) -> list[ValidationError]:
-    """One error per field: a union (int or quantity string) reports each branch; keep the most specific."""
-    by_where: dict[str | None, ValidationError] = {}
+    """A union (an int or a quantity string) reports every branch: keep the specific error of a field."""
+    type_only = ("is not a valid int", "is not a valid float")
+    specific = {e.where for e in errors if not e.message.endswith(type_only)}
+    kept: list[ValidationError] = []
     for err in errors:
-        if err.where in by_where and err.message.endswith(("is not a valid int", "is not a valid float")):
+        bare = err.message.endswith(type_only)
+        if bare and (err.where in specific or any(k.where == err.where for k in kept)):
             continue
-        if err.where in by_where and not by_where[err.where].message.endswith(
-            ("is not a valid int", "is not a valid float")
-        ):
-            by_where[f"{err.where}#{len(by_where)}"] = err
-            continue
-        by_where[err.where] = err
-    return list(by_where.values())
+        kept.append(err)
+    return kept
 
 
 class InvalidManifest(Exception):

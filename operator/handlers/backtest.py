@@ -140,14 +140,7 @@ def suspend_backtest(body: kopf.Body, new: Any, old: Any, logger: Any, **_: Any)
     """spec.suspend is the one mutable field: pass it on to the Job."""
     bt_name = body["metadata"]["name"]
     ns = body["metadata"]["namespace"]
-    bt = Backtest.model_validate(
-        {
-            "apiVersion": body["apiVersion"],
-            "kind": KIND,
-            "metadata": dict(body["metadata"]),
-            "spec": dict(body["spec"]),
-        }
-    )
+    bt = _parse(body)
     kube.patch_job_suspend(ns, job_name(bt), bool(new))
     logger.info("Backtest %s suspend=%s", bt_name, new)
 

@@ -35,6 +35,19 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _random_scores(bundle: Path, tmp: Path, seed: int) -> Path:
+    """Random scores for the minute instruments over the last days: a signal with no edge."""
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
+    rng = np.random.default_rng(seed)
+    path = tmp / "scores.csv"
+    rows = [(d, c, rng.normal()) for d in days for c in codes]
+    pd.DataFrame(rows, columns=["datetime", "instrument", "score"]).to_csv(path, index=False)
+    return path
+
+
 def _manifest(bundle: Path, scores: Path, name: str, levels: list[dict[str, Any]] | None) -> dict[str, Any]:
     days = [d for d in (bundle / "calendars" / "day.txt").read_text().split()]
     spec: dict[str, Any] = {
@@ -79,15 +92,7 @@ def _run(doc: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
 
 def test_nested_levels_trade_intraday(bundle: Path, tmp_path: Path) -> None:
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
-    rng = np.random.default_rng(5)
-    scores = tmp_path / "scores.csv"
-    pd.DataFrame(
-        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
-    ).to_csv(scores, index=False)
+    scores = _random_scores(bundle, tmp_path, seed=5)
     single = _run(_manifest(bundle, scores, "single", None), tmp_path)
     nested = _run(
         _manifest(
@@ -141,15 +146,7 @@ def test_nested_without_minute_bars_is_refused(tmp_path: Path) -> None:
 
 def test_vwap_follows_the_intraday_volume_profile(bundle: Path, tmp_path: Path) -> None:
     """VWAP puts more of each order into the busy first and last half hours than TWAP does."""
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
-    rng = np.random.default_rng(9)
-    scores = tmp_path / "scores.csv"
-    pd.DataFrame(
-        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
-    ).to_csv(scores, index=False)
+    scores = _random_scores(bundle, tmp_path, seed=9)
     shares = {}
     for kind in ("twap", "vwap"):
         doc = _manifest(bundle, scores, kind, [{"frequency": "1min", "strategy": {kind: {}}}])
@@ -168,15 +165,7 @@ def test_vwap_follows_the_intraday_volume_profile(bundle: Path, tmp_path: Path) 
 
 def test_capped_slices_carry_or_expire(bundle: Path, tmp_path: Path) -> None:
     """With a tight participation cap, carry makes up unfilled slices later; expire gives them up."""
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    days = (bundle / "calendars" / "day.txt").read_text().split()[-14:]
-    rng = np.random.default_rng(11)
-    scores = tmp_path / "scores.csv"
-    pd.DataFrame(
-        [(d, c, rng.normal()) for d in days for c in codes], columns=["datetime", "instrument", "score"]
-    ).to_csv(scores, index=False)
+    scores = _random_scores(bundle, tmp_path, seed=11)
     traded = {}
     for on_cap in ("carry", "expire"):
         doc = _manifest(bundle, scores, on_cap, [{"frequency": "1min", "strategy": {"twap": {}}}])
