@@ -194,6 +194,11 @@ class ExecutorLevel(ApiModel):
     strategy: SlicingStrategy = Field(description="How this level splits the orders it receives.")
 
 
+class ExecutionEngine(StrEnum):
+    AUTO = "auto"
+    QLIB = "qlib"
+
+
 class Executor(ApiModel):
     """How decisions become trades: qlib's SimulatorExecutor at one frequency, or nested levels."""
 
@@ -210,6 +215,14 @@ class Executor(ApiModel):
         description=(
             "Inner levels, outermost first (qlib's NestedExecutor): e.g. [30min sbbEma, 1min twap]; "
             "the last level trades in the simulator. Unset: single level."
+        ),
+    )
+    engine: ExecutionEngine = Field(
+        ExecutionEngine.AUTO,
+        description=(
+            "auto: a day → 1min level slicing by TWAP or VWAP runs compiled (qlib's rules, the same "
+            "results, a fraction of the time); every other level runs in qlib's NestedExecutor. "
+            "qlib: always qlib's NestedExecutor (the reference)."
         ),
     )
 
@@ -240,6 +253,18 @@ class Executor(ApiModel):
     def finest(self) -> str:
         """The frequency trades are simulated at."""
         return self.levels[-1].frequency if self.levels else self.frequency
+
+    def compiled_slicing(self) -> str | None:
+        """'twap' or 'vwap' when the levels run on the compiled day → 1min level; None: qlib's executors."""
+        levels = self.levels or []
+        if self.engine != ExecutionEngine.AUTO or len(levels) != 1:
+            return None
+        if self.frequency != "day" or levels[0].frequency != "1min":
+            return None
+        chosen = levels[0].strategy
+        if chosen.custom is not None or chosen.sbb_ema is not None:
+            return None
+        return "vwap" if chosen.vwap is not None else "twap"
 
 
 class DealPrice(StrEnum):

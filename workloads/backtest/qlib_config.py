@@ -128,8 +128,32 @@ def slicing_config(
     return {"class": "TWAPStrategy", "module_path": RULE_STRATEGY_MODULE, "kwargs": {}}
 
 
+COMPILED_MODULE = "kubequant.workloads.backtest.compiled_slicing"
+MINUTE_EXCHANGE_MODULE = "kubequant.workloads.backtest.minute_exchange"
+
+
 def executor_config(spec: BacktestSpec) -> dict[str, Any]:
-    """qlib's SimulatorExecutor config, wrapped in one NestedExecutor per inner level (outermost first)."""
+    """qlib's SimulatorExecutor config, wrapped in one NestedExecutor per inner level (outermost first).
+
+    A day → 1min TWAP/VWAP level runs on kubequant's compiled executor instead (``compiled_slicing``).
+    """
+    slicing = spec.executor.compiled_slicing()
+    if slicing is not None:
+        level = (spec.executor.levels or [])[0]
+        impact = spec.exchange.impact
+        return {
+            "class": "CompiledSlicingExecutor",
+            "module_path": COMPILED_MODULE,
+            "kwargs": {
+                "time_per_step": "day",
+                "slicing": slicing,
+                "lookback_days": level.strategy.vwap.lookback_days if level.strategy.vwap else 5,
+                "expire_unfilled": impact is not None and impact.on_cap == "expire",
+                "generate_portfolio_metrics": True,
+                "trade_type": spec.executor.trade_type,
+                "verbose": False,
+            },
+        }
     levels = spec.executor.levels or []
     config: dict[str, Any] = {
         "class": "SimulatorExecutor",
@@ -170,16 +194,20 @@ def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
     """
     out = plain_exchange_kwargs(spec)
     impact = spec.exchange.impact
-    if impact is None:
+    compiled = spec.executor.compiled_slicing() is not None
+    if impact is None and not compiled:
         return out
     kwargs = {"start_time": str(spec.period.start), "end_time": str(spec.period.end), **out}
-    return {
-        "exchange": {
-            "class": "ImpactExchange",
-            "module_path": IMPACT_EXCHANGE_MODULE,
-            "kwargs": {**kwargs, "impact": impact.model_dump(mode="json")},
-        }
-    }
+    if compiled:
+        # A daily exchange quoting what the 1-minute one would, with the minutes kept for the compiled level.
+        kwargs.update(freq="day", end_time=str(spec.period.end))
+        name = "MinuteBackedExchange" if impact is None else "MinuteBackedImpactExchange"
+        module = MINUTE_EXCHANGE_MODULE
+    else:
+        name, module = "ImpactExchange", IMPACT_EXCHANGE_MODULE
+    if impact is not None:
+        kwargs["impact"] = impact.model_dump(mode="json")
+    return {"exchange": {"class": name, "module_path": module, "kwargs": kwargs}}
 
 
 def plain_exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:

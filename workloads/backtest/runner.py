@@ -184,9 +184,7 @@ def _run_in_qlib(
     lap("signal")
 
     progress("backtest", f"backtesting {spec.period.start} … {spec.period.end}")
-    executed: list[Any] = []
-    daily, positions, indicators = _backtest(spec, signal.scores, executed)
-    trades = report.trades_frame(executed)
+    daily, positions, indicators, trades = _backtest(spec, signal.scores)
     lap("backtest")
 
     ic, rank_ic = metrics.signal_ic(signal.scores, signal.label)
@@ -216,23 +214,29 @@ def _run_in_qlib(
 
 
 def _backtest(
-    spec: BacktestSpec, scores: pd.Series, executed: list[Any]
-) -> tuple[pd.DataFrame, Any, dict[str, Any]]:
-    """qlib's backtest of the spec: the outermost level's daily report, positions, and every level's indicators."""
+    spec: BacktestSpec, scores: pd.Series
+) -> tuple[pd.DataFrame, Any, dict[str, Any], pd.DataFrame]:
+    """qlib's backtest of the spec: the outermost level's daily report, positions, every level's indicators, fills."""
     from qlib.backtest import backtest as qlib_backtest
 
+    from kubequant.workloads.backtest.compiled_slicing import CompiledSlicingExecutor
+
+    executed: list[Any] = []
     strategy = recording_strategy(strategy_config(spec), scores, executed)
+    executor = init_class(executor_config(spec), "spec.executor")
     portfolio, indicators = qlib_backtest(
         start_time=str(spec.period.start),
         end_time=str(spec.period.end),
         strategy=strategy,
-        executor=executor_config(spec),
+        executor=executor,
         benchmark=spec.benchmark,
         account=spec.account,
         exchange_kwargs=exchange_kwargs(spec),
     )
     daily, positions = next(iter(portfolio.values()))
-    return daily, positions, indicators
+    if isinstance(executor, CompiledSlicingExecutor):
+        return daily, positions, executor.level_indicators(), executor.trades()
+    return daily, positions, indicators, report.trades_frame(executed)
 
 
 def _single_level(spec: BacktestSpec, scores: pd.Series) -> SingleLevelComparison:
@@ -240,9 +244,8 @@ def _single_level(spec: BacktestSpec, scores: pd.Series) -> SingleLevelCompariso
     flat = spec.model_copy(
         update={"executor": spec.executor.model_copy(update={"levels": None, "frequency": "day"})}
     )
-    executed: list[Any] = []
-    daily, _positions, _indicators = _backtest(flat, scores, executed)
-    summary = metrics.summarize(daily, spec.account, len(report.trades_frame(executed)), None, None)
+    daily, _positions, _indicators, trades = _backtest(flat, scores)
+    summary = metrics.summarize(daily, spec.account, len(trades), None, None)
     return SingleLevelComparison(
         annualized_return=summary.annualized_return,
         sharpe=summary.sharpe,

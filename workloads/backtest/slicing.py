@@ -18,6 +18,47 @@ from qlib.backtest.utils import get_start_end_idx
 from qlib.contrib.strategy.rule_strategy import TWAPStrategy
 
 
+def history_window(day: pd.Timestamp, lookback_days: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Calendar span searched for the ``lookback_days`` trading days before ``day`` (nothing of ``day``)."""
+    day = pd.Timestamp(day).normalize()
+    return day - pd.Timedelta(days=3 * lookback_days + 7), day - pd.Timedelta(seconds=1)
+
+
+def volume_history(stock_id: str, until: pd.Timestamp, lookback_days: int, end: Any = None) -> pd.Series:
+    """1-minute volumes of ``stock_id`` from the window before ``until``'s day up to ``end`` (default: that day)."""
+    from qlib.data import D
+
+    start, before = history_window(until, lookback_days)
+    frame = D.features([stock_id], ["$volume"], start_time=start, end_time=end or before, freq="1min")
+    if frame.empty:
+        return pd.Series(dtype=np.float64)
+    return frame.iloc[:, 0].droplevel(0).dropna()
+
+
+def cumulative_profile(
+    volume: pd.Series, day: pd.Timestamp, steps: list[tuple[pd.Timestamp, pd.Timestamp]], lookback_days: int
+) -> np.ndarray:
+    """Cumulative share of the volume expected by the end of each step of ``day``.
+
+    ``volume``: the instrument's 1-minute volumes (any span; only the ``lookback_days`` trading days
+    before ``day`` are read). Equal shares (TWAP) without history.
+    """
+    day = pd.Timestamp(day).normalize()
+    start, before = history_window(day, lookback_days)
+    history = volume[(volume.index >= start) & (volume.index <= before)]
+    weights = np.ones(len(steps))
+    if not history.empty:
+        days = history.index.normalize().unique()[-lookback_days:]
+        history = history[history.index.normalize().isin(days)]
+        minute = history.index - history.index.normalize()
+        totals = np.array(
+            [history[(minute >= t0 - day) & (minute <= t1 - day)].sum() for t0, t1 in steps], dtype=float
+        )
+        if totals.sum() > 0:
+            weights = totals
+    return np.cumsum(weights) / weights.sum()
+
+
 class VWAPStrategy(TWAPStrategy):
     """Slices orders by the instrument's usual intraday volume profile."""
 
@@ -33,28 +74,9 @@ class VWAPStrategy(TWAPStrategy):
 
     def _profile(self, stock_id: str, steps: list[tuple[pd.Timestamp, pd.Timestamp]]) -> np.ndarray:
         """Cumulative expected share of the day's volume traded by the end of each step."""
-        from qlib.data import D
-
         day = pd.Timestamp(steps[0][0]).normalize()
-        history = D.features(
-            [stock_id],
-            ["$volume"],
-            start_time=day - pd.Timedelta(days=3 * self.lookback_days + 7),
-            end_time=day - pd.Timedelta(seconds=1),
-            freq="1min",
-        )
-        weights = np.ones(len(steps))
-        if not history.empty:
-            volume = history.iloc[:, 0].droplevel(0).dropna()
-            days = volume.index.normalize().unique()[-self.lookback_days :]
-            volume = volume[volume.index.normalize().isin(days)]
-            minute = volume.index - volume.index.normalize()
-            totals = np.array(
-                [volume[(minute >= t0 - day) & (minute <= t1 - day)].sum() for t0, t1 in steps], dtype=float
-            )
-            if totals.sum() > 0:
-                weights = totals
-        return np.cumsum(weights) / weights.sum()
+        history = volume_history(stock_id, day, self.lookback_days)
+        return cumulative_profile(history, day, steps, self.lookback_days)
 
     def generate_trade_decision(self, execute_result: Any = None) -> TradeDecisionWO:
         """TWAP's decision with the expected amount by step taken from the volume profile."""
