@@ -402,6 +402,52 @@ def _run_replay(
 
 
 @main.group(cls=_Group)
+def trading() -> None:
+    """A trading session's runtime: its journal and trading state."""
+
+
+@trading.command("resume")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The session's volume (the folder with journal.sqlite).",
+)
+@click.option("--reason", required=True, help="Why the session may trade again (journaled).")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["ACTIVE", "REDUCING"]),
+    default="ACTIVE",
+    show_default=True,
+    help="The state the next start begins in: ACTIVE, or REDUCING (only exposure-reducing orders).",
+)
+@click.option(
+    "--session",
+    "session_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The session manifest: its spec.halted (the kill switch) is checked; default: the journal's last state.",
+)
+def trading_resume(state_dir: Path, reason: str, to: str, session_file: Path | None) -> None:
+    """Clear a latched halt (breakers, reconciliation) of a stopped runtime; journaled, read at its next start.
+
+    A running runtime takes the same change on POST /v1/trading-state. The kill switch is never overridden.
+    """
+    from kubequant.workloads.trading.trading_state import resume_stopped
+
+    kill_switch = None
+    if session_file is not None:
+        from kubequant.workloads.trading.runtime import read_session
+
+        session, _ = read_session(session_file)
+        kill_switch = session.spec.halted
+    result = resume_stopped(state_dir, reason, to, kill_switch=kill_switch)
+    cleared = ", ".join(f"{k} ({v})" for k, v in sorted(result.cleared.items())) or "nothing latched"
+    click.echo(f"{state_dir}: {result.previous} -> {result.state} at the next start; cleared {cleared}")
+
+
+@main.group(cls=_Group)
 def workload() -> None:
     """Entrypoints of the pods the operator creates."""
 

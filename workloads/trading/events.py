@@ -169,15 +169,26 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _encode(value: Any) -> Any:
-    if isinstance(value, Decimal):
+    # Exact types first: the hot path encodes a few events per order (str, Decimal, datetime, enums).
+    kind: type = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is Decimal:
         return str(value)
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, Decimal):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: _encode(getattr(value, name)) for name in _field_names(kind)}
     if isinstance(value, dict):
         return {k: _encode(v) for k, v in value.items()}
     return value

@@ -1,10 +1,23 @@
-"""The durable order journal: append-only SQLite (WAL, synchronous=FULL) on the session's volume."""
+"""The durable order journal: append-only SQLite (WAL, synchronous=FULL) on the session's volume.
+
+Writes are group-committed: events queued by ``append_async`` while a transaction is being written
+and fsynced go together into the next one, written by one writer thread (sqlite3 releases the GIL
+while it writes and fsyncs, so the event loop prepares the next signals meanwhile). One ordered
+queue feeds every transaction, so the journal's order is the order in which events were queued,
+and a synchronous ``append`` first writes everything queued before it. After a failed write the
+journal refuses every later one: writing later events without the lost ones would corrupt the
+replay.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from types import TracebackType
 
@@ -34,14 +47,51 @@ BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 """
+Row = tuple[str, str, str | None, str]
+# SQLite binds at most 32,766 parameters per statement; a group larger than this is written by
+# several statements in one explicit transaction.
+MAX_ROWS_PER_STATEMENT = 1000
+
+
+@cache
+def _insert(rows: int) -> str:
+    return "INSERT INTO events (ts, kind, client_order_id, body) VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
 
 
 class JournalError(KubequantError):
     """The journal could not be written or read; the runtime must stop rather than act unjournaled."""
 
 
+@dataclass(slots=True)
+class _Queued:
+    """Events waiting for a transaction, and the future that learns their last sequence number."""
+
+    rows: list[Row]
+    future: asyncio.Future[int]
+    loop: asyncio.AbstractEventLoop
+
+
+def _rows(events: tuple[Event, ...]) -> list[Row]:
+    if not events:
+        raise ValueError("nothing to append")
+    return [
+        (e.ts.isoformat(), e.kind, e.client_order_id if isinstance(e, OrderEvent) else None, encode(e))
+        for e in events
+    ]
+
+
+def _settle(done: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
+    for future, outcome in done:
+        if future.done():  # its waiter was cancelled; the events are on disk all the same
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
 class Journal:
-    """Append-only event log; ``append`` returns only after the transaction is on disk."""
+    """Append-only event log; ``append`` returns, and ``append_async``'s future resolves, only once on disk."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -57,40 +107,137 @@ class Journal:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}", fix="check the volume") from err
+        # One transaction at a time on the connection; taking the queue and writing it happen under
+        # this lock, so transactions reach the disk in the order their events were queued.
+        self._db_lock = threading.Lock()
+        self._queue: list[_Queued] = []
+        self._wake = threading.Condition()  # guards _queue, _closed, _writer
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self._broken: JournalError | None = None
+        self.transactions = 0  # committed transactions (each one fsync)
+        self.written = 0  # events committed
 
+    # --- writing ---------------------------------------------------------------------------
     def append(self, *events: Event) -> int:
-        """Write ``events`` in one durable transaction; returns the last sequence number."""
-        if not events:
-            raise ValueError("nothing to append")
-        rows = [
-            (e.ts.isoformat(), e.kind, e.client_order_id if isinstance(e, OrderEvent) else None, encode(e))
-            for e in events
-        ]
+        """Write everything queued so far, then ``events``, in one durable transaction; the last sequence number."""
+        rows = _rows(events)
+        with self._db_lock:
+            return self._flush(rows)
+
+    def append_async(self, *events: Event) -> asyncio.Future[int]:
+        """Queue ``events`` for the next group transaction; the future gets the last sequence number once on disk.
+
+        Call it from the event loop; the future fails with JournalError if the write does.
+        """
+        rows = _rows(events)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        with self._wake:
+            if self._closed:
+                raise JournalError(f"the journal {self.path} is closed")
+            self._refuse_if_broken()
+            self._queue.append(_Queued(rows, future, loop))
+            if self._writer is None or not self._writer.is_alive():  # not started, or lost to a fork
+                self._writer = threading.Thread(target=self._write_queued, name="journal-writer", daemon=True)
+                self._writer.start()
+            self._wake.notify()
+        return future
+
+    def _write_queued(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+            with self._db_lock:
+                try:
+                    self._flush([])
+                except BaseException:  # already handed to the waiters; the writer keeps serving them
+                    pass
+
+    def _flush(self, own: list[Row]) -> int:
+        """Write the queue and ``own`` in one transaction (holding ``_db_lock``); settle the queued futures."""
+        with self._wake:
+            batch, self._queue = self._queue, []
+        rows = [row for queued in batch for row in queued.rows] + own
+        if not rows:
+            return 0
+        try:
+            last = self._write(rows)
+        except BaseException as err:
+            failure = (
+                err if isinstance(err, JournalError) else JournalError(f"journal writer failed: {err!r}")
+            )
+            self._broken = self._broken or failure
+            self._hand_back(batch, [failure] * len(batch))
+            raise
+        # Rows of one transaction get consecutive sequence numbers (AUTOINCREMENT under the write lock).
+        ends, end = [], last - len(own)
+        for queued in reversed(batch):
+            ends.append(end)
+            end -= len(queued.rows)
+        self._hand_back(batch, ends[::-1])
+        return last
+
+    def _refuse_if_broken(self) -> None:
+        if self._broken is not None:
+            raise JournalError(
+                f"the journal {self.path} refuses writes after a failed one ({self._broken.message})",
+                fix="restart the runtime: it rebuilds its state from the journal",
+            )
+
+    def _write(self, rows: list[Row]) -> int:
+        self._refuse_if_broken()
         start = time.perf_counter()
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO events (ts, kind, client_order_id, body) VALUES (?, ?, ?, ?)", rows
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            if len(rows) <= MAX_ROWS_PER_STATEMENT:
+                # One statement is one atomic transaction in autocommit mode: one call into SQLite,
+                # so the writer thread gives up and takes back the GIL once, not once per row.
+                last = self._db.execute(_insert(len(rows)), [v for row in rows for v in row]).lastrowid
+            else:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for i in range(0, len(rows), MAX_ROWS_PER_STATEMENT):
+                        chunk = rows[i : i + MAX_ROWS_PER_STATEMENT]
+                        last = self._db.execute(
+                            _insert(len(chunk)), [v for row in chunk for v in row]
+                        ).lastrowid
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as err:
-            raise JournalError(
+            self._broken = JournalError(
                 f"cannot write the journal {self.path}: {err}", fix="check the volume"
-            ) from err
+            )
+            raise self._broken from err
         JOURNAL_WRITE_SECONDS.observe(time.perf_counter() - start)
-        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        return int(last)
+        self.transactions += 1
+        self.written += len(rows)
+        return int(last or 0)
 
+    @staticmethod
+    def _hand_back(batch: list[_Queued], outcomes: Sequence[int | BaseException]) -> None:
+        # One wake-up per event loop, not one per future: the batch usually shares one loop.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int | BaseException]]] = {}
+        for queued, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(queued.loop, []).append((queued.future, outcome))
+        for loop, done in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, done)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+    # --- reading ---------------------------------------------------------------------------
     def replay(self, after: int = 0) -> Iterator[tuple[int, Event]]:
         """Every event after sequence number ``after``, in the order written."""
         try:
-            rows = self._db.execute(
-                "SELECT seq, kind, body FROM events WHERE seq > ? ORDER BY seq", (after,)
-            ).fetchall()
+            with self._db_lock:
+                rows = self._db.execute(
+                    "SELECT seq, kind, body FROM events WHERE seq > ? ORDER BY seq", (after,)
+                ).fetchall()
         except sqlite3.Error as err:
             raise JournalError(f"cannot read the journal {self.path}: {err}") from err
         for seq, kind, body in rows:
@@ -102,11 +249,19 @@ class Journal:
 
     def count(self) -> int:
         """Number of events written."""
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        with self._db_lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Write what is queued, stop the writer and close the database."""
+        with self._wake:
+            self._closed = True
+            writer = self._writer
+            self._wake.notify_all()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        with self._db_lock:
+            self._db.close()
 
     def __enter__(self) -> Journal:
         return self

@@ -102,26 +102,76 @@ class OrderManager:
         self.state = OmsState()
         self.ready = False  # set by recovery once every in-flight order is resolved
         self.failed: str | None = None
-        self._lock = asyncio.Lock()
         self._sending: set[str] = set()
+        self._tail: asyncio.Future[int] | None = None  # the last events queued for the journal
         self.anomalies: list[str] = []
 
     # --- journal ---------------------------------------------------------------------------
     def commit(self, *events: Event) -> None:
-        """Apply ``events`` to the state and write them in one durable transaction.
+        """Apply ``events`` to the state and write them (after anything queued before) in one durable transaction.
 
         Both happen before anything is sent or acknowledged. If either fails the in-memory state can
         no longer be trusted, so the OMS stops; a restart rebuilds it from the journal.
         """
+        self._apply(events)
+        try:
+            self.journal.append(*events)
+        except JournalError as err:
+            self._fail(err)
+            raise
+        self._count_transitions(events)
+
+    async def commit_async(self, *events: Event) -> None:
+        """``commit``, group-committed: returns once ``events`` are on disk, sharing the fsync with concurrent commits.
+
+        The state changes at once, in the journal's order; nothing may act on ``events`` outside the
+        process before this returns.
+        """
+        await self._durable(self._stage(events))
+        self._count_transitions(events)
+
+    def _apply(self, events: tuple[Event, ...]) -> None:
         if self.failed:
             raise NotReady(f"the OMS stopped: {self.failed}", fix="restart the runtime")
         try:
             for event in events:
                 self.state.apply(event)
-            self.journal.append(*events)
-        except (JournalError, IllegalTransition) as err:
-            self.failed, self.ready = str(err), False
+        except IllegalTransition as err:
+            self._fail(err)
             raise
+
+    def _stage(self, events: tuple[Event, ...]) -> asyncio.Future[int]:
+        """Apply ``events`` and queue them for the journal, with no await between: both keep one order."""
+        self._apply(events)
+        try:
+            self._tail = self.journal.append_async(*events)
+        except JournalError as err:
+            self._fail(err)
+            raise
+        return self._tail
+
+    async def _durable(self, written: asyncio.Future[int]) -> None:
+        """Wait until ``written`` is on disk; a failed write stops the OMS."""
+        try:
+            if written.done():
+                written.result()
+            else:
+                # Shielded: the future is shared (``settled``) and must outlive a cancelled waiter.
+                await asyncio.shield(written)
+        except JournalError as err:
+            self._fail(err)
+            raise
+
+    async def settled(self) -> None:
+        """Wait until every event committed so far is on disk (before acknowledging what the state shows)."""
+        if self._tail is not None:
+            await self._durable(self._tail)
+
+    def _fail(self, err: Exception) -> None:
+        if not self.failed:
+            self.failed, self.ready = str(err), False
+
+    def _count_transitions(self, events: tuple[Event, ...]) -> None:
         for event in events:
             if isinstance(event, OrderEvent) and (order := self.state.orders.get(event.client_order_id)):
                 metrics.ORDER_TRANSITIONS.labels(order.status.value).inc()
@@ -134,6 +184,20 @@ class OrderManager:
             self.anomaly(str(err))
             return False
         self.commit(event)
+        return True
+
+    async def try_commit_async(self, event: Event) -> bool:
+        """``try_commit``, group-committed: True once ``event`` is on disk, False (and halted) if illegal.
+
+        The loop stays free while the event is written, so housekeeping (fills, order statuses)
+        does not hold up signals.
+        """
+        try:
+            self.state.check(event)
+        except IllegalTransition as err:
+            self.anomaly(str(err))
+            return False
+        await self.commit_async(event)
         return True
 
     def anomaly(self, detail: str) -> None:
@@ -170,42 +234,50 @@ class OrderManager:
         """Check, journal and send one intent; a leg already known returns its order (idempotent).
 
         ``received`` is the ``time.perf_counter()`` at which the signal arrived (for the latency metric).
+        Concurrent submits share journal transactions (group commit); each order reaches the broker
+        only once its events are on disk.
         """
         received = time.perf_counter() if received is None else received
         if not self.ready:
             raise NotReady(self.failed or "recovery has not finished", fix="wait for /readyz")
         cid = client_order_id(self.session_id, intent.signal_id, intent.leg)
-        async with self._lock:
-            old = self.state.orders.get(cid)
-            if old is not None and not (old.is_terminal and old.retryable and not old.fills):
-                return SubmitOutcome(old, accepted=old.status is not OrderStatus.REJECTED, duplicate=True)
-            now = self.clock.now()
-            view = self.view(intent.instrument)
-            verdict = self.risk.check(intent, view, now)
-            created = OrderCreated(
-                now,
-                cid,
-                intent.instrument,
-                intent.side,
-                intent.quantity,
-                intent.signal_id,
-                intent.leg,
-                limit_price=intent.limit_price,
-                reference_price=view.marks.get(intent.instrument),
+        # No await from this check to ``_stage``: on the event loop, checking and recording are one step.
+        old = self.state.orders.get(cid)
+        if old is not None and not (old.is_terminal and old.retryable and not old.fills):
+            await self.settled()  # its events may still be on their way to the disk
+            return SubmitOutcome(old, accepted=old.status is not OrderStatus.REJECTED, duplicate=True)
+        now = self.clock.now()
+        view = self.view(intent.instrument)
+        verdict = self.risk.check(intent, view, now)
+        created = OrderCreated(
+            now,
+            cid,
+            intent.instrument,
+            intent.side,
+            intent.quantity,
+            intent.signal_id,
+            intent.leg,
+            limit_price=intent.limit_price,
+            reference_price=view.marks.get(intent.instrument),
+        )
+        if isinstance(verdict, Reject):
+            rejected = (
+                created,
+                OrderRejected(now, cid, RejectSource.RISK, verdict.reason.value, verdict.detail),
             )
-            if isinstance(verdict, Reject):
-                self.commit(
-                    created, OrderRejected(now, cid, RejectSource.RISK, verdict.reason.value, verdict.detail)
-                )
-                metrics.RISK_REJECTIONS.labels(verdict.reason.value).inc()
-                return SubmitOutcome(
-                    self.state.orders[cid], False, reason=f"{verdict.reason}: {verdict.detail}"
-                )
-            self.commit(created, OrderSubmitted(now, cid, verdict.notional))
-            self.risk.record(verdict.notional, now)
-            self._sending.add(cid)
+            await self._durable(self._stage(rejected))
+            self._count_transitions(rejected)
+            metrics.RISK_REJECTIONS.labels(verdict.reason.value).inc()
+            return SubmitOutcome(self.state.orders[cid], False, reason=f"{verdict.reason}: {verdict.detail}")
+        submitted = (created, OrderSubmitted(now, cid, verdict.notional))
+        # From here to the broker call nothing else may submit this order, nor may a query settle it.
+        written = self._stage(submitted)
+        self.risk.record(verdict.notional, now)
+        self._sending.add(cid)
         order = self.state.orders[cid]
         try:
+            await self._durable(written)
+            self._count_transitions(submitted)
             metrics.SIGNAL_TO_SUBMIT_SECONDS.observe(time.perf_counter() - received)
             await self._send(order)
         finally:
@@ -237,7 +309,11 @@ class OrderManager:
         except BrokerTimeout:
             log.warning("submit of %s timed out; it stays in flight until a query resolves it", cid)
         else:
-            self.on_ack(ack)
+            order = self.state.orders.get(ack.client_order_id) or order
+            if order.status is OrderStatus.SUBMITTED:
+                await self.commit_async(
+                    OrderAccepted(self.clock.now(), order.client_order_id, ack.broker_order_id)
+                )
 
     def on_ack(self, ack: BrokerAck) -> None:
         """Record the broker's acknowledgement (a late one, after a fill or cancel request, is ignored)."""

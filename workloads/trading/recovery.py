@@ -26,7 +26,9 @@ from kubequant.workloads.trading.reconcile import (
     sync_risk_state,
 )
 from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.scheduled import RebalancePlanned  # noqa: F401  (registers the kind)
 from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.trading_state import TradingStateSet, reset_baseline
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ def rebuild(journal: Journal, risk: RiskEngine) -> OmsState:
                 risk.observe_equity(equity, ts, evaluate=False)
             case RiskStateChanged():
                 last_risk = event
+            case TradingStateSet():
+                reset_baseline(risk, event)  # a resume's accepted loss stays accepted after a restart
     if last_risk is not None:
         risk.restore(last_risk.conditions)
     return state

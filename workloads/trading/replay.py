@@ -1,19 +1,25 @@
 """``kubequant run --replay``: a paper session over historical bars, faster than real time, signal API up.
 
-A built-in strategy drives it through the signal API on loopback: each bar, a TopkDropout rebalance
-from a momentum score (``$close/Ref($close,20)-1`` on the bundle) becomes one signal of target
-weights. The paper broker deals the orders at the bar's close, the runtime's housekeeping then
-journals fills and equity and trips the breakers; a halt ends the replay.
+The session's scheduled strategy (``spec.strategy.scheduled``) trades each bar: a TopkDropout
+rebalance from its scores (a signal file, or a model trained in the run as a Backtest does),
+each order sliced into ``slices`` children ``sliceIntervalSeconds`` apart on the replay's clock
+from ``rebalanceAt``, every child through the OMS and the risk engine. Without a scheduled
+strategy a momentum score (``$close/Ref($close,20)-1`` on the bundle) is the documented fallback,
+one unsliced rebalance per bar. The paper broker deals the orders at the bar's close, the
+runtime's housekeeping then journals fills and equity and trips the breakers; a halt ends the
+replay. The signal API is up on loopback for signals from outside meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +32,8 @@ from kubequant.api.backtest import TopkDropout
 from kubequant.api.live import LiveTradingSession, ReplayOptions, TradingState
 from kubequant.api.risk import RiskPolicy
 from kubequant.errors import ConfigError, ValidationError
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare
+from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, bundle_path, prepare
+from kubequant.workloads.trading.scheduled import Rebalancer, ScoreBook, load_scores
 from kubequant.workloads.trading.signal_api import SignalService, build_app, load_token, serve
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class ReplaySummary:
     halt_reason: str | None
     signal_api: str
     state_dir: str
+    strategy: str = ""
     equity_curve: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +76,7 @@ class ReplaySummary:
                 "finalState": self.final_state,
                 "haltReason": self.halt_reason,
                 "signalApi": self.signal_api,
+                "strategy": self.strategy,
                 "stateDir": self.state_dir,
             }
         }
@@ -77,6 +86,7 @@ class ReplaySummary:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejections_by_reason.items())) or "none"
         return [
             f"Replay {self.session} {self.period} ({self.bars} bars)",
+            f"  {'Strategy':<22} {self.strategy}",
             f"  {'Orders':<22} {self.orders}",
             f"  {'Fills':<22} {self.fills}",
             f"  {'Rejections by reason':<22} {reasons}",
@@ -89,18 +99,34 @@ class ReplaySummary:
 
 
 class BarClock:
-    """The replay's clock: the trading bar's day at 14:30 in the session's time zone.
+    """The replay's clock: a time on the trading bar's day in the session's time zone (14:30 unless set).
 
-    The risk engine's trading day (daily trades, turnover, daily loss) follows the bars, not the wall clock.
+    The risk engine's trading day (daily trades, turnover, daily loss) follows the bars, not the
+    wall clock; the scheduled strategy's slices set the time of day they are sent at.
     """
 
     def __init__(self, market: Any, broker: Any, timezone: str) -> None:
         self.market, self.broker, self.tz = market, broker, ZoneInfo(timezone)
+        self.when: dt.datetime | None = None
+
+    def day(self) -> dt.date:
+        """The date of the bar now trading."""
+        return self.market.bar_time(min(self.broker.bar, len(self.market.calendar) - 1)).date()
+
+    def at(self, clock: str | dt.time) -> dt.datetime:
+        """``clock`` (HH:MM) on the current bar's day, in UTC."""
+        t = clock if isinstance(clock, dt.time) else dt.time.fromisoformat(clock)
+        return dt.datetime.combine(self.day(), t, self.tz).astimezone(dt.UTC)
+
+    def set(self, when: dt.datetime | None) -> None:
+        """Hold the clock at ``when``; None goes back to 14:30 on the bar's day."""
+        self.when = when
 
     def now(self) -> dt.datetime:
-        """The current bar's time."""
-        day = self.market.bar_time(min(self.broker.bar, len(self.market.calendar) - 1)).date()
-        return dt.datetime.combine(day, dt.time(14, 30), self.tz).astimezone(dt.UTC)
+        """The current replay time."""
+        if self.when is not None and self.when.astimezone(self.tz).date() >= self.day():
+            return self.when
+        return self.at(dt.time(14, 30))
 
 
 def momentum_scores(instruments: list[str], start: str, end: str) -> dict[dt.date, dict[str, float]]:
@@ -115,24 +141,9 @@ def momentum_scores(instruments: list[str], start: str, end: str) -> dict[dt.dat
     return out
 
 
-def topk_dropout(
-    scores: dict[str, float], held: set[str], topk: int, n_drop: int, risk_degree: float
-) -> dict[str, float]:
-    """Target weights: keep the best ``topk``, replacing at most ``n_drop`` held names per rebalance."""
-    ranked = sorted(scores, key=lambda k: (-scores[k], k))
-    keep = sorted((h for h in held if h in scores), key=lambda k: (-scores[k], k))
-    fresh = [k for k in ranked if k not in held]
-    if len(keep) < topk:
-        chosen = keep + fresh[: topk - len(keep)]
-    else:
-        # Sell the worst held names that a fresher name beats, n_drop at most (qlib's TopkDropout idea).
-        drops = [h for h in keep[::-1][:n_drop] if fresh and scores[h] < scores[fresh[0]]]
-        chosen = [h for h in keep if h not in drops] + fresh[: len(drops)]
-    weight = round(risk_degree / max(topk, 1), 6)
-    targets = {k: weight for k in chosen[:topk]}
-    for h in held - set(targets):
-        targets[h] = 0.0
-    return targets
+def momentum_book(instruments: list[str], start: str, end: str) -> ScoreBook:
+    """The fallback strategy's scores: momentum on every day of ``start..end``."""
+    return ScoreBook(momentum_scores(instruments, start, end))
 
 
 def _policy_file(policy: RiskPolicy, folder: Path) -> Path:
@@ -174,36 +185,70 @@ def run_replay(
     if state_dir.exists():
         shutil.rmtree(state_dir)  # a replay starts from an empty journal and a fresh paper account
     cfg = RuntimeConfig(session=session, policy_path=_policy_file(policy, report_dir), state_dir=state_dir)
-    progress("data", f"loading bars {period}")
-    market = prepare(cfg)
-    scores = momentum_scores(market.instruments, start, end)
+    scheduled = spec.strategy.scheduled
+    with _qlib_for(cfg) as initialised:
+        progress("data", f"loading bars {period}")
+        market = prepare(cfg, init=not initialised)
+        if scheduled is not None:
+            scores = load_scores(scheduled.signal, market.instruments, (start, end), progress)
+            _check_covers(scores, start, end)
+        else:
+            progress("strategy", "no spec.strategy.scheduled: the momentum fallback trades")
+            scores = momentum_book(market.instruments, start, end)
     return asyncio.run(_replay(cfg, market, scores, period, speed, progress))
+
+
+@contextlib.contextmanager
+def _qlib_for(cfg: RuntimeConfig) -> Iterator[bool]:
+    """qlib as the Backtest runner sets it up when a model is trained in the run (True), else nothing (False)."""
+    scheduled = cfg.session.spec.strategy.scheduled
+    if scheduled is None or scheduled.signal.model is None:
+        yield False
+        return
+    from kubequant.workloads.backtest.runner import _end_qlib_experiment, init_qlib
+
+    with tempfile.TemporaryDirectory(prefix="kubequant-mlruns-") as scratch:
+        init_qlib(bundle_path(cfg.session, cfg.data_path), cfg.session.spec.data.region, Path(scratch))
+        try:
+            yield True
+        finally:
+            _end_qlib_experiment()
+
+
+def _check_covers(scores: ScoreBook, start: str, end: str) -> None:
+    first, last = dt.date.fromisoformat(start) - dt.timedelta(days=10), dt.date.fromisoformat(end)
+    if not any(first <= d < last for d in scores.days):
+        span = f"{scores.days[0]}..{scores.days[-1]}"
+        raise ConfigError(
+            f"the scores ({span}) have no day in the replay {start}..{end}",
+            where="spec.strategy.scheduled.signal",
+            fix="replay days the scores cover, or give scores for the period",
+        )
+
+
+def _fallback_rule(market: Any) -> TopkDropout:
+    topk = max(2, min(10, len(market.instruments) // 3))
+    return TopkDropout(topk=topk, n_drop=min(2, topk - 1))
 
 
 async def _replay(
     cfg: RuntimeConfig,
     market: Any,
-    scores: dict[dt.date, dict[str, float]],
+    scores: ScoreBook,
     period: str,
     speed: float,
     progress: Progress,
 ) -> ReplaySummary:
-    import aiohttp
-
     spec = cfg.session.spec
     scheduled = spec.strategy.scheduled
-    rule = (
-        scheduled.topk_dropout
-        if scheduled
-        else TopkDropout(topk=max(1, min(10, len(market.instruments) // 3)), n_drop=2)
-    )
     try:
         token = load_token()
     except ConfigError:
         token = secrets.token_urlsafe(24)
         progress("signalapi", "KUBEQUANT_SIGNAL_TOKEN is not set: using a random token for this run")
     runtime = TradingRuntime(cfg, market)
-    runtime.oms.clock = runtime.broker.clock = BarClock(market, runtime.broker, spec.timezone)
+    clock = BarClock(market, runtime.broker, spec.timezone)
+    runtime.oms.clock = runtime.broker.clock = clock
     service = SignalService.for_runtime(runtime)
     port = spec.strategy.signal_api.port if spec.strategy.signal_api else 0
     try:
@@ -212,39 +257,58 @@ async def _replay(
         runner, bound = await serve(build_app(service, token), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{bound}"
     progress("signalapi", f"listening on {url} (POST /v1/signals, GET /v1/status, /metrics)")
+    if scheduled is not None:
+        rebalancer = Rebalancer.for_strategy(
+            runtime.oms, scheduled, scores, lot=runtime.lot(), tradable=runtime.tradable
+        )
+        rebalance_at = scheduled.rebalance_at
+        rule = scheduled.topk_dropout
+        described = (
+            f"scheduled ({_source(scheduled)}; topk {rule.topk}, nDrop {rule.n_drop}; "
+            f"{scheduled.slices} slices every {scheduled.slice_interval_seconds}s from {rebalance_at})"
+        )
+    else:
+        rule = _fallback_rule(market)
+        rebalancer = Rebalancer(runtime.oms, rule, scores, lot=runtime.lot(), tradable=runtime.tradable)
+        rebalance_at = "14:30"
+        described = f"momentum fallback (topk {rule.topk}, nDrop {rule.n_drop}; one order per name at 14:30)"
+    progress("strategy", described)
     curve: list[float] = []
     bars = 0
     try:
         report = await runtime.start()
         if not runtime.oms.ready:
             raise ConfigError(f"recovery failed closed: {report.halted}", where=str(cfg.state_dir))
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(url, headers=headers) as http:
-            broker = runtime.broker
-            while not broker.exhausted:
-                day = market.bar_time(broker.bar - 1).date()
-                held = {k for k, q in runtime.oms.state.projected().items() if q > 0}
-                if today := scores.get(day):
-                    targets = topk_dropout(today, held, rule.topk, rule.n_drop, rule.risk_degree)
-                    body = {
-                        "id": f"rebalance-{day.isoformat()}",
-                        "targets": [{"instrument": k, "weight": w} for k, w in sorted(targets.items())],
-                    }
-                    async with http.post("/v1/signals", json=body) as resp:
-                        if resp.status >= 400:
-                            raise ConfigError(f"the signal API refused a rebalance: {await resp.text()}")
-                broker.advance()
-                await runtime.tick()
-                bars += 1
-                if (acct := runtime.oms.state.account) is not None:
-                    curve.append(float(acct.equity))
-                if bars % 20 == 0:
-                    progress("replay", f"{day} bar {bars}: equity {curve[-1] if curve else 0:,.0f}")
-                if runtime.risk.state is TradingState.HALTED:
-                    progress("replay", f"{day}: HALTED ({'; '.join(runtime.risk.describe().values())})")
-                    break
-                if speed > 0:
-                    await asyncio.sleep(86400 / speed)
+        broker = runtime.broker
+        close = dt.time(15, 0)
+        while not broker.exhausted:
+            day, start = clock.day(), clock.at(rebalance_at)
+            last = start
+            if runtime.risk.state is not TradingState.HALTED:
+                # Child k is sent at start + k * sliceIntervalSeconds on the replay's clock.
+                when: dt.datetime | None = start
+                while when is not None:
+                    if speed > 0 and when > last:
+                        await asyncio.sleep((when - last).total_seconds() / speed)
+                    clock.set(when)
+                    last = when
+                    await rebalancer.run_due(day, start, when)
+                    when = rebalancer.next_due(day)
+            clock.set(max(last, clock.at(close)))
+            broker.advance()
+            await runtime.tick()
+            clock.set(None)
+            bars += 1
+            if (acct := runtime.oms.state.account) is not None:
+                curve.append(float(acct.equity))
+            if bars % 20 == 0:
+                progress("replay", f"{day} bar {bars}: equity {curve[-1] if curve else 0:,.0f}")
+            if runtime.risk.state is TradingState.HALTED:
+                progress("replay", f"{day}: HALTED ({'; '.join(runtime.risk.describe().values())})")
+                break
+            if speed > 0:
+                spent = (last - start).total_seconds()
+                await asyncio.sleep(max(0.0, 86400 - spent) / speed)
         status = service.status()
         totals = service.counts(today_only=False)
     finally:
@@ -270,5 +334,13 @@ async def _replay(
         halt_reason=status.get("haltReason"),
         signal_api=url,
         state_dir=str(cfg.state_dir),
+        strategy=described,
         equity_curve=curve,
     )
+
+
+def _source(scheduled: Any) -> str:
+    signal = scheduled.signal
+    if signal.file is not None:
+        return f"scores from {signal.file.path}"
+    return f"scores of {signal.model.model.class_name} trained in the run"

@@ -1,24 +1,33 @@
-"""The trading pod's process: journal, risk engine, OMS and paper broker, recovered and then fed signals.
+"""The trading pod's program: journal, risk engine, OMS and paper broker, recovered, then serving the signal API.
 
 ``python -m kubequant.workloads.trading.runtime --session session.yaml --state-dir /var/lib/kubequant``
-runs a paper session with a deterministic stream of synthetic signals (``--signals N``); the
-signal API and ``kubequant run --replay`` build on ``TradingRuntime``. ``prepare`` (qlib and the
-bars: seconds) is split from ``TradingRuntime.start`` (the journal and the broker: milliseconds)
-so a restart after a crash is quick and the crash test can fork many lives from one prepared parent.
+recovers (journal replay and reconciliation; exit ``EXIT_HALTED`` if that fails closed), then
+serves the signal API on ``spec.strategy.signalApi.port`` with housekeeping, the paper market
+advancing with the clock and the scheduled strategy (if configured) in the background, until
+SIGTERM: it stops accepting, lets in-flight requests finish, closes the journal and exits 0.
+``--signals N`` instead trades N deterministic synthetic signals and exits (the crash tests).
+``kubequant run --replay`` builds on the same ``TradingRuntime``. ``prepare`` (qlib and the bars:
+seconds) is split from ``TradingRuntime.start`` (the journal and the broker: milliseconds) so a
+restart after a crash is quick and the crash test can fork many lives from one prepared parent.
+See docs/trading.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
+import secrets
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from kubequant.api.live import LiveTradingSession
+from kubequant.api.live import LiveTradingSession, TradingState
 from kubequant.api.risk import RiskPolicy
 from kubequant.errors import ConfigError, KubequantError
 from kubequant.manifests import load_resources
@@ -30,7 +39,9 @@ from kubequant.workloads.trading.policy import FileWatcher, PolicyWatcher, load_
 from kubequant.workloads.trading.reconcile import poll
 from kubequant.workloads.trading.recovery import RecoveryReport, recover
 from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.scheduled import Rebalancer, ScoreBook, load_scores, wall_rebalance
 from kubequant.workloads.trading.signals import SyntheticSignals, plan_orders
+from kubequant.workloads.trading.trading_state import RuntimeLock
 
 log = logging.getLogger(__name__)
 EXIT_HALTED = 3  # recovery failed closed: no strategy may start
@@ -51,6 +62,27 @@ class RuntimeConfig:
     redeliver: int = 3  # after a restart, the last few signals are sent again: they must change nothing
     poll_every: int = 1  # housekeeping (fills, order statuses, account) every this many signals
     session_path: Path | None = None  # watched for spec.halted (the kill switch) without a restart
+    host: str = "0.0.0.0"  # the signal API's bind address
+    port: int | None = None  # override of spec.strategy.signalApi.port (0 picks a free port)
+    token_file: Path | None = None  # the mounted Secret key with the bearer token
+    tick_seconds: float = 1.0  # housekeeping interval: policy, kill switch, fills, account, state
+    bar_seconds: float | None = None  # the paper market moves one bar every this many seconds; 0 never
+
+    @property
+    def bar_interval(self) -> float:
+        """Seconds per paper bar: the flag, else a day over spec.replay.speed, else a day."""
+        if self.bar_seconds is not None:
+            return self.bar_seconds
+        replay = self.session.spec.replay
+        return 86400 / replay.speed if replay is not None and replay.speed > 0 else 86400.0
+
+    @property
+    def api_port(self) -> int:
+        """The signal API's port: the flag, else spec.strategy.signalApi.port, else 8080."""
+        if self.port is not None:
+            return self.port
+        api = self.session.spec.strategy.signal_api
+        return api.port if api is not None else 8080
 
     @property
     def journal_path(self) -> Path:
@@ -97,20 +129,24 @@ def bundle_path(session: LiveTradingSession, override: Path | None = None) -> Pa
     )
 
 
-def prepare(cfg: RuntimeConfig) -> QlibMarket:
-    """Initialise qlib on the bundle and load the bars into qlib's Exchange (the slow part of a start)."""
+def prepare(cfg: RuntimeConfig, *, init: bool = True) -> QlibMarket:
+    """Initialise qlib on the bundle and load the bars into qlib's Exchange (the slow part of a start).
+
+    ``init=False`` when the caller initialised qlib itself (with an experiment manager, to train a model).
+    """
     import qlib
     from qlib.data import D
 
     spec = cfg.session.spec
-    qlib.init(
-        provider_uri=str(bundle_path(cfg.session, cfg.data_path)),
-        region=spec.data.region,
-        kernels=1,
-        logging_level=logging.WARNING,
-        expression_cache=None,
-        dataset_cache=None,
-    )
+    if init:
+        qlib.init(
+            provider_uri=str(bundle_path(cfg.session, cfg.data_path)),
+            region=spec.data.region,
+            kernels=1,
+            logging_level=logging.WARNING,
+            expression_cache=None,
+            dataset_cache=None,
+        )
     if spec.replay is not None and spec.replay.period is not None:
         start, end = spec.replay.period.split("..")
     else:
@@ -135,6 +171,29 @@ class TradingRuntime:
     async def start(self) -> RecoveryReport:
         """Replay the journal and reconcile with the broker; ``oms.ready`` says whether to trade."""
         return await recover(self.oms)
+
+    def lot(self) -> Decimal:
+        """Shares per lot at the paper market (qlib's trade unit), else 1."""
+        unit = getattr(self.broker.market.exchange, "trade_unit", None)
+        return Decimal(str(int(unit))) if unit else Decimal(1)
+
+    def tradable(self, instrument: str) -> bool:
+        """Whether ``instrument`` trades at the paper market's current bar (not suspended, not at a limit).
+
+        The scheduled strategy's tradability test, as qlib's TopkDropoutStrategy asks the Backtest's exchange.
+        """
+        market = self.broker.market
+        if not market.knows(instrument) or self.broker.exhausted:
+            return False
+        t = market.bar_time(self.broker.bar)
+        return bool(market.exchange.is_stock_tradable(stock_id=instrument, start_time=t, end_time=t))
+
+    def rebalancer(self, scores: ScoreBook) -> Rebalancer | None:
+        """The scheduled strategy over ``scores``; None when the session has none."""
+        strategy = self.cfg.session.spec.strategy.scheduled
+        if strategy is None:
+            return None
+        return Rebalancer.for_strategy(self.oms, strategy, scores, lot=self.lot(), tradable=self.tradable)
 
     async def tick(self) -> None:
         """The periodic housekeeping: policy and kill switch, fills, in-flight orders, account, trading state."""
@@ -197,6 +256,134 @@ async def run(
         runtime.close()
 
 
+class Pod:
+    """The serving life of a runtime: the signal API, the background loops, and a graceful stop."""
+
+    def __init__(self, cfg: RuntimeConfig, market: QlibMarket, scores: ScoreBook | None = None) -> None:
+        self.cfg = cfg
+        self.runtime = TradingRuntime(cfg, market)
+        self.scores = scores
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self._bar: tuple[int, dt.datetime] | None = None  # the paper bar in trade and when it opened
+
+    async def run(self, token: str, on_listening: Callable[[int], None] | None = None) -> int:
+        """Serve until SIGTERM (or ``stop``); the exit code."""
+        from kubequant.workloads.trading.signal_api import SignalService, build_app, serve
+
+        runtime, cfg = self.runtime, self.cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        service = SignalService.for_runtime(runtime)
+        # Up before recovery, so /healthz answers and /readyz says 503 while the journal replays.
+        runner, port = await serve(build_app(service, token), cfg.host, cfg.api_port)
+        log.info("signal API listening on %s:%d", cfg.host, port)
+        if on_listening is not None:
+            on_listening(port)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            report = await runtime.start()
+            if not runtime.oms.ready:
+                log.error("recovery failed closed, no strategy starts: %s", report.halted)
+                return EXIT_HALTED
+            rebalancer = runtime.rebalancer(self.scores) if self.scores is not None else None
+            tasks.append(asyncio.create_task(self._every(cfg.tick_seconds, runtime.tick, "housekeeping")))
+            if cfg.bar_interval > 0:
+                tasks.append(
+                    asyncio.create_task(self._every(cfg.bar_interval, self._advance, "paper market"))
+                )
+            if rebalancer is not None:
+                step = min(1.0, float(rebalancer.interval) / 2 or 1.0)
+                tasks.append(
+                    asyncio.create_task(self._every(step, lambda: self._rebalance(rebalancer), "rebalance"))
+                )
+            log.info("trading: %s", runtime.risk.state.value)
+            await self.stopping.wait()
+        finally:
+            # Stop accepting, let in-flight signals finish (aiohttp waits for running handlers), then the loops.
+            await runner.cleanup()
+            self.stopping.set()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            runtime.close()
+            log.info("stopped; journal closed")
+        return self.exit_code
+
+    def stop(self, why: str = "stop", code: int = 0) -> None:
+        """Begin a graceful stop."""
+        if not self.stopping.is_set():
+            log.info("%s: stopping", why)
+            self.exit_code = code
+            self.stopping.set()
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[Any]], what: str) -> None:
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await step()
+            except Exception:
+                log.exception("%s failed", what)
+            if self.runtime.oms.failed:
+                # The journal can no longer be trusted: stop rather than act unjournaled; a restart recovers.
+                log.error("the OMS stopped: %s", self.runtime.oms.failed)
+                self.stop("the OMS failed", 1)
+
+    async def _advance(self) -> None:
+        broker = self.runtime.broker
+        if broker.exhausted:
+            return
+        broker.advance()
+        if broker.exhausted:
+            log.warning("the paper market has no more bars")
+        await self.runtime.tick()
+
+    async def _rebalance(self, rebalancer: Rebalancer) -> None:
+        runtime = self.runtime
+        if runtime.risk.state is TradingState.HALTED:
+            return
+        now = runtime.oms.clock.now()
+        when = self.rebalance_window(now)
+        if when is not None:
+            await rebalancer.run_due(*when, now)
+
+    def rebalance_window(self, now: dt.datetime) -> tuple[dt.date, dt.datetime] | None:
+        """The trading day and when its rebalance starts.
+
+        Paper: each bar is a trading day, and its rebalance starts as the bar opens (``rebalanceAt``
+        is for the exchange's clock). A venue on the wall clock: weekdays at ``rebalanceAt``.
+        """
+        strategy = self.cfg.session.spec.strategy.scheduled
+        assert strategy is not None
+        broker = self.runtime.broker
+        if isinstance(broker, PaperBroker):
+            if broker.exhausted:
+                return None
+            if self._bar is None or self._bar[0] != broker.bar:
+                self._bar = (broker.bar, now)
+            return broker.market.bar_time(broker.bar).date(), self._bar[1]
+        return wall_rebalance(now, self.cfg.session.spec.timezone, strategy.rebalance_at)
+
+
+def session_token(cfg: RuntimeConfig) -> str:
+    """The bearer token from the mounted Secret; a scheduled-only session without one gets a random token."""
+    from kubequant.workloads.trading.signal_api import load_token
+
+    try:
+        return load_token(cfg.token_file)
+    except ConfigError:
+        if cfg.session.spec.strategy.signal_api is not None or cfg.token_file is not None:
+            raise
+        log.warning("no signal API token: the /v1 routes stay closed (a random token)")
+        return secrets.token_urlsafe(24)
+
+
 def parse_args(argv: list[str] | None) -> RuntimeConfig:
     """The RuntimeConfig from the command line."""
     p = argparse.ArgumentParser(prog="kubequant-trading-runtime", description=__doc__.splitlines()[0])
@@ -205,11 +392,33 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
     p.add_argument("--state-dir", type=Path, required=True, help="the session's volume (journal)")
     p.add_argument("--broker-record", type=Path, help="the paper broker's SQLite file")
     p.add_argument("--data", type=Path, help="qlib bundle path (overrides spec.data)")
-    p.add_argument("--signals", type=int, default=0, help="synthetic signals to send")
+    p.add_argument("--host", default="0.0.0.0", help="the signal API's bind address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="the signal API's port (default spec.strategy.signalApi.port)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="the bearer token's Secret key file (default $KUBEQUANT_SIGNAL_TOKEN_FILE)",
+    )
+    p.add_argument("--tick-seconds", type=float, default=1.0, help="housekeeping interval (default 1)")
+    p.add_argument(
+        "--bar-seconds",
+        type=float,
+        help="seconds per paper bar; 0 never advances (default 86400 / spec.replay.speed, else 86400)",
+    )
+    p.add_argument("--signals", type=int, default=0, help="send N synthetic signals and exit (no API)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic signals")
-    p.add_argument("--advance-every", type=int, default=5, help="signals per paper bar")
+    p.add_argument("--advance-every", type=int, default=5, help="synthetic signals per paper bar")
     a = p.parse_args(argv)
     session, _ = read_session(a.session)
+    for flag, value in (("--tick-seconds", a.tick_seconds), ("--bar-seconds", a.bar_seconds)):
+        if (value is not None and value < 0) or (flag == "--tick-seconds" and value == 0):
+            raise ConfigError(
+                f"{flag} {value} is not a positive number of seconds", where=flag, fix="give seconds > 0"
+            )
+    if a.port is not None and not 0 <= a.port <= 65535:
+        raise ConfigError(
+            f"port {a.port} is out of range", where="--port", fix="give 0-65535 (0: any free port)"
+        )
     return RuntimeConfig(
         session=session,
         policy_path=a.policy or a.session,
@@ -220,7 +429,21 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
         signals=a.signals,
         signal_seed=a.seed,
         advance_every=a.advance_every,
+        host=a.host,
+        port=a.port,
+        token_file=a.token_file,
+        tick_seconds=a.tick_seconds,
+        bar_seconds=a.bar_seconds,
     )
+
+
+def session_scores(cfg: RuntimeConfig, market: QlibMarket) -> ScoreBook | None:
+    """The scheduled strategy's scores (None without one), read once at start."""
+    strategy = cfg.session.spec.strategy.scheduled
+    if strategy is None:
+        return None
+    period = (str(market.calendar[0].date()), str(market.calendar[-1].date()))
+    return load_scores(strategy.signal, market.instruments, period, lambda stage, msg: log.info("%s", msg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_args(argv)
-        market = prepare(cfg)
-        return asyncio.run(run(cfg, market))
+        with RuntimeLock(cfg.state_dir):
+            if cfg.signals > 0:
+                return asyncio.run(run(cfg, prepare(cfg)))
+            token = session_token(cfg)
+            market = prepare(cfg)
+            scores = session_scores(cfg, market)
+            return asyncio.run(Pod(cfg, market, scores).run(token))
     except KubequantError as err:
         log.error("%s", err.one_line())
         return err.exit_code

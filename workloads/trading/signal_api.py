@@ -1,7 +1,8 @@
 """The trading pod's HTTP signal API: targets in, orders out through the OMS, status for the operator.
 
-Routes: ``POST /v1/signals``, ``GET /v1/orders``, ``GET /v1/positions``, ``GET /v1/status`` (bearer
-token), ``GET /healthz``, ``GET /readyz`` (200 once recovery finished), ``GET /metrics``. The HTTP
+Routes: ``POST /v1/signals``, ``GET /v1/orders``, ``GET /v1/positions``, ``GET /v1/status``,
+``POST /v1/trading-state`` (bearer token), ``GET /healthz``, ``GET /readyz`` (200 once recovery
+finished), ``GET /metrics``. The HTTP
 handler and the benchmark share ``SignalService.handle``: parse, plan, submit.
 """
 
@@ -24,12 +25,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, TradingState
-from kubequant.errors import ConfigError
+from kubequant.errors import ConfigError, ValidationError
 from kubequant.workloads.trading.domain import ZERO, utcnow
 from kubequant.workloads.trading.oms import NotReady, OrderManager
 from kubequant.workloads.trading.orders import Order, OrderStatus
 from kubequant.workloads.trading.risk_engine import Reason
 from kubequant.workloads.trading.signals import Signal, Target, plan_orders
+from kubequant.workloads.trading.trading_state import TradingStateRefused, set_running
 
 if TYPE_CHECKING:
     from kubequant.workloads.trading.runtime import TradingRuntime
@@ -244,6 +246,37 @@ class SignalService:
     def _answer(signal_id: str, orders: list[Order], duplicate: bool) -> dict[str, Any]:
         return {"id": signal_id, "duplicate": duplicate, "orders": [order_summary(o) for o in orders]}
 
+    async def set_trading_state(self, body: Any) -> dict[str, Any]:
+        """Set the trading state by an operator's request ({"state", "reason"}); BadRequest names the field."""
+        if not isinstance(body, dict):
+            raise BadRequest(
+                "the body must be a JSON object", "$", 'send {"state": "ACTIVE", "reason": "..."}', 400
+            )
+        for key in body:
+            if key not in ("state", "reason"):
+                raise BadRequest(f"unknown field {key!r}", key, "use only state and reason")
+        state, reason = body.get("state"), body.get("reason")
+        if not isinstance(state, str):
+            raise BadRequest("state is missing", "state", "give ACTIVE, REDUCING or HALTED")
+        if not isinstance(reason, str):
+            raise BadRequest("reason is missing", "reason", "say why the state changes")
+        if not self.oms.ready:
+            raise NotReady(self.oms.failed or "recovery has not finished", fix="wait for /readyz")
+        try:
+            event = await set_running(self.oms, state, reason)
+        except ValidationError as err:
+            raise BadRequest(err.message, err.where or "$", err.fix or "") from None
+        except TradingStateRefused as err:
+            raise BadRequest(err.message, err.where or "$", err.fix or "", 409) from None
+        risk = self.oms.risk
+        return {
+            "requested": event.state,
+            "previous": event.previous,
+            "state": risk.state.value,
+            "cleared": event.cleared,
+            "conditions": risk.describe(),
+        }
+
     def orders(self) -> list[dict[str, object]]:
         """Every order of the session, oldest first."""
         return [o.to_dict() for o in self.oms.state.orders.values()]
@@ -369,6 +402,20 @@ def build_app(service: SignalService, token: str) -> web.Application:
             return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
         return _json(answer.body, answer.status)
 
+    async def post_trading_state(request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as err:
+            return _json(
+                {"error": f"the body is not JSON: {err}", "field": "$", "fix": "send a JSON object"}, 400
+            )
+        try:
+            return _json(await service.set_trading_state(body))
+        except BadRequest as err:
+            return _json(err.body(), err.status)
+        except NotReady as err:
+            return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
+
     async def get_orders(request: web.Request) -> web.Response:
         return _json({"orders": service.orders()})
 
@@ -392,6 +439,7 @@ def build_app(service: SignalService, token: str) -> web.Application:
 
     app = web.Application(middlewares=[auth])
     app.router.add_post("/v1/signals", post_signal)
+    app.router.add_post("/v1/trading-state", post_trading_state)
     app.router.add_get("/v1/orders", get_orders)
     app.router.add_get("/v1/positions", get_positions)
     app.router.add_get("/v1/status", get_status)

@@ -42,6 +42,10 @@ class OmsState:
     # Client order ids of live orders, oldest first (a dict keeps insertion order): the hot path
     # (the risk view of every signal) must not walk every order of the session.
     live: dict[str, None] = field(default_factory=dict)
+    # The same by instrument, and each instrument's signed remaining quantity of live orders, summed
+    # once per change of its orders rather than once per view.
+    live_by_instrument: dict[str, dict[str, None]] = field(default_factory=dict, compare=False, repr=False)
+    _live_sums: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> OmsState:
@@ -119,10 +123,17 @@ class OmsState:
     def _track(self, order: Order) -> None:
         if order.broker_order_id:
             self.by_broker_id[order.broker_order_id] = order.client_order_id
+        cid, inst = order.client_order_id, order.instrument
+        self._live_sums.pop(inst, None)
         if order.is_live:
-            self.live.setdefault(order.client_order_id)
-        else:
-            self.live.pop(order.client_order_id, None)
+            self.live.setdefault(cid)
+            self.live_by_instrument.setdefault(inst, {}).setdefault(cid)
+        elif cid in self.live:
+            del self.live[cid]
+            same = self.live_by_instrument[inst]
+            del same[cid]
+            if not same:
+                del self.live_by_instrument[inst]
 
     def position(self, instrument: str) -> Decimal:
         """Signed filled quantity of ``instrument``."""
@@ -136,8 +147,15 @@ class OmsState:
     def projected(self) -> dict[str, Decimal]:
         """Positions as if every live order filled completely (what the risk engine limits)."""
         out = self.position_quantities()
-        for order in self.live_orders():
-            out[order.instrument] = out.get(order.instrument, ZERO) + order.remaining * order.side.sign
+        for inst, cids in self.live_by_instrument.items():
+            pending = self._live_sums.get(inst)
+            if pending is None:
+                pending = ZERO
+                for cid in cids:
+                    order = self.orders[cid]
+                    pending += order.remaining * order.side.sign
+                self._live_sums[inst] = pending
+            out[inst] = out.get(inst, ZERO) + pending
         return out
 
     def live_orders(self) -> list[Order]:

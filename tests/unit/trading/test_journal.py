@@ -31,7 +31,9 @@ from kubequant.workloads.trading.events import (
 from kubequant.workloads.trading.journal import JOURNAL_WRITE_SECONDS, Journal
 from kubequant.workloads.trading.reconcile import poll
 from kubequant.workloads.trading.recovery import recover
+from kubequant.workloads.trading.scheduled import RebalancePlanned
 from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.trading_state import TradingStateSet
 
 pytestmark = pytest.mark.unit
 T0 = dt.datetime(2024, 3, 4, 2, 0, 0, 123456, tzinfo=dt.UTC)
@@ -51,6 +53,13 @@ ONE_OF_EACH = [
     AccountSnapshot(T0, Decimal("996244.29"), Decimal("999761.00")),
     RiskStateChanged(T0, "HALTED", {"kill_switch": "HALTED: kill switch"}),
     RecoveryCompleted(T0, {"replayed": 3}, "reason"),
+    # Kinds registered by the modules that own them (the scheduled strategy, the operator's resume).
+    RebalancePlanned(
+        T0, "rebalance-2024-03-04", "2024-03-04", "2024-03-01", T0, 10, 60.0, {"SYN0001": Decimal("-300")}
+    ),
+    TradingStateSet(
+        T0, "REDUCING", "loss reviewed", "cli", "HALTED", {"max_drawdown": "HALTED: dd"}, Decimal("9.5")
+    ),
 ]
 
 

@@ -97,6 +97,10 @@ class PaperBroker:
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('cash', ?)", (str(as_money(starting_cash)),))
             db.execute("INSERT OR IGNORE INTO meta VALUES ('bar', ?)", (str(start_bar),))
+        # The record has one writer at a time (this object; a restarted process opens its own), so
+        # the bar and the last prices it implies are kept in memory: the risk view reads them per order.
+        self._bar = int(self._meta("bar"))
+        self._last_prices: dict[str, Decimal | None] = {}
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -131,7 +135,7 @@ class PaperBroker:
     @property
     def bar(self) -> int:
         """Index of the bar now trading (orders placed now fill at its close)."""
-        return int(self._meta("bar"))
+        return self._bar
 
     @property
     def exhausted(self) -> bool:
@@ -144,11 +148,17 @@ class PaperBroker:
         A suspended instrument has no bar; it keeps its last close, as a broker marks it, rather
         than counting as worth nothing (which would fake a loss and trip the breakers).
         """
-        for index in range(self.bar - 1, -1, -1):
+        try:
+            return self._last_prices[instrument]
+        except KeyError:
+            pass
+        price = None
+        for index in range(self._bar - 1, -1, -1):
             price = self.market.close(instrument, index)
             if price is not None:
-                return price
-        return None
+                break
+        self._last_prices[instrument] = price
+        return price
 
     def advance(self) -> list[Fill]:
         """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""
@@ -212,6 +222,7 @@ class PaperBroker:
                 )
             self._set_meta("cash", cash)
             self._set_meta("bar", bar + 1)
+        self._bar, self._last_prices = bar + 1, {}
         return fills
 
     # --- the Broker protocol ---------------------------------------------------------------

@@ -1,0 +1,367 @@
+"""The scheduled strategy: a TopkDropout rebalance from model scores, each order sliced over time (TWAP).
+
+One rebalance per trading day. Its parent orders are planned once, from the latest scores dated
+before the day, with qlib's ``TopkDropoutStrategy`` selection, and journaled (``RebalancePlanned``)
+before the first child is sent; child ``k`` of every parent is then due ``k`` slice intervals after
+the plan's start. A child's signal id is ``rebalance-<day>/<k>`` and its leg the instrument, so its
+client order id is fixed by the plan: after a restart the same plan is read back from the journal
+and a child already sent comes back from the OMS as a duplicate, never as a second order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from kubequant.api.backtest import Signal as SignalSpec
+from kubequant.api.backtest import TopkDropout
+from kubequant.api.live import ScheduledStrategy
+from kubequant.errors import ConfigError, DataError
+from kubequant.workloads.trading.domain import ZERO, OrderIntent, Side
+from kubequant.workloads.trading.events import EVENT_TYPES, Event
+from kubequant.workloads.trading.oms import OrderManager, SubmitOutcome
+
+log = logging.getLogger(__name__)
+FIELD = "spec.strategy.scheduled"
+Progress = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RebalancePlanned(Event):
+    """A day's rebalance: signed parent quantities, sliced ``slices`` times, ``interval_seconds`` apart from ``start``."""
+
+    kind: ClassVar[str] = "RebalancePlanned"
+    rebalance_id: str = ""
+    day: str = ""
+    scores_day: str = ""
+    start: dt.datetime | None = None
+    slices: int = 1
+    interval_seconds: float = 0.0
+    orders: dict[str, Decimal] = field(default_factory=dict)
+
+    def due(self, k: int) -> dt.datetime:
+        """When child ``k`` (0-based) may be sent."""
+        assert self.start is not None
+        return self.start + dt.timedelta(seconds=self.interval_seconds * k)
+
+
+# The journal decodes by kind; the plan is the strategy's own event, so it registers itself here.
+EVENT_TYPES.setdefault(RebalancePlanned.kind, RebalancePlanned)
+
+
+# --- scores -------------------------------------------------------------------------------------
+class ScoreBook:
+    """Scores by day; a rebalance on day D trades the latest scores dated before D (qlib's shift of one step)."""
+
+    def __init__(self, by_day: Mapping[dt.date, Mapping[str, float]]) -> None:
+        self.by_day = {d: dict(s) for d, s in sorted(by_day.items()) if s}
+        self.days = list(self.by_day)
+
+    @classmethod
+    def from_series(cls, scores: Any) -> ScoreBook:
+        """From a score Series indexed by (datetime, instrument), as the Backtest's signal has it."""
+        out: dict[dt.date, dict[str, float]] = {}
+        for (ts, inst), value in scores.dropna().items():
+            out.setdefault(ts.date(), {})[str(inst)] = float(value)
+        return cls(out)
+
+    def latest_before(self, day: dt.date) -> tuple[dt.date, dict[str, float]] | None:
+        """The last scored day before ``day`` and its scores; None when there is none."""
+        i = bisect.bisect_left(self.days, day)
+        if i == 0:
+            return None
+        d = self.days[i - 1]
+        return d, self.by_day[d]
+
+
+def load_scores(
+    signal: SignalSpec, codes: list[str], period: tuple[str, str], progress: Progress
+) -> ScoreBook:
+    """The strategy's scores through the Backtest's own readers: a signal file, or a model trained in the run.
+
+    qlib must be initialised (for a model, with an experiment manager, as the Backtest runner does).
+    """
+    from kubequant.api.backtest import BacktestSpec, SignalFile
+    from kubequant.api.common import DateRange
+    from kubequant.workloads.backtest.signal import read_signal_file, train_and_predict
+
+    if signal.model_ref is not None:
+        raise ConfigError(
+            "modelRef needs the operator to resolve the TrainingJob's model",
+            where=f"{FIELD}.signal.modelRef",
+            fix="run it on a cluster, or use signal.file with the model's scores (or signal.model)",
+        )
+    if signal.file is not None:
+        path = Path(signal.file.path)
+        if not path.is_file():
+            raise DataError("signal file not found", where=str(path), fix=f"check {FIELD}.signal.file.path")
+        progress("signal", f"reading {path}")
+        spec = BacktestSpec(
+            period=DateRange(start=period[0], end=period[1]),
+            signal=SignalSpec(file=SignalFile(path=str(path))),
+        )
+        scores = read_signal_file(path, spec).scores
+    elif signal.model is not None:
+        scores = train_and_predict(signal.model, codes, progress).scores
+    else:  # the API model makes this impossible; kept for a hand-built spec
+        raise ConfigError("no source of scores", where=f"{FIELD}.signal", fix="set file, model or modelRef")
+    book = ScoreBook.from_series(scores)
+    if not book.days:
+        raise ConfigError("the signal has no scores", where=f"{FIELD}.signal", fix="check the file or model")
+    return book
+
+
+# --- TopkDropout -------------------------------------------------------------------------------
+def topk_dropout(
+    scores: Mapping[str, float],
+    held: list[str],
+    topk: int,
+    n_drop: int,
+    tradable: Callable[[str], bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(sell, buy): qlib's ``TopkDropoutStrategy`` selection (method_sell "bottom", method_buy "top").
+
+    Held names rank by their score (unscored ones last, so they go first); at most ``topk + n_drop -
+    held`` fresh names are candidates; a held name is sold only if it is among the ``n_drop`` worst
+    of held and candidates together, so a rebalance never sells high to buy low. ``tradable``
+    plays ``only_tradable``. Unlike qlib's ``get_last_n``, ``n_drop`` 0 sells nothing.
+    """
+    ok = tradable or (lambda _: True)
+
+    def rank(names: list[str]) -> list[str]:
+        # pandas' sort_values(ascending=False): descending, NaN (unscored) last; ties stay stable.
+        return sorted(names, key=lambda k: (k not in scores, -scores.get(k, 0.0)))
+
+    def first_n(names: list[str], n: int) -> list[str]:
+        return [k for k in names if ok(k)][: max(n, 0)]
+
+    def last_n(names: list[str], n: int) -> list[str]:
+        picked = [k for k in names if ok(k)]
+        return picked[len(picked) - n :] if n > 0 else []
+
+    last = rank(list(held))
+    fresh = rank([k for k in scores if k not in set(last)])
+    today = first_n(fresh, n_drop + topk - len(last))
+    comb = rank(list(dict.fromkeys([*last, *today])))
+    worst = set(last_n(comb, n_drop))
+    sell = [k for k in last if k in worst]
+    buy = today[: max(len(sell) + topk - len(last), 0)]
+    return sell, buy
+
+
+def plan_parents(
+    scores: Mapping[str, float],
+    positions: Mapping[str, Decimal],
+    marks: Mapping[str, Decimal],
+    cash: Decimal,
+    rule: TopkDropout,
+    *,
+    lot: Decimal = Decimal(1),
+    tradable: Callable[[str], bool] | None = None,
+    days_held: Callable[[str], int] | None = None,
+) -> dict[str, Decimal]:
+    """Signed parent quantities of one rebalance, as qlib's TopkDropoutStrategy sizes them.
+
+    Sold names go out whole; the cash (with the sales' proceeds at the marks) times ``risk_degree``
+    is split equally over the names bought, each rounded down to whole lots at its mark. Names
+    held fewer than ``hold_thresh`` rebalances, or not tradable, are left alone.
+    """
+    ok = tradable or (lambda _: True)
+    held = [k for k, q in positions.items() if q > 0]
+    sell, buy = topk_dropout(scores, held, rule.topk, rule.n_drop, ok if rule.only_tradable else None)
+    out: dict[str, Decimal] = {}
+    for inst in sell:
+        if not ok(inst) or (days_held is not None and days_held(inst) < rule.hold_thresh):
+            continue
+        mark = marks.get(inst)
+        out[inst] = -positions[inst]
+        cash += positions[inst] * mark if mark is not None else ZERO
+    if buy:
+        value = cash * Decimal(repr(rule.risk_degree)) / len(buy)
+        for inst in buy:
+            mark = marks.get(inst)
+            if not ok(inst) or mark is None or mark <= 0:
+                continue
+            qty = (value / mark / lot).to_integral_value(ROUND_DOWN) * lot
+            if qty > 0:
+                out[inst] = qty
+    return out
+
+
+def slice_quantity(parent: Decimal, k: int, slices: int, lot: Decimal = Decimal(1)) -> Decimal:
+    """Child ``k`` of ``slices`` of a signed parent: equal shares in whole lots, the last one takes the rest."""
+    size = abs(parent)
+
+    def done(j: int) -> Decimal:
+        if j >= slices:
+            return size
+        return (size * j / slices / lot).to_integral_value(ROUND_DOWN) * lot
+
+    child = done(k + 1) - done(k)
+    return child if parent >= 0 else -child
+
+
+# --- the rebalancer ------------------------------------------------------------------------------
+class Rebalancer:
+    """Plans each day's rebalance once (journaled), then sends every child whose time has come."""
+
+    def __init__(
+        self,
+        oms: OrderManager,
+        rule: TopkDropout,
+        scores: ScoreBook,
+        *,
+        slices: int = 1,
+        interval_seconds: float = 0.0,
+        lot: Decimal = Decimal(1),
+        tradable: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.oms = oms
+        self.rule = rule
+        self.scores = scores
+        self.slices = slices
+        self.interval = float(interval_seconds)
+        self.lot = lot
+        self.tradable = tradable
+        self.plans: dict[str, RebalancePlanned] = {}
+        self.sent: dict[str, int] = {}  # children sent per plan (a restart starts at 0: the OMS dedupes)
+        self.no_scores: set[dt.date] = set()
+        for _, event in oms.journal.replay():
+            if isinstance(event, RebalancePlanned):
+                self.plans[event.rebalance_id] = event
+
+    @classmethod
+    def for_strategy(
+        cls, oms: OrderManager, strategy: ScheduledStrategy, scores: ScoreBook, **kw: Any
+    ) -> Rebalancer:
+        """The rebalancer of a session's ``spec.strategy.scheduled``."""
+        return cls(
+            oms,
+            strategy.topk_dropout,
+            scores,
+            slices=strategy.slices,
+            interval_seconds=strategy.slice_interval_seconds,
+            **kw,
+        )
+
+    @staticmethod
+    def plan_id(day: dt.date) -> str:
+        """The rebalance of ``day``."""
+        return f"rebalance-{day.isoformat()}"
+
+    @staticmethod
+    def signal_id(plan_id: str, k: int) -> str:
+        """The signal id of child ``k`` of a plan (its legs are the instruments)."""
+        return f"{plan_id}/{k + 1:03d}"
+
+    def _days_held(self) -> Callable[[str], int]:
+        # Rebalances since the position was last opened, plus the one being planned (qlib's stock count).
+        opened: dict[str, dt.datetime] = {}
+        running: dict[str, Decimal] = {}
+        fills = sorted(
+            (f for o in self.oms.state.orders.values() for f in o.fills.values()), key=lambda f: f.ts
+        )
+        for f in fills:
+            before = running.get(f.instrument, ZERO)
+            running[f.instrument] = before + f.signed_quantity
+            if before == 0 and running[f.instrument] != 0:
+                opened[f.instrument] = f.ts
+        starts = [p.start for p in self.plans.values() if p.start is not None]
+
+        def days(inst: str) -> int:
+            since = opened.get(inst)
+            return 1 + sum(1 for s in starts if since is not None and s > since)
+
+        return days
+
+    def plan(self, day: dt.date, start: dt.datetime) -> RebalancePlanned | None:
+        """Plan and journal the rebalance of ``day``; None when no scores precede it or nothing is known yet."""
+        latest = self.scores.latest_before(day)
+        account = self.oms.state.account
+        if latest is None or account is None:
+            if day not in self.no_scores:
+                self.no_scores.add(day)
+                log.warning("no rebalance on %s: %s", day, "no scores before it" if latest else "no account")
+            return None
+        scores_day, scores = latest
+        view = self.oms.view(*scores)
+        rule = self.rule
+        parents = plan_parents(
+            scores,
+            view.positions,
+            view.marks,
+            account.cash,
+            rule,
+            lot=self.lot,
+            tradable=self.tradable,
+            days_held=self._days_held() if rule.hold_thresh > 1 else None,
+        )
+        event = RebalancePlanned(
+            self.oms.clock.now(),
+            rebalance_id=self.plan_id(day),
+            day=day.isoformat(),
+            scores_day=scores_day.isoformat(),
+            start=start,
+            slices=self.slices,
+            interval_seconds=self.interval,
+            orders=parents,
+        )
+        self.oms.commit(event)
+        self.plans[event.rebalance_id] = event
+        log.info("rebalance %s from scores of %s: %d orders", event.rebalance_id, scores_day, len(parents))
+        return event
+
+    def children(self, plan: RebalancePlanned, k: int) -> list[OrderIntent]:
+        """The intents of child ``k``: sells first, so their cash is there for the buys."""
+        sid = self.signal_id(plan.rebalance_id, k)
+        out = []
+        for inst, parent in sorted(plan.orders.items(), key=lambda kv: (kv[1] > 0, kv[0])):
+            qty = slice_quantity(parent, k, plan.slices, self.lot)
+            if qty:
+                out.append(OrderIntent(inst, Side.BUY if qty > 0 else Side.SELL, abs(qty), sid, inst))
+        return out
+
+    async def run_due(self, day: dt.date, start: dt.datetime, now: dt.datetime) -> list[SubmitOutcome]:
+        """Plan ``day`` once ``now`` reaches ``start``, then send every child due by ``now``."""
+        pid = self.plan_id(day)
+        plan = self.plans.get(pid)
+        if plan is None:
+            if now < start or not self.oms.ready:
+                return []
+            plan = self.plan(day, start)
+            if plan is None:
+                return []
+        outcomes: list[SubmitOutcome] = []
+        k = self.sent.get(pid, 0)
+        while k < plan.slices and plan.due(k) <= now:
+            for intent in self.children(plan, k):
+                outcomes.append(await self.oms.submit(intent))
+            k += 1
+            self.sent[pid] = k
+        return outcomes
+
+    def next_due(self, day: dt.date) -> dt.datetime | None:
+        """When the next child of ``day``'s plan is due; None when none is left (or there is no plan)."""
+        plan = self.plans.get(self.plan_id(day))
+        if plan is None:
+            return None
+        k = self.sent.get(plan.rebalance_id, 0)
+        return plan.due(k) if k < plan.slices else None
+
+
+def wall_rebalance(now: dt.datetime, timezone: str, rebalance_at: str) -> tuple[dt.date, dt.datetime] | None:
+    """The trading day and rebalance start of ``now`` on the wall clock: weekdays at ``rebalance_at`` local time."""
+    tz = ZoneInfo(timezone)
+    local = now.astimezone(tz)
+    if local.weekday() >= 5:
+        return None
+    hour, minute = (int(x) for x in rebalance_at.split(":"))
+    start = dt.datetime.combine(local.date(), dt.time(hour, minute), tz)
+    return local.date(), start.astimezone(dt.UTC)
