@@ -226,6 +226,17 @@ def _decode(tp: Any, raw: Any) -> Any:
     return raw
 
 
+# Events defined next to the code that writes them register themselves when their module is imported.
+EXTENSION_MODULES = ("kubequant.workloads.trading.scheduled", "kubequant.workloads.trading.trading_state")
+
+
 def decode(kind: str, body: str) -> Event:
     """The event of ``kind`` from its JSON body."""
+    if kind not in EVENT_TYPES:
+        import importlib
+
+        for module in EXTENSION_MODULES:
+            importlib.import_module(module)
+    if kind not in EVENT_TYPES:
+        raise ValueError(f"unknown journal event kind {kind!r}: written by a newer kubequant?")
     return typing.cast(Event, _decode(EVENT_TYPES[kind], json.loads(body)))

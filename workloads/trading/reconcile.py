@@ -45,7 +45,8 @@ async def sync_fills(oms: OrderManager) -> tuple[int, int]:
                 oms.anomaly(f"fill {fill.fill_id} for an order the broker cannot describe")
                 continue
         late = oms.state.orders[cid].is_terminal
-        if oms.try_commit(OrderFilled(oms.clock.now(), cid, fill, bf.cursor)):
+        # Group-committed: signals keep flowing while the fills are written.
+        if await oms.try_commit_async(OrderFilled(oms.clock.now(), cid, fill, bf.cursor)):
             applied += 1
             if late:
                 oms.anomaly(f"fill {fill.fill_id} arrived for closed order {cid}")

@@ -133,3 +133,34 @@ def test_replay_rebuilds_the_live_state(open_session) -> None:  # type: ignore[n
     assert rebuilt.positions == live.positions and rebuilt.fill_ids == live.fill_ids
     assert rebuilt.cursor == live.cursor and rebuilt.account == live.account
     assert rebuilt.position_quantities() == s.broker.record_positions()
+
+
+def test_a_fresh_process_decodes_events_registered_by_other_modules() -> None:
+    """The scheduled plan and a resume live in their own modules; replay must not depend on import order."""
+    import subprocess
+    import sys
+
+    code = (
+        "from kubequant.workloads.trading.events import EVENT_TYPES, decode\n"
+        "assert 'TradingStateSet' not in EVENT_TYPES\n"
+        "import kubequant.workloads.trading.trading_state as ts, kubequant.workloads.trading.scheduled as sc\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+    probe = (
+        "import json\n"
+        "from kubequant.workloads.trading import events\n"
+        "try:\n"
+        "    events.decode('TradingStateSet', '{}')\n"
+        "except TypeError:\n"
+        "    pass  # found the class: an empty body lacks its fields\n"
+        "assert 'TradingStateSet' in events.EVENT_TYPES and 'RebalancePlanned' in events.EVENT_TYPES\n"
+        "try:\n"
+        "    events.decode('NoSuchEvent', '{}')\n"
+        "except ValueError as err:\n"
+        "    assert 'NoSuchEvent' in str(err)\n"
+        "else:\n"
+        "    raise SystemExit('an unknown kind must be refused')\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
