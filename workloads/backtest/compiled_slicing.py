@@ -271,7 +271,7 @@ class CompiledSlicingExecutor(SimulatorExecutor):  # type: ignore[misc]
         self.slicing = slicing
         self.lookback_days = lookback_days
         self.expire_unfilled = expire_unfilled
-        self.fills: list[pd.DataFrame] = []
+        self.fills: list[dict[str, np.ndarray]] = []
         self.day_level = LevelRecord()
         self.minute_level = LevelRecord()
         self._volumes: dict[str, pd.Series] = {}
@@ -413,22 +413,22 @@ class CompiledSlicingExecutor(SimulatorExecutor):  # type: ignore[misc]
         filled = np.flatnonzero(children.deal > 0)
         if len(filled) == 0:
             return
-        parents = [known[k] for k in children.parent[filled]]
-        cols = [rows[local[o.stock_id]] for o in parents]
+        parent = children.parent[filled]
+        codes = np.array([o.stock_id for o in known])
+        buys = np.array([o.direction == Order.BUY for o in known])
+        rows_of_parent = np.array([rows[local[o.stock_id]] for o in known], dtype=np.int64)
         at = lo + children.step[filled]
         self.fills.append(
-            pd.DataFrame(
-                {
-                    "datetime": bars.minutes[at],
-                    "instrument": [o.stock_id for o in parents],
-                    "side": ["buy" if o.direction == Order.BUY else "sell" for o in parents],
-                    "amount": children.deal[filled],
-                    "price": children.price[filled],
-                    "value": children.value[filled],
-                    "cost": children.cost[filled],
-                    "factor": bars.factor[cols, at],
-                }
-            )
+            {
+                "datetime": bars.minutes.to_numpy()[at],
+                "instrument": codes[parent],
+                "side": np.where(buys[parent], "buy", "sell"),
+                "amount": children.deal[filled],
+                "price": children.price[filled],
+                "value": children.value[filled],
+                "cost": children.cost[filled],
+                "factor": bars.factor[rows_of_parent[parent], at],
+            }
         )
 
     def _record(
@@ -473,7 +473,7 @@ class CompiledSlicingExecutor(SimulatorExecutor):  # type: ignore[misc]
         columns = ["datetime", "instrument", "side", "amount", "price", "value", "cost", "factor"]
         if not self.fills:
             return pd.DataFrame(columns=columns)
-        return pd.concat(self.fills, ignore_index=True)[columns]
+        return pd.DataFrame({c: np.concatenate([day[c] for day in self.fills]) for c in columns})
 
     def level_indicators(self) -> dict[str, tuple[pd.DataFrame, None]]:
         """Both levels' indicator frames, keyed like qlib's backtest indicators ('1day', '1min')."""

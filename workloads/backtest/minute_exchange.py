@@ -4,15 +4,20 @@ Under qlib's NestedExecutor (day → 1min) the daily strategy shares a 1-minute 
 question — is the stock tradable today, at what price, how much traded, which adjustment factor —
 is answered by aggregating the day's minutes: ``ts_data_last`` (the last value that is not NaN) for
 prices and factors, NumPy's NaN-skipping sum for volume, ``all`` for the limit flags (a suspended
-minute counts as limited). ``MinuteBarsMixin`` loads the same minutes with qlib's own quote code
-(fields, the adjusted-price check, the limit flags), keeps them as ``MinuteBars`` for the compiled
-level (``compiled_slicing.py``), and gives qlib one pre-aggregated row per instrument and day, so
-the daily strategy and account get exactly the 1-minute Exchange's answers at daily cost.
+minute counts as limited). ``MinuteBarsMixin`` reads the same minutes through qlib's expression
+provider (``ExpressionD``: the fields and limit expressions of the Exchange, each instrument's
+listing spans from ``D.list_instruments``), applies qlib's rules of ``Exchange.get_quote_from_qlib``
+on arrays (limit flags, suspended = NaN close, the adjusted-price switch), keeps them as
+``MinuteBars`` for the compiled level (``compiled_slicing.py``), and gives qlib one aggregated row
+per instrument and day, so the daily strategy and account get the 1-minute Exchange's answers at
+daily cost. qlib's own 1-minute Exchange under its NestedExecutor is the reference this is tested
+against (``tests/integration/test_compiled_slicing.py``, ``tests/integration/test_minute_exchange.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -23,8 +28,6 @@ from qlib.data import D
 from kubequant.workloads.backtest.impact_exchange import SIGMA_FIELD, ImpactExchange
 
 MINUTE = "1min"
-LAST_VALID = "last"  # pandas' groupby last() skips NaN, as qlib's ts_data_last does
-BOOL_FIELDS = ("limit_buy", "limit_sell")
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class MinuteBars:
     day_start: dict[pd.Timestamp, int]  # first minute column of each day
     day_stop: dict[pd.Timestamp, int]
 
-    @property
+    @cached_property
     def row(self) -> dict[str, int]:
         """Row of each instrument."""
         return {code: i for i, code in enumerate(self.instruments)}
@@ -55,112 +58,206 @@ class MinuteBars:
         return self.day_start.get(key, 0), self.day_stop.get(key, 0)
 
     @classmethod
-    def from_quote(
-        cls, quote: pd.DataFrame, buy_field: str, sell_field: str, calendar: pd.DatetimeIndex
+    def build(
+        cls,
+        fields: MinuteFields,
+        buy_field: str,
+        sell_field: str,
+        limit_buy: np.ndarray,
+        limit_sell: np.ndarray,
+        sigma: np.ndarray,
+        spans: list[tuple[pd.Timestamp, int, int]],
     ) -> MinuteBars:
-        """Arrays of a qlib 1-minute quote frame (index instrument, datetime) on the 1-minute calendar."""
-        index = quote.index
-        assert isinstance(index, pd.MultiIndex)
-        level_of = {name: i for i, name in enumerate(index.names)}
-        inst_level, time_level = level_of["instrument"], level_of["datetime"]
-        present = np.unique(index.codes[inst_level])
-        instruments = tuple(sorted(str(index.levels[inst_level][i]) for i in present))
-        shape = (len(instruments), len(calendar))
-        # Each quote row's cell in the (instrument × minute) grid, through the index's level codes
-        # (the levels are small); rows off the calendar are dropped.
-        row_of_level = pd.Index(instruments).get_indexer(index.levels[inst_level])
-        col_of_level = calendar.get_indexer(pd.DatetimeIndex(index.levels[time_level]))
-        row = row_of_level[index.codes[inst_level]]
-        col = col_of_level[index.codes[time_level]]
-        on_grid = (col >= 0) & (row >= 0)
-        row, col = row[on_grid], col[on_grid]
-
-        def wide(field: str, fill: Any) -> np.ndarray:
-            out = np.full(shape, fill, dtype=bool if isinstance(fill, bool) else np.float64)
-            if field in quote.columns:
-                values = quote[field].to_numpy()[on_grid]
-                if isinstance(fill, bool):
-                    values = pd.Series(values).fillna(fill).to_numpy(dtype=bool)
-                out[row, col] = values
-            return out
-
-        close = wide("$close", np.nan)
+        """The kernel's arrays; deal prices fall back to the close where qlib's get_deal_price does."""
+        close = fields.values["$close"]
 
         def deal(field: str) -> np.ndarray:
-            # qlib's get_deal_price falls back to the close when the deal price is NaN or not positive.
-            price = wide(field, np.nan)
-            bad = np.isnan(price) | (price <= 1e-08)
+            price = fields.values[field]
+            with np.errstate(invalid="ignore"):
+                bad = np.isnan(price) | (price <= 1e-08)
             return np.where(bad, close, price)
 
-        days = calendar.normalize()
-        starts: dict[pd.Timestamp, int] = {}
-        stops: dict[pd.Timestamp, int] = {}
-        for i, day in enumerate(days):
-            starts.setdefault(day, i)
-            stops[day] = i + 1
         return cls(
-            instruments=instruments,
-            minutes=calendar,
+            instruments=fields.instruments,
+            minutes=fields.calendar,
             buy_price=deal(buy_field),
             sell_price=deal(sell_field),
             close=close,
-            volume=wide("$volume", np.nan),
-            factor=wide("$factor", np.nan),
-            limit_buy=wide("limit_buy", True),
-            limit_sell=wide("limit_sell", True),
-            sigma=np.nan_to_num(wide(SIGMA_FIELD, 0.0), nan=0.0),
-            day_start=starts,
-            day_stop=stops,
+            volume=fields.values["$volume"],
+            factor=fields.values["$factor"],
+            limit_buy=limit_buy,
+            limit_sell=limit_sell,
+            sigma=sigma,
+            day_start={day: lo for day, lo, _ in spans},
+            day_stop={day: hi for day, _, hi in spans},
         )
 
 
-def daily_quote(minutes: pd.DataFrame) -> pd.DataFrame:
-    """One row per instrument and day, holding what qlib's 1-minute quote answers for that day."""
-    days = pd.DatetimeIndex(minutes.index.get_level_values("datetime")).normalize()
-    keys = [minutes.index.get_level_values("instrument"), days]
-    grouped = minutes.groupby(keys, sort=True)
-    parts = {}
-    for column in minutes.columns:
-        if column == "$volume":
-            parts[column] = grouped[column].sum(min_count=0)
-        elif column in BOOL_FIELDS:
-            parts[column] = grouped[column].all()
-        else:
-            parts[column] = grouped[column].last()
-    out = pd.DataFrame(parts)[list(minutes.columns)]
-    out.index = out.index.set_names(["instrument", "datetime"])
-    return out
+def end_of_day(day: Any) -> pd.Timestamp:
+    """The last instant of ``day``."""
+    return pd.Timestamp(day).normalize() + pd.Timedelta(hours=23, minutes=59, seconds=59)
+
+
+@dataclass(frozen=True)
+class MinuteFields:
+    """Fields of the period's 1-minute bars: one row per instrument, one column per calendar minute."""
+
+    instruments: tuple[str, ...]
+    calendar: pd.DatetimeIndex
+    values: dict[str, np.ndarray]  # NaN where the instrument has no bar
+    present: np.ndarray  # bool: a row exists in qlib's quote (inside the instrument's listing spans)
+
+    @classmethod
+    def load(cls, codes: Any, fields: list[str], start: Any, end: Any) -> MinuteFields:
+        """``fields`` (qlib expressions) of ``codes`` (a market config or a list) through ``ExpressionD``."""
+        from qlib.data.data import Cal, ExpressionD
+
+        # A market config comes with each instrument's listing spans; an explicit list has none (as in D.features).
+        spans: dict[str, Any] = (
+            D.list_instruments(codes, start_time=start, end_time=end, freq=MINUTE, as_list=False)
+            if isinstance(codes, dict)
+            else dict.fromkeys(codes)
+        )
+        calendar = pd.DatetimeIndex(D.calendar(start_time=start, end_time=end, freq=MINUTE))
+        instruments = tuple(sorted(spans))
+        shape = (len(instruments), len(calendar))
+        values = {f: np.full(shape, np.nan) for f in fields}
+        present = np.zeros(shape, dtype=bool)
+        if len(calendar) == 0:
+            return cls(instruments, calendar, values, present)
+        _, _, first, _last = Cal.locate_index(calendar[0], calendar[-1], freq=MINUTE, future=False)
+        stamps = calendar.to_numpy()
+        for row, code in enumerate(instruments):
+            inside = (
+                np.zeros(len(calendar), dtype=bool)
+                if spans[code] is not None
+                else np.ones(len(calendar), bool)
+            )
+            for begin, finish in spans[code] or []:
+                inside |= (stamps >= np.datetime64(pd.Timestamp(begin))) & (
+                    stamps <= np.datetime64(pd.Timestamp(finish))
+                )
+            had_rows = np.zeros(len(calendar), dtype=bool)
+            for field in fields:
+                series = ExpressionD.expression(code, field, calendar[0], calendar[-1], MINUTE)
+                if series.empty:
+                    continue
+                cols = series.index.to_numpy(dtype=np.int64) - first
+                ok = (cols >= 0) & (cols < len(calendar))
+                cols = cols[ok]
+                values[field][row, cols] = series.to_numpy(dtype=np.float64)[ok]
+                had_rows[cols] = True
+            present[row] = had_rows & inside
+            for field in fields:
+                values[field][row, ~present[row]] = np.nan
+        return cls(instruments, calendar, values, present)
+
+
+def limit_flags(fields: MinuteFields, limit_type: str, threshold: Any) -> tuple[np.ndarray, np.ndarray]:
+    """qlib's ``Exchange._update_limit`` on arrays: (limit_buy, limit_sell), suspended minutes included."""
+    suspended = np.isnan(fields.values["$close"])
+    if limit_type == Exchange.LT_NONE:
+        return suspended.copy(), suspended.copy()
+    if limit_type == Exchange.LT_TP_EXP:
+        # astype(bool), as qlib does: NaN counts as limited.
+        buy = fields.values[threshold[0]].astype(bool)
+        sell = fields.values[threshold[1]].astype(bool)
+        return buy | suspended, sell | suspended
+    change = fields.values["$change"]
+    with np.errstate(invalid="ignore"):
+        return (change >= threshold) | suspended, (change <= -threshold) | suspended
+
+
+def _last_valid(block: np.ndarray) -> np.ndarray:
+    """Per row, the last value that is not NaN (NaN when there is none): qlib's ts_data_last."""
+    valid = ~np.isnan(block)
+    last = block.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
+    out = block[np.arange(block.shape[0]), last]
+    return np.where(valid.any(axis=1), out, np.nan)
+
+
+def daily_quote(
+    fields: MinuteFields,
+    limit_buy: np.ndarray,
+    limit_sell: np.ndarray,
+    spans: list[tuple[pd.Timestamp, int, int]],
+) -> pd.DataFrame:
+    """One row per instrument and day with what qlib's 1-minute quote answers for that day's range."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in [*fields.values, "limit_buy", "limit_sell"]}
+    keys_inst, keys_day = [], []
+    for day, lo, hi in spans:
+        rows = fields.present[:, lo:hi].any(axis=1)
+        if not rows.any():
+            continue
+        keys_inst.append(np.array(fields.instruments)[rows])
+        keys_day.append(np.full(int(rows.sum()), np.datetime64(day)))
+        present = fields.present[rows, lo:hi]
+        for name, values in fields.values.items():
+            block = values[rows, lo:hi]
+            columns[name].append(np.nansum(block, axis=1) if name == "$volume" else _last_valid(block))
+        for name, flags in (("limit_buy", limit_buy), ("limit_sell", limit_sell)):
+            columns[name].append(np.where(present, flags[rows, lo:hi], True).all(axis=1))
+    index = pd.MultiIndex.from_arrays(
+        [np.concatenate(keys_inst) if keys_inst else [], np.concatenate(keys_day) if keys_day else []],
+        names=["instrument", "datetime"],
+    )
+    data = {name: (np.concatenate(parts) if parts else []) for name, parts in columns.items()}
+    out = pd.DataFrame(data, index=index)
+    for name in ("limit_buy", "limit_sell"):
+        out[name] = out[name].astype(bool)
+    return out.sort_index()
 
 
 class MinuteBarsMixin:
-    """Loads the period's 1-minute quote with qlib's code, keeps it as arrays, quotes qlib by the day."""
+    """Loads the period's 1-minute bars through qlib's expression provider, quotes qlib by the day."""
 
     minutes: MinuteBars
     freq: str
     end_time: Any
     start_time: Any
+    codes: Any
+    all_fields: list[str]
     quote_df: pd.DataFrame
     buy_price: str
     sell_price: str
+    limit_type: str
+    limit_threshold: Any
+    extra_quote: Any
+    trade_w_adj_price: bool
 
     def get_quote_from_qlib(self) -> None:
-        freq, end = self.freq, self.end_time
-        last_day = pd.Timestamp(end).normalize()
-        self.freq, self.end_time = MINUTE, last_day + pd.Timedelta(hours=23, minutes=59, seconds=59)
-        try:
-            super().get_quote_from_qlib()  # type: ignore[misc]
-        finally:
-            self.freq, self.end_time = freq, end
-        calendar = pd.DatetimeIndex(
-            D.calendar(start_time=self.start_time, end_time=self.end_time_of_day(last_day), freq=MINUTE)
+        if self.extra_quote is not None:
+            raise ValueError("extra_quote is not supported by the compiled execution level's exchange")
+        if len(self.codes) == 0:
+            self.codes = D.instruments()
+        fields = MinuteFields.load(
+            self.codes, list(self.all_fields), self.start_time, end_of_day(self.end_time)
         )
-        self.minutes = MinuteBars.from_quote(self.quote_df, self.buy_price, self.sell_price, calendar)
-        self.quote_df = daily_quote(self.quote_df)
-
-    @staticmethod
-    def end_time_of_day(day: pd.Timestamp) -> pd.Timestamp:
-        """The last instant of ``day``."""
-        return day + pd.Timedelta(hours=23, minutes=59, seconds=59)
+        close, factor = fields.values["$close"], fields.values["$factor"]
+        # qlib trades in adjusted prices when a factor is missing where a close exists.
+        self.trade_w_adj_price = bool((np.isnan(factor) & ~np.isnan(close)).any())
+        limit_buy, limit_sell = limit_flags(fields, self.limit_type, self.limit_threshold)
+        days = fields.calendar.normalize()
+        spans: list[tuple[pd.Timestamp, int, int]] = []
+        for i, day in enumerate(days):
+            if spans and spans[-1][0] == day:
+                spans[-1] = (day, spans[-1][1], i + 1)
+            else:
+                spans.append((day, i, i + 1))
+        quote = daily_quote(fields, limit_buy, limit_sell, spans)
+        sigma_minutes = np.zeros(close.shape)
+        if isinstance(self, ImpactExchange):
+            sigma = self._sigma_of_rows(quote.index)
+            quote[SIGMA_FIELD] = sigma
+            table = pd.Series(sigma, index=quote.index).unstack("datetime")
+            table = table.reindex(index=list(fields.instruments), columns=[d for d, _, _ in spans])
+            per_day = np.nan_to_num(table.to_numpy(dtype=np.float64), nan=0.0)
+            for j, (_, lo, hi) in enumerate(spans):
+                sigma_minutes[:, lo:hi] = per_day[:, j : j + 1]
+        self.quote_df = quote
+        self.minutes = MinuteBars.build(
+            fields, self.buy_price, self.sell_price, limit_buy, limit_sell, sigma_minutes, spans
+        )
 
 
 class MinuteBackedExchange(MinuteBarsMixin, Exchange):  # type: ignore[misc]
