@@ -138,13 +138,47 @@ def test_suspended_days_have_no_minute_bars(minutes: pd.DataFrame, days: pd.Data
     assert (has_bars[~trading] == 0).all() and (has_bars[trading] == 240).all()
 
 
-def test_change_runs_across_lunch_and_overnight(minutes: pd.DataFrame) -> None:
+def test_change_is_measured_from_the_previous_days_close(minutes: pd.DataFrame, days: pd.DataFrame) -> None:
     close = minutes["close"].astype("float64")
-    prev = close.groupby(level="instrument").transform(lambda s: s.ffill().shift(1))
-    both = minutes["change"].notna() & prev.notna()
-    np.testing.assert_allclose(minutes["change"][both], (close / prev - 1)[both], atol=2e-6)
-    clock = minutes.index.get_level_values("datetime").strftime("%H:%M")
-    assert minutes["change"][(clock == "13:00") | (clock == "09:30")].notna().sum() > 100
+    day = minutes.index.get_level_values("datetime").normalize()
+    keys = pd.MultiIndex.from_arrays([minutes.index.get_level_values("instrument"), day])
+    previous = (
+        days["close"].astype("float64").groupby(level="instrument").transform(lambda s: s.ffill().shift(1))
+    )
+    reference = previous.reindex(keys).to_numpy()
+    both = minutes["change"].notna().to_numpy() & np.isfinite(reference)
+    assert both.sum() > 1000
+    np.testing.assert_allclose(
+        minutes["change"].to_numpy()[both], (close.to_numpy() / reference - 1)[both], atol=2e-6
+    )
+
+
+def test_qlib_flags_every_sealed_minute_as_limited(
+    bundle: Path, window: pd.DatetimeIndex, days: pd.DataFrame
+) -> None:
+    """A day sealed at the limit up cannot be bought in its sealed minutes, nor as a whole day once sealed all day."""
+    from qlib.backtest.exchange import Exchange
+
+    sealed = days[(days["change"] >= LIMIT - 1e-6) & (days["close"] == days["high"])]
+    assert len(sealed) >= 1
+    symbol, day = sealed.index[0]
+    exchange = Exchange(
+        freq="1min",
+        start_time=day,
+        end_time=day + pd.Timedelta("15h"),
+        codes=[symbol],
+        deal_price="close",
+        limit_threshold=0.095,
+    )
+    quote = exchange.quote_df.xs(symbol, level="instrument")
+    at_limit = quote["$close"] >= np.float32(sealed.iloc[0]["close"]) - 1e-4
+    assert at_limit.sum() >= 10
+    assert quote.loc[at_limit, "limit_buy"].all()
+    # The flag follows the price: minutes 9.5 % or more above the previous day's close, and no others.
+    previous = days["close"].loc[symbol].shift(1).loc[day]
+    near = quote["$close"].astype("float64") >= previous * 1.095 - 1e-5
+    mismatch = quote.loc[quote["limit_buy"] != near, ["$close", "$change"]]
+    assert mismatch.empty, (previous, mismatch)
 
 
 def test_volume_is_u_shaped(minutes: pd.DataFrame) -> None:

@@ -70,7 +70,12 @@ def bundle(truth: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def _expected(truth: pd.DataFrame) -> pd.DataFrame:
     frame = truth.set_index(["instrument", "datetime"]).sort_index()
     close = frame["close"]
-    frame["change"] = close / close.groupby(level="instrument").shift(1) - 1  # across lunch and overnight
+    # Against the previous trading day's last close (the reference of the price limits).
+    day = frame.index.get_level_values("datetime").normalize()
+    day_close = close.groupby([frame.index.get_level_values("instrument"), day]).last()
+    previous = day_close.groupby(level=0).shift(1)
+    keys = pd.MultiIndex.from_arrays([frame.index.get_level_values("instrument"), day])
+    frame["change"] = close.to_numpy() / previous.reindex(keys).to_numpy() - 1
     return frame
 
 

@@ -423,11 +423,7 @@ def _validate(frame: pd.DataFrame, file: Path, symbol: str, origin: str, intrada
             f"{symbol}: the factor changes within a day ({{ts}})",
             "an adjustment factor holds for a whole day: give every bar of a day that day's factor",
         )
-    change = np.full(len(frame), np.nan)
-    # Against the previous bar: suspended days have no row; a day's first minute follows the last
-    # minute of the day before (qlib's minute $change runs across the lunch break and overnight).
-    change[1:] = c[1:] / c[:-1] - 1.0
-    values["change"] = change
+    values["change"] = change_from_previous_close(c, same_day if intraday else None)
     stamps = pd.DatetimeIndex(ts) if intraday else days
     return _Bars(symbol=symbol, origin=origin, dates=stamps, fields=values)
 
@@ -442,3 +438,26 @@ def _on_calendar(bars: _Bars, calendar: pd.DatetimeIndex) -> tuple[int, dict[str
         series[pos - start] = values
         out[name] = series
     return start, out
+
+
+def change_from_previous_close(close: np.ndarray, same_day: np.ndarray | None) -> np.ndarray:
+    """``$change``: each bar's close against the previous trading day's close (NaN on the first day).
+
+    Daily bars: the bar before (suspended days have no row). 1-minute bars (``same_day``: the bar
+    is on the same day as the one before it): the last close of the previous day with bars, the
+    reference of the exchange's price limits, so qlib's limit rule (``$change`` against
+    ``limit_threshold``) flags every minute traded at the limit.
+    """
+    change = np.full(len(close), np.nan)
+    if same_day is None:
+        change[1:] = close[1:] / close[:-1] - 1.0
+        return change
+    first = ~np.asarray(same_day, dtype=bool)
+    first[:1] = True
+    day = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    last_close = close[np.r_[starts[1:] - 1, len(close) - 1]]
+    previous = np.r_[np.nan, last_close[:-1]][day]
+    with np.errstate(invalid="ignore"):
+        change[:] = close / previous - 1.0
+    return change

@@ -138,7 +138,6 @@ def simulate_minutes(
     m_low = np.minimum(np.maximum(np.minimum(m_open, m_close) - wick[1], low_), vwap)
 
     volume = v[:, None] * weights
-    prev = np.concatenate([prev_close[:, None], m_close[:, :-1]], axis=1)
     return {
         "open": m_open,
         "high": m_high,
@@ -148,7 +147,8 @@ def simulate_minutes(
         "vwap": vwap,
         "amount": volume * vwap,
         "factor": np.repeat(f[:, None], n, axis=1),
-        "change": m_close / prev - 1.0,
+        # Against the previous day's close, the reference of the price limits (see importer.py).
+        "change": m_close / prev_close[:, None] - 1.0,
     }
 
 
