@@ -328,15 +328,24 @@ def test_pods_are_admitted_in_a_restricted_namespace(
     ]
 
 
+@pytest.mark.parametrize(
+    "levels",
+    [None, [{"frequency": "1min", "strategy": {"twap": {}}}]],
+    ids=["day-30min-1min-qlib", "day-1min-compiled"],
+)
 def test_nested_example_runs_through_the_operator(
     operator: OperatorProcess,
     kubelet: LocalKubelet,
     restricted_ns: str,
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
+    levels: list[dict[str, Any]] | None,
 ) -> None:
     doc = yaml.safe_load((REPO_ROOT / "examples" / "backtest-nested.yaml").read_text())
     doc["spec"]["pod"] = LOCAL_POD
+    if levels is not None:  # a single day → 1min TWAP level: the compiled engine
+        doc["spec"]["executor"]["levels"] = levels
+        doc["metadata"]["name"] += "-compiled"
     apply(restricted_ns, doc)
     name = doc["metadata"]["name"]
     try:
@@ -346,6 +355,8 @@ def test_nested_example_runs_through_the_operator(
             print(kubelet.logs(pod.metadata.name, restricted_ns)[-5000:])
         raise
     results = get_bt(custom, restricted_ns, name)["status"]["results"]
-    assert [lv["frequency"] for lv in results["execution"]["levels"]] == ["day", "30min", "1min"]
+    expected = ["day", "30min", "1min"] if levels is None else ["day", "1min"]
+    assert [lv["frequency"] for lv in results["execution"]["levels"]] == expected
+    assert all(lv["orders"] > 0 for lv in results["execution"]["levels"])
     assert results["execution"]["impactBps"] > 0  # every fill carries its market impact
     assert results["singleLevel"]["trades"] > 0
