@@ -41,6 +41,13 @@ class Broker(ApiModel):
     endpoint: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=512)] | None = Field(
         None, description="Override of the broker's API endpoint (e.g. a paper-trading URL)."
     )
+    market_data_endpoint: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=512)] | None = (
+        Field(
+            None,
+            description="Override of the broker's market data endpoint, the session's last prices "
+            "(alpaca: https://data.alpaca.markets).",
+        )
+    )
 
 
 class SignalApi(ApiModel):
@@ -143,10 +150,15 @@ class LiveTradingSessionSpec(ApiModel):
             check=lambda s: s.broker.type == BrokerType.PAPER or s.broker.credentials_secret_ref is not None,
         ),
         Rule(
-            cel="!has(self.replay) || self.mode == 'paper'",
-            message="replay only works in paper mode; remove replay or set mode paper",
+            cel="!has(self.replay) || (self.mode == 'paper' && self.broker.type == 'paper')",
+            message=(
+                "replay only works in paper mode with the paper broker (it replays the bundle's bars); "
+                "remove replay, or set mode paper and broker.type paper"
+            ),
             field="replay",
-            check=lambda s: s.replay is None or s.mode == SessionMode.PAPER,
+            check=lambda s: (
+                s.replay is None or (s.mode == SessionMode.PAPER and s.broker.type == BrokerType.PAPER)
+            ),
         ),
     )
 

@@ -7,11 +7,18 @@ queue feeds every transaction, so the journal's order is the order in which even
 and a synchronous ``append`` first writes everything queued before it. After a failed write the
 journal refuses every later one: writing later events without the lost ones would corrupt the
 replay.
+
+SQLite's automatic checkpoint runs inside the commit that crosses 1,000 WAL pages: it copies the
+pages into the database and fsyncs it, ms during which every event queued behind waits. Here
+commits never checkpoint; a ``Checkpointer`` thread with a connection of its own does, every so
+many commits (a passive checkpoint: writers go on appending to the WAL meanwhile). Durability is
+the WAL's fsync at each commit either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -58,8 +65,66 @@ def _insert(rows: int) -> str:
     return "INSERT INTO events (ts, kind, client_order_id, body) VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
 
 
+# Commits between two checkpoints: a journal transaction adds a few pages to the WAL, so this keeps
+# it near SQLite's default of 1,000 pages.
+CHECKPOINT_EVERY = 256
+
+
 class JournalError(KubequantError):
     """The journal could not be written or read; the runtime must stop rather than act unjournaled."""
+
+
+class Checkpointer:
+    """Checkpoints a WAL database from a thread and connection of its own, so that no commit pays for one.
+
+    The owner turns SQLite's automatic checkpoint off on its connection (``PRAGMA
+    wal_autocheckpoint=0``) and calls ``committed`` after each commit. A checkpoint that fails
+    (say, the database is busy) is simply tried again after the next ``every`` commits; it never
+    affects what is committed.
+    """
+
+    def __init__(self, path: Path, every: int = CHECKPOINT_EVERY) -> None:
+        self.path = Path(path)
+        self.every = every
+        self.checkpoints = 0  # passive checkpoints run
+        self._commits = 0
+        self._due = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def committed(self, commits: int = 1) -> None:
+        """Count commits; every ``every`` of them, wake the checkpointing thread (it never blocks the caller)."""
+        self._commits += commits
+        if self._commits < self.every or self._closed:
+            return
+        self._commits = 0
+        if self._thread is None or not self._thread.is_alive():  # not started, or lost to a fork
+            self._thread = threading.Thread(
+                target=self._run, name=f"checkpoint-{self.path.name}", daemon=True
+            )
+            self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._closed:
+                    return
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        """Stop the thread (the owner's last connection to close checkpoints what is left)."""
+        self._closed = True
+        self._due.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 @dataclass(slots=True)
@@ -104,6 +169,7 @@ class Journal:
                 raise JournalError(f"cannot switch {self.path} to WAL mode (got {mode})")
             # FULL makes every COMMIT fsync the WAL: an acknowledged event survives power loss.
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
             self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}", fix="check the volume") from err
@@ -115,6 +181,7 @@ class Journal:
         self._writer: threading.Thread | None = None
         self._closed = False
         self._broken: JournalError | None = None
+        self.checkpointer = Checkpointer(self.path)
         self.transactions = 0  # committed transactions (each one fsync)
         self.written = 0  # events committed
 
@@ -214,6 +281,7 @@ class Journal:
             )
             raise self._broken from err
         JOURNAL_WRITE_SECONDS.observe(time.perf_counter() - start)
+        self.checkpointer.committed()
         self.transactions += 1
         self.written += len(rows)
         return int(last or 0)
@@ -260,6 +328,7 @@ class Journal:
             self._wake.notify_all()
         if writer is not None and writer is not threading.current_thread():
             writer.join()
+        self.checkpointer.close()
         with self._db_lock:
             self._db.close()
 

@@ -2,10 +2,17 @@
 
 Used at start-up by ``recovery.recover`` and afterwards by the periodic ``poll``. Whatever the
 broker reports that the journal cannot explain halts the session (fail closed).
+
+``poll`` runs on the event loop beside the signals, so it never holds the loop for long: broker
+facts are staged in order and written by the journal's group commit, awaited every ``CHUNK``
+(the await gives the loop back to the signals, and one fsync serves the whole chunk); a long list
+of orders to settle gives the loop back every ``CHUNK`` orders too. Nothing a chunk staged is
+acted on outside the process before it is on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from kubequant.api.live import TradingState
@@ -27,11 +34,16 @@ from kubequant.workloads.trading.oms import OrderManager
 from kubequant.workloads.trading.orders import Order, OrderStatus
 
 log = logging.getLogger(__name__)
+# Broker facts staged (or orders settled) between two waits for the journal, which give the loop back.
+CHUNK = 16
 
 
 async def sync_fills(oms: OrderManager) -> tuple[int, int]:
-    """Journal the broker's new fills (adopting orders placed elsewhere); returns (applied, repeated)."""
-    applied = repeated = 0
+    """Journal the broker's new fills (adopting orders placed elsewhere); returns (applied, repeated).
+
+    Returns once every fill applied is on disk.
+    """
+    applied = repeated = staged = 0
     for bf in await oms.call(lambda: oms.broker.fills_since(oms.state.cursor), "fills"):
         fill = bf.fill
         if fill.fill_id in oms.state.fill_ids:
@@ -40,27 +52,30 @@ async def sync_fills(oms: OrderManager) -> tuple[int, int]:
         cid = oms.local_id(fill.client_order_id, fill.broker_order_id)
         if cid is None:
             report = await oms.call(lambda f=fill: oms.broker.get_order(f.client_order_id), "get order")
-            cid = adopt(oms, report) if report is not None else None
+            cid = await adopt(oms, report) if report is not None else None
             if cid is None:
                 oms.anomaly(f"fill {fill.fill_id} for an order the broker cannot describe")
                 continue
         late = oms.state.orders[cid].is_terminal
-        # Group-committed: signals keep flowing while the fills are written.
-        if await oms.try_commit_async(OrderFilled(oms.clock.now(), cid, fill, bf.cursor)):
+        if oms.try_stage(OrderFilled(oms.clock.now(), cid, fill, bf.cursor)):
             applied += 1
             if late:
                 oms.anomaly(f"fill {fill.fill_id} arrived for closed order {cid}")
+        staged += 1
+        if staged % CHUNK == 0:
+            await oms.settled()  # one fsync for the chunk; signals run meanwhile
+    await oms.settled()
     return applied, repeated
 
 
-def adopt(oms: OrderManager, report: BrokerOrder) -> str:
-    """Take in an order placed outside this session, tagged external."""
+async def adopt(oms: OrderManager, report: BrokerOrder) -> str:
+    """Take in an order placed outside this session, tagged external; returns once journaled."""
     now = oms.clock.now()
     cid = report.client_order_id or f"external-{report.broker_order_id}"
     if cid in oms.state.orders:
         cid = f"external-{report.broker_order_id}"
     log.warning("adopting external order %s (%s %s %s)", cid, report.side, report.quantity, report.instrument)
-    oms.commit(
+    await oms.commit_async(
         OrderCreated(
             now,
             cid,
@@ -79,12 +94,15 @@ def adopt(oms: OrderManager, report: BrokerOrder) -> str:
 
 
 async def settle(oms: OrderManager, order: Order, report: BrokerOrder | None) -> str:
-    """Bring a local order in line with the broker's report of it; returns what was done."""
+    """Bring a local order in line with the broker's report of it; returns what was done.
+
+    What it journals is staged: on disk once ``oms.settled()`` returns (``reconcile_orders`` waits).
+    """
     now, cid = oms.clock.now(), order.client_order_id
     if report is None:
         if order.status is OrderStatus.SUBMITTED and not order.fills:
             # One targeted query said the broker never received it: reject it, never resend on a guess.
-            oms.commit(
+            oms.try_stage(
                 OrderRejected(
                     now,
                     cid,
@@ -98,34 +116,37 @@ async def settle(oms: OrderManager, order: Order, report: BrokerOrder | None) ->
         oms.anomaly(f"order {cid} ({order.status}) is unknown to the broker")
         return "anomaly"
     if report.status is OrderStatus.REJECTED:
-        oms.try_commit(OrderRejected(now, cid, RejectSource.BROKER, "BROKER_REJECTED", report.reason))
+        oms.try_stage(OrderRejected(now, cid, RejectSource.BROKER, "BROKER_REJECTED", report.reason))
         return "rejected"
     if order.status is OrderStatus.SUBMITTED:
-        oms.commit(OrderAccepted(now, cid, report.broker_order_id))
+        oms.try_stage(OrderAccepted(now, cid, report.broker_order_id))
     if report.filled_quantity > order.filled_quantity:
         await sync_fills(oms)
     if report.filled_quantity != order.filled_quantity:
         oms.anomaly(f"order {cid}: broker filled {report.filled_quantity}, journal {order.filled_quantity}")
         return "anomaly"
     if report.status is OrderStatus.CANCELED and not order.is_terminal:
-        oms.try_commit(OrderCanceled(now, cid, report.reason or "canceled at the broker"))
+        oms.try_stage(OrderCanceled(now, cid, report.reason or "canceled at the broker"))
     elif report.status is OrderStatus.EXPIRED and not order.is_terminal:
-        oms.try_commit(OrderExpired(now, cid, report.reason or "expired at the broker"))
+        oms.try_stage(OrderExpired(now, cid, report.reason or "expired at the broker"))
     return str(order.status)
 
 
 async def reconcile_orders(oms: OrderManager) -> tuple[int, dict[str, int]]:
     """Adopt orders open at the broker that are not ours; settle every other live order by one query.
 
-    Returns (orders adopted, outcomes of the targeted queries by kind). Orders whose submit is
-    still on its way are left alone: their own call settles them.
+    Returns (orders adopted, outcomes of the targeted queries by kind) once all it journaled is on
+    disk. Orders whose submit is still on its way are left alone: their own call settles them.
     """
     adopted, outcomes = 0, dict[str, int]()
     open_here: set[str] = set()
-    for remote in await oms.call(oms.broker.open_orders, "open orders"):
+    for n, remote in enumerate(await oms.call(oms.broker.open_orders, "open orders"), 1):
+        if n % CHUNK == 0:
+            await oms.settled()
+            await asyncio.sleep(0)  # nothing staged: still give the signals a turn
         cid = oms.local_id(remote.client_order_id, remote.broker_order_id)
         if cid is None:
-            cid = adopt(oms, remote)
+            cid = await adopt(oms, remote)
             adopted += 1
         elif oms.state.orders[cid].is_terminal:
             oms.anomaly(f"order {cid} is {oms.state.orders[cid].status} here but open at the broker")
@@ -136,12 +157,18 @@ async def reconcile_orders(oms: OrderManager) -> tuple[int, dict[str, int]]:
             if in_flight:  # sent before a crash or a lost ack; the broker's open orders answer for it
                 outcomes[f"open-{what}"] = outcomes.get(f"open-{what}", 0) + 1
         open_here.add(cid)
+    queried = 0
     for order in oms.state.live_orders():
         if order.client_order_id in open_here or order.client_order_id in oms.sending:
             continue
+        queried += 1
+        if queried % CHUNK == 0:
+            await oms.settled()
+            await asyncio.sleep(0)
         remote = await oms.call(lambda o=order: oms.broker.get_order(o.client_order_id), "get order")
         what = await settle(oms, order, remote)
         outcomes[what] = outcomes.get(what, 0) + 1
+    await oms.settled()
     return adopted, outcomes
 
 
@@ -167,7 +194,7 @@ async def refresh_account(oms: OrderManager) -> None:
     now = oms.clock.now()
     old = oms.state.account
     if old is None or (old.cash, old.equity) != (acct.cash, acct.equity):
-        oms.commit(AccountSnapshot(now, acct.cash, acct.equity))
+        await oms.commit_async(AccountSnapshot(now, acct.cash, acct.equity))
     metrics.EQUITY.set(float(acct.equity))
     oms.risk.observe_equity(acct.equity, now)
 
@@ -176,7 +203,7 @@ async def sync_risk_state(oms: OrderManager) -> None:
     """Journal a change of the trading state; while halted, cancel whatever is still live."""
     state, conditions = oms.risk.state, oms.risk.describe()
     if (state.value, conditions) != (oms.state.risk_state, oms.state.risk_conditions):
-        oms.commit(RiskStateChanged(oms.clock.now(), state.value, conditions))
+        await oms.commit_async(RiskStateChanged(oms.clock.now(), state.value, conditions))
         for s in TradingState:
             metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
         log.warning("trading state %s: %s", state, conditions or "all clear")

@@ -1,11 +1,13 @@
-"""The trading pod's program: journal, risk engine, OMS and paper broker, recovered, then serving the signal API.
+"""The trading pod's program: journal, risk engine, OMS and broker, recovered, then serving the signal API.
 
 ``python -m kubequant.workloads.trading.runtime --session session.yaml --state-dir /var/lib/kubequant``
-recovers (journal replay and reconciliation; exit ``EXIT_HALTED`` if that fails closed), then
-serves the signal API on ``spec.strategy.signalApi.port`` with housekeeping, the paper market
-advancing with the clock and the scheduled strategy (if configured) in the background, until
-SIGTERM: it stops accepting, lets in-flight requests finish, closes the journal and exits 0.
-``--signals N`` instead trades N deterministic synthetic signals and exits (the crash tests).
+connects to the broker (``spec.broker``: the paper broker over qlib's bars, or Alpaca with its
+credentials Secret mounted at ``--secrets-dir``), recovers (journal replay and reconciliation;
+exit ``EXIT_HALTED`` if that fails closed), then serves the signal API on
+``spec.strategy.signalApi.port`` with housekeeping (and, on paper, the market advancing with the
+clock and the scheduled strategy) in the background, until SIGTERM: it stops accepting, lets
+in-flight requests finish, closes the journal and the broker, and exits 0.
+``--signals N`` instead trades N deterministic synthetic signals on the paper broker and exits (the crash tests).
 ``kubequant run --replay`` builds on the same ``TradingRuntime``. ``prepare`` (qlib and the bars:
 seconds) is split from ``TradingRuntime.start`` (the journal and the broker: milliseconds) so a
 restart after a crash is quick and the crash test can fork many lives from one prepared parent.
@@ -26,12 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kubequant.api.live import LiveTradingSession, TradingState
+from kubequant.api.live import BrokerType, LiveTradingSession, TradingState
 from kubequant.api.risk import RiskPolicy
-from kubequant.errors import ConfigError, KubequantError
+from kubequant.errors import BrokerError, ConfigError, KubequantError
 from kubequant.manifests import load_resources
+from kubequant.workloads.trading.brokers.base import Broker
+from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
 from kubequant.workloads.trading.brokers.paper import PaperBroker
 from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
 from kubequant.workloads.trading.journal import Journal
@@ -46,6 +50,21 @@ from kubequant.workloads.trading.trading_state import RuntimeLock
 
 log = logging.getLogger(__name__)
 EXIT_HALTED = 3  # recovery failed closed: no strategy may start
+DEFAULT_SECRETS_DIR = Path("/var/run/secrets/kubequant/broker")  # the credentials Secret, one file per key
+
+
+class RefreshedPrices(Protocol):
+    """A price source fed from a market data API (Alpaca's): a cache the housekeeping tick refreshes."""
+
+    def last_price(self, instrument: str) -> Decimal | None: ...
+
+    def watch(self, *symbols: str) -> None: ...
+
+    async def refresh(self) -> int: ...
+
+    def refresh_soon(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,13 @@ class RuntimeConfig:
     token_file: Path | None = None  # the mounted Secret key with the bearer token
     tick_seconds: float = 1.0  # housekeeping interval: policy, kill switch, fills, account, state
     bar_seconds: float | None = None  # the paper market moves one bar every this many seconds; 0 never
+    # The broker's credentials Secret, mounted as a folder (one file per key); None: the environment.
+    secrets_dir: Path | None = None
+
+    @property
+    def paper(self) -> bool:
+        """Whether the session trades on the built-in paper broker (over qlib's bars)."""
+        return self.session.spec.broker.type == BrokerType.PAPER
 
     @property
     def bar_interval(self) -> float:
@@ -156,37 +182,106 @@ def prepare(cfg: RuntimeConfig, *, init: bool = True) -> QlibMarket:
     return QlibMarket.load(spec.exchange, spec.universe.resolved_market(), start, end)
 
 
-class TradingRuntime:
-    """The components of one session, wired together; ``start`` recovers before anything trades."""
+def refuse_paper_only(session: LiveTradingSession) -> None:
+    """A real broker's session may not use what needs the paper broker's bars; ConfigError names the field."""
+    spec = session.spec
+    kind = str(spec.broker.type)
+    if spec.replay is not None:
+        raise ConfigError(
+            f"replay deals historical bars on the paper broker, not on broker type {kind}",
+            where="spec.replay",
+            fix="remove spec.replay, or set spec.broker.type: paper",
+        )
+    if spec.strategy.scheduled is not None:
+        raise ConfigError(
+            f"the scheduled strategy runs on the paper broker only for now (its scores, calendar and "
+            f"tradability come from the qlib bundle), not on broker type {kind}",
+            where="spec.strategy.scheduled",
+            fix="drive the session through spec.strategy.signalApi, or set spec.broker.type: paper",
+        )
 
-    def __init__(self, cfg: RuntimeConfig, market: QlibMarket) -> None:
+
+class TradingRuntime:
+    """The components of one session, wired together; ``start`` connects and recovers before anything trades.
+
+    ``market`` (qlib's bars) is the paper broker's; a real broker's session has None and takes its
+    last prices from the venue's market data (``prices``), refreshed by ``tick``.
+    """
+
+    def __init__(self, cfg: RuntimeConfig, market: QlibMarket | None = None) -> None:
         spec = cfg.session.spec
         self.cfg = cfg
+        if not cfg.paper:
+            refuse_paper_only(cfg.session)
+        self.broker: Broker = build_broker(
+            cfg.session, market=market, record_path=cfg.broker_path, secrets_dir=cfg.secrets_dir
+        )
+        self.paper = self.broker if isinstance(self.broker, PaperBroker) else None
+        self.prices = build_price_source(cfg.session, self.broker, secrets_dir=cfg.secrets_dir)
+        # A market data feed (not the paper broker's own bars) is refreshed by the housekeeping tick.
+        self.feed: RefreshedPrices | None = None if self.paper is not None else self.prices  # type: ignore[assignment]
         self.journal = Journal(cfg.journal_path)
-        self.broker = PaperBroker(market, cfg.broker_path, starting_cash=Decimal(repr(spec.starting_cash)))
         self.risk = RiskEngine(load_policy(cfg.policy_path), kill_switch=spec.halted)
-        self.oms = OrderManager(cfg.session.metadata.name, self.journal, self.broker, self.risk, self.broker)
+        self.oms = OrderManager(cfg.session.metadata.name, self.journal, self.broker, self.risk, self.prices)
         self.policy_watcher = PolicyWatcher(cfg.policy_path, self.risk)
         self.session_watcher = FileWatcher(cfg.session_path) if cfg.session_path else None
+        self.connected_equity: Decimal | None = None  # a real broker's equity when this process connected
 
     async def start(self) -> RecoveryReport:
-        """Replay the journal and reconcile with the broker; ``oms.ready`` says whether to trade."""
-        return await recover(self.oms)
+        """Connect to the broker, replay the journal and reconcile; ``oms.ready`` says whether to trade."""
+        await self.connect()
+        if self.feed is not None:
+            await self.feed.refresh()  # the universe's prices, before the first signal can ask
+        report = await recover(self.oms)
+        if self.feed is not None:
+            self.feed.watch(*self.oms.state.position_quantities())
+            self.feed.refresh_soon()
+        return report
+
+    async def connect(self) -> None:
+        """Check a real broker's credentials and account (``spec.account``) before recovery reads it."""
+        connect = getattr(self.broker, "connect", None)
+        if connect is None:
+            return
+        spec = self.cfg.session.spec
+        try:
+            account = await connect(spec.account)
+        except ConfigError:
+            raise  # a refused key or another account's key: the error names the Secret or spec.account
+        except BrokerError as err:
+            raise BrokerError(
+                f"cannot connect to the {spec.broker.type!s} broker: {err}",
+                where="spec.broker.endpoint" if spec.broker.endpoint else "spec.broker",
+                fix="check the endpoint and the pod's network egress; the pod retries when restarted",
+            ) from err
+        self.connected_equity = account.equity
+        log.info("connected to %s account %s: equity %s", str(spec.broker.type), spec.account, account.equity)
+
+    def knows(self) -> Any:
+        """The signal API's instrument check: the paper market's instruments, an explicit universe, else None (any)."""
+        if self.paper is not None:
+            return self.paper.market.knows
+        listed = self.cfg.session.spec.universe.instruments
+        return frozenset(listed).__contains__ if listed else None
 
     def lot(self) -> Decimal:
         """Shares per lot at the paper market (qlib's trade unit), else 1."""
-        unit = getattr(self.broker.market.exchange, "trade_unit", None)
+        unit = getattr(self.paper.market.exchange, "trade_unit", None) if self.paper is not None else None
         return Decimal(str(int(unit))) if unit else Decimal(1)
 
     def tradable(self, instrument: str) -> bool:
         """Whether ``instrument`` trades at the paper market's current bar (not suspended, not at a limit).
 
         The scheduled strategy's tradability test, as qlib's TopkDropoutStrategy asks the Backtest's exchange.
+        A real broker's instrument is tradable when it has a last price.
         """
-        market = self.broker.market
-        if not market.knows(instrument) or self.broker.exhausted:
+        broker = self.paper
+        if broker is None:
+            return self.prices.last_price(instrument) is not None
+        market = broker.market
+        if not market.knows(instrument) or broker.exhausted:
             return False
-        t = market.bar_time(self.broker.bar)
+        t = market.bar_time(broker.bar)
         return bool(market.exchange.is_stock_tradable(stock_id=instrument, start_time=t, end_time=t))
 
     def rebalancer(self, scores: ScoreBook) -> Rebalancer | None:
@@ -206,17 +301,29 @@ class TradingRuntime:
                 log.error("ignoring the changed session file: %s", err.one_line())
             else:
                 self.risk.set_kill_switch(session.spec.halted)
+        if self.feed is not None:
+            # Held names keep their prices; the refresh runs on a worker thread, never on this loop.
+            self.feed.watch(*self.oms.state.position_quantities())
+            self.feed.refresh_soon()
         await poll(self.oms)  # journals the new state, and a halt cancels the open orders
 
     def close(self) -> None:
-        """Close the journal and the broker's record."""
+        """Close the journal, the broker (its record or its connections) and the market data feed."""
         self.journal.close()
-        self.broker.close()
+        close = getattr(self.broker, "close", None)
+        if close is not None:
+            close()
+        if self.feed is not None:
+            self.feed.close()
 
     async def run_synthetic(self) -> int:
-        """Send ``cfg.signals`` synthetic signals, resuming after the last one the journal has."""
-        cfg, oms = self.cfg, self.oms
-        source = SyntheticSignals(self.broker.market.instruments, cfg.signal_seed)
+        """Send ``cfg.signals`` synthetic signals, resuming after the last one the journal has (paper only)."""
+        cfg, oms, broker = self.cfg, self.oms, self.paper
+        if broker is None:
+            raise ConfigError(
+                "synthetic signals need the paper broker", where="--signals", fix="drop --signals"
+            )
+        source = SyntheticSignals(broker.market.instruments, cfg.signal_seed)
         seen = [
             SyntheticSignals.index(o.signal_id) for o in [*oms.state.orders.values(), *oms.state.superseded]
         ]
@@ -228,15 +335,15 @@ class TradingRuntime:
             for intent in plan_orders(signal, view.positions, view.marks, view.equity):
                 await oms.submit(intent)
             sent += 1
-            if (k + 1) % cfg.advance_every == 0 and not self.broker.exhausted:
-                self.broker.advance()
+            if (k + 1) % cfg.advance_every == 0 and not broker.exhausted:
+                broker.advance()
             if (k + 1) % cfg.poll_every == 0:
                 await self.tick()
         return sent
 
 
 async def run(
-    cfg: RuntimeConfig, market: QlibMarket, on_ready: Callable[[RecoveryReport], None] | None = None
+    cfg: RuntimeConfig, market: QlibMarket | None, on_ready: Callable[[RecoveryReport], None] | None = None
 ) -> int:
     """One life of the process: recover, then trade the synthetic signals; the exit code.
 
@@ -260,7 +367,9 @@ async def run(
 class Pod:
     """The serving life of a runtime: the signal API, the background loops, and a graceful stop."""
 
-    def __init__(self, cfg: RuntimeConfig, market: QlibMarket, scores: ScoreBook | None = None) -> None:
+    def __init__(
+        self, cfg: RuntimeConfig, market: QlibMarket | None, scores: ScoreBook | None = None
+    ) -> None:
         self.cfg = cfg
         self.runtime = TradingRuntime(cfg, market)
         self.scores = scores
@@ -288,9 +397,11 @@ class Pod:
             if not runtime.oms.ready:
                 log.error("recovery failed closed, no strategy starts: %s", report.halted)
                 return EXIT_HALTED
+            if runtime.connected_equity is not None:
+                service.starting_equity = runtime.connected_equity  # a real account's pnl: since this start
             rebalancer = runtime.rebalancer(self.scores) if self.scores is not None else None
             tasks.append(asyncio.create_task(self._every(cfg.tick_seconds, runtime.tick, "housekeeping")))
-            if cfg.bar_interval > 0:
+            if runtime.paper is not None and cfg.bar_interval > 0:
                 tasks.append(
                     asyncio.create_task(self._every(cfg.bar_interval, self._advance, "paper market"))
                 )
@@ -337,10 +448,10 @@ class Pod:
                 self.stop("the OMS failed", 1)
 
     async def _advance(self) -> None:
-        broker = self.runtime.broker
-        if broker.exhausted:
+        broker = self.runtime.paper
+        if broker is None or broker.exhausted:
             return
-        broker.advance()
+        await broker.advance_async()  # deals the bar in chunks, giving the loop back to signals
         if broker.exhausted:
             log.warning("the paper market has no more bars")
         await self.runtime.tick()
@@ -392,6 +503,13 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
     p.add_argument("--policy", type=Path, help="RiskPolicy file (watched); default: the session file")
     p.add_argument("--state-dir", type=Path, required=True, help="the session's volume (journal)")
     p.add_argument("--broker-record", type=Path, help="the paper broker's SQLite file")
+    p.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=DEFAULT_SECRETS_DIR,
+        help=f"the broker's credentials Secret, one file per key (default {DEFAULT_SECRETS_DIR}; "
+        "keys missing there come from the environment)",
+    )
     p.add_argument("--data", type=Path, help="qlib bundle path (overrides spec.data)")
     p.add_argument("--host", default="0.0.0.0", help="the signal API's bind address (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="the signal API's port (default spec.strategy.signalApi.port)")
@@ -416,6 +534,12 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
             raise ConfigError(
                 f"{flag} {value} is not a positive number of seconds", where=flag, fix="give seconds > 0"
             )
+    if a.signals > 0 and session.spec.broker.type != BrokerType.PAPER:
+        raise ConfigError(
+            f"synthetic signals trade on the paper broker, not on broker type {session.spec.broker.type!s}",
+            where="--signals",
+            fix="drop --signals, or use a session with spec.broker.type: paper",
+        )
     if a.port is not None and not 0 <= a.port <= 65535:
         raise ConfigError(
             f"port {a.port} is out of range", where="--port", fix="give 0-65535 (0: any free port)"
@@ -435,6 +559,7 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
         token_file=a.token_file,
         tick_seconds=a.tick_seconds,
         bar_seconds=a.bar_seconds,
+        secrets_dir=a.secrets_dir,
     )
 
 
@@ -456,8 +581,11 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.signals > 0:
                 return asyncio.run(run(cfg, prepare(cfg)))
             token = session_token(cfg)
-            market = prepare(cfg)
-            scores = session_scores(cfg, market)
+            if not cfg.paper:
+                refuse_paper_only(cfg.session)  # before anything slow
+            # Only the paper broker deals bars; a real broker's session needs no qlib bundle.
+            market = prepare(cfg) if cfg.paper else None
+            scores = session_scores(cfg, market) if market is not None else None
             # qlib and pandas leave ~200k long-lived objects; frozen, a full collection no longer
             # walks them (it paused the signal path ~100 ms at a time).
             gc.collect()

@@ -8,6 +8,7 @@ handler and the benchmark share ``SignalService.handle``: parse, plan, submit.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -205,12 +206,13 @@ class SignalService:
         self.starting_equity = starting_equity
         self.knows = knows
         self._by_signal: dict[str, list[str]] | None = None
+        self._pending: dict[str, asyncio.Future[None]] = {}  # signal ids whose orders are being submitted
 
     @classmethod
     def for_runtime(cls, runtime: TradingRuntime) -> SignalService:
-        """The service of a wired runtime: its OMS, its starting cash, its market's instruments."""
+        """The service of a wired runtime: its OMS, its starting cash, its instruments (the market's, or the universe)."""
         cash = Decimal(repr(runtime.cfg.session.spec.starting_cash))
-        return cls(runtime.oms, starting_equity=cash, knows=runtime.broker.market.knows)
+        return cls(runtime.oms, starting_equity=cash, knows=runtime.knows())
 
     def _index(self) -> dict[str, list[str]]:
         # Built from the journal-backed state on first use (after recovery), then kept up to date.
@@ -228,18 +230,34 @@ class SignalService:
         if not oms.ready:
             raise NotReady(oms.failed or "recovery has not finished", fix="wait for /readyz")
         index = self._index()
+        pending = self._pending.get(signal.signal_id)
+        if pending is not None:  # the same id is being submitted right now: answer once it is done
+            await asyncio.shield(pending)
         known = index.get(signal.signal_id)
         if known is not None:
             orders = [oms.state.orders[cid] for cid in known]
             return SignalAnswer(200, self._answer(signal.signal_id, orders, duplicate=True))
-        index[signal.signal_id] = cids = []
         view = oms.view(*(t.instrument for t in signal.targets))
+        for i, target in enumerate(signal.targets):
+            mark = view.marks.get(target.instrument)
+            if target.weight is not None and (mark is None or mark <= 0):
+                raise BadRequest(
+                    f"no last price for {target.instrument} yet, so its weight cannot become a quantity",
+                    f"targets[{i}].weight",
+                    "send a quantity instead, or send the signal again once the instrument has traded",
+                )
+        done = self._pending[signal.signal_id] = asyncio.get_running_loop().create_future()
+        index[signal.signal_id] = cids = []
         orders = []
-        for intent in plan_orders(signal, view.positions, view.marks, view.equity):
-            outcome = await oms.submit(intent, received)
-            if outcome.order.client_order_id not in cids:
-                cids.append(outcome.order.client_order_id)
-            orders.append(outcome.order)
+        try:
+            for intent in plan_orders(signal, view.positions, view.marks, view.equity):
+                outcome = await oms.submit(intent, received)
+                if outcome.order.client_order_id not in cids:
+                    cids.append(outcome.order.client_order_id)
+                orders.append(outcome.order)
+        finally:
+            del self._pending[signal.signal_id]
+            done.set_result(None)
         return SignalAnswer(202, self._answer(signal.signal_id, orders, duplicate=False))
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +19,9 @@ from kubequant.workloads.trading.events import (
     RiskStateChanged,
 )
 from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus, next_status
+
+# Sums of quantities kept exact (no rounding at the default 28 digits) however many orders go through.
+_EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation])
 
 
 @dataclass
@@ -42,10 +46,11 @@ class OmsState:
     # Client order ids of live orders, oldest first (a dict keeps insertion order): the hot path
     # (the risk view of every signal) must not walk every order of the session.
     live: dict[str, None] = field(default_factory=dict)
-    # The same by instrument, and each instrument's signed remaining quantity of live orders, summed
-    # once per change of its orders rather than once per view.
+    # The same by instrument, and each instrument's signed remaining quantity of live orders, kept
+    # up to date by each order's change (O(1)), so a view never walks the orders of an instrument.
     live_by_instrument: dict[str, dict[str, None]] = field(default_factory=dict, compare=False, repr=False)
     _live_sums: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
+    _pending: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> OmsState:
@@ -124,16 +129,24 @@ class OmsState:
         if order.broker_order_id:
             self.by_broker_id[order.broker_order_id] = order.client_order_id
         cid, inst = order.client_order_id, order.instrument
-        self._live_sums.pop(inst, None)
+        old = self._pending.get(cid)
         if order.is_live:
-            self.live.setdefault(cid)
-            self.live_by_instrument.setdefault(inst, {}).setdefault(cid)
-        elif cid in self.live:
-            del self.live[cid]
+            new = order.remaining * order.side.sign
+            if old is None:
+                self.live.setdefault(cid)
+                self.live_by_instrument.setdefault(inst, {}).setdefault(cid)
+                self._live_sums[inst] = _EXACT.add(self._live_sums.get(inst, ZERO), new)
+            elif new != old:
+                self._live_sums[inst] = _EXACT.add(self._live_sums[inst], _EXACT.subtract(new, old))
+            self._pending[cid] = new
+        elif old is not None:
+            del self.live[cid], self._pending[cid]
             same = self.live_by_instrument[inst]
             del same[cid]
-            if not same:
-                del self.live_by_instrument[inst]
+            if same:
+                self._live_sums[inst] = _EXACT.subtract(self._live_sums[inst], old)
+            else:  # the last live order of the instrument: exactly nothing pending
+                del self.live_by_instrument[inst], self._live_sums[inst]
 
     def position(self, instrument: str) -> Decimal:
         """Signed filled quantity of ``instrument``."""
@@ -147,14 +160,7 @@ class OmsState:
     def projected(self) -> dict[str, Decimal]:
         """Positions as if every live order filled completely (what the risk engine limits)."""
         out = self.position_quantities()
-        for inst, cids in self.live_by_instrument.items():
-            pending = self._live_sums.get(inst)
-            if pending is None:
-                pending = ZERO
-                for cid in cids:
-                    order = self.orders[cid]
-                    pending += order.remaining * order.side.sign
-                self._live_sums[inst] = pending
+        for inst, pending in self._live_sums.items():
             out[inst] = out.get(inst, ZERO) + pending
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -208,5 +209,62 @@ def test_status_and_positions_after_a_fill(tmp_path: Path, api_session: tuple[Pa
         assert status["positions"] == 1 and status["equity"] > 0 and "pnl" in status
         orders = (await (await client.get("/v1/orders", headers=AUTH)).json())["orders"]
         assert {o["status"] for o in orders} == {"filled", "rejected"}
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_the_same_id_at_the_same_time_answers_with_the_orders(
+    tmp_path: Path, api_session: tuple[Path, QlibMarket]
+) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        body = {
+            "id": "twice-at-once",
+            "targets": [
+                {"instrument": "SYN0001", "quantity": 300},
+                {"instrument": "SYN0002", "quantity": 200},
+            ],
+        }
+        first, second = await asyncio.gather(
+            client.post("/v1/signals", json=body, headers=AUTH),
+            client.post("/v1/signals", json=body, headers=AUTH),
+        )
+        answers = sorted([(first.status, await first.json()), (second.status, await second.json())])
+        assert [status for status, _ in answers] == [200, 202]
+        duplicate, original = answers[0][1], answers[1][1]
+        assert duplicate["duplicate"] is True and original["duplicate"] is False
+        ids = [o["clientOrderId"] for o in original["orders"]]
+        assert len(ids) == 2 and [o["clientOrderId"] for o in duplicate["orders"]] == ids
+        venue = sqlite3.connect(runtime.cfg.broker_path)
+        assert venue.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 2
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_a_weight_without_a_price_is_refused_naming_the_target(
+    tmp_path: Path, api_session: tuple[Path, QlibMarket]
+) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        priced = runtime.oms.view
+
+        def unpriced(*instruments: str) -> Any:  # a venue that has no trade for SYN0002 yet
+            view = priced(*instruments)
+            return dataclasses.replace(view, marks={k: v for k, v in view.marks.items() if k != "SYN0002"})
+
+        runtime.oms.view = unpriced  # type: ignore[method-assign]
+        body = {
+            "id": "no-price",
+            "targets": [
+                {"instrument": "SYN0001", "quantity": 100},
+                {"instrument": "SYN0002", "weight": 0.02},
+            ],
+        }
+        refused = await client.post("/v1/signals", json=body, headers=AUTH)
+        assert refused.status == 422
+        error = await refused.json()
+        assert error["field"] == "targets[1].weight" and "SYN0002" in error["error"], error
+        assert not runtime.oms.state.orders  # nothing of the signal was sent
+        runtime.oms.view = priced  # type: ignore[method-assign]
+        accepted = await client.post("/v1/signals", json=body, headers=AUTH)  # the same id, once priced
+        assert accepted.status == 202 and len((await accepted.json())["orders"]) == 2
 
     run(tmp_path, api_session, scenario)

@@ -143,7 +143,7 @@ def resolve_endpoint(mode: SessionMode, endpoint: str | None) -> tuple[bool, str
     ``spec.broker.endpoint`` overrides the URL (a proxy, a test server), but never across the line
     between paper and real money: a paper session pointed at the live API is refused, and the reverse.
     """
-    paper = mode is SessionMode.PAPER
+    paper = mode == SessionMode.PAPER  # the model keeps enum values as plain strings
     if endpoint is None:
         return paper, None
     url = endpoint.rstrip("/").removesuffix("/v2")  # alpaca-py appends /v2 itself

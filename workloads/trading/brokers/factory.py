@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubequant.api.live import BrokerType, LiveTradingSession
 from kubequant.errors import ConfigError
@@ -12,6 +12,7 @@ from kubequant.workloads.trading.brokers.base import Broker
 
 if TYPE_CHECKING:
     from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
+    from kubequant.workloads.trading.oms import PriceSource
 
 
 def build_broker(
@@ -36,15 +37,36 @@ def build_broker(
             )
         return PaperBroker(market, record_path, starting_cash=Decimal(repr(spec.starting_cash)))
     if spec.broker.type == BrokerType.ALPACA:
-        try:
-            import alpaca.trading.client  # noqa: F401  (the optional extra)
-        except ImportError as err:
-            raise ConfigError(
-                f"broker type alpaca needs alpaca-py, which is not installed ({err})",
-                where="spec.broker.type",
-                fix="pip install 'kubequant[alpaca]'",
-            ) from err
+        _require_alpaca_py()
         from kubequant.workloads.trading.brokers.alpaca import AlpacaBroker
 
         return AlpacaBroker.from_session(session, secrets_dir)
     raise ConfigError(f"no adapter for broker type {spec.broker.type}", where="spec.broker.type")
+
+
+def build_price_source(
+    session: LiveTradingSession, broker: Broker, *, secrets_dir: Path | None, **options: Any
+) -> PriceSource:
+    """Where the session's last prices come from: the paper broker's bars, or Alpaca's market data API.
+
+    ``options`` go to AlpacaPrices (refresh_seconds, max_age, timeout).
+    """
+    if session.spec.broker.type == BrokerType.PAPER:
+        return broker  # type: ignore[return-value]  # the PaperBroker prices its own bars
+    if session.spec.broker.type == BrokerType.ALPACA:
+        _require_alpaca_py()
+        from kubequant.workloads.trading.brokers.alpaca_market import AlpacaPrices
+
+        return AlpacaPrices.from_session(session, secrets_dir, **options)
+    raise ConfigError(f"no price source for broker type {session.spec.broker.type}", where="spec.broker.type")
+
+
+def _require_alpaca_py() -> None:
+    try:
+        import alpaca.trading.client  # noqa: F401  (the optional extra)
+    except ImportError as err:
+        raise ConfigError(
+            f"broker type alpaca needs alpaca-py, which is not installed ({err})",
+            where="spec.broker.type",
+            fix="pip install 'kubequant[alpaca]'",
+        ) from err

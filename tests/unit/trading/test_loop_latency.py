@@ -1,0 +1,265 @@
+"""Housekeeping and the venue never hold the event loop for long, and change nothing for being quicker."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubequant.workloads.trading import reconcile
+from kubequant.workloads.trading.brokers.base import BrokerRejected, DuplicateOrder, SubmitRequest
+from kubequant.workloads.trading.brokers.paper import PaperBroker
+from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
+from kubequant.workloads.trading.domain import OrderIntent, Side
+from kubequant.workloads.trading.journal import CHECKPOINT_EVERY, Journal
+from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.reconcile import poll
+from kubequant.workloads.trading.recovery import recover
+from kubequant.workloads.trading.state import OmsState
+
+pytestmark = pytest.mark.unit
+CASH = Decimal(1_000_000)
+INSTRUMENTS = ("SYN0001", "SYN0002", "SYN0003", "SYN0004", "SYN0005", "SYN0006")
+# A mix the deal treats differently: whole fills, sells clipped to the holding (the rest expires),
+# odd lots rounded down, buys clipped by cash late in the bar.
+ORDERS = [
+    (
+        f"o{k}",
+        INSTRUMENTS[k % 6],
+        Side.SELL if k % 5 == 4 else Side.BUY,
+        100 * (1 + k % 7) + (50 if k % 9 == 0 else 0),
+    )
+    for k in range(60)
+] + [("whale", "SYN0002", Side.BUY, 10_000_000)]
+
+
+class Ticker:
+    """A task that counts its turns on the event loop: how often something else let it run."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._stop = False
+
+    async def run(self) -> None:
+        while not self._stop:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+async def submit_all(broker: PaperBroker, orders: list[tuple[str, str, Side, int]]) -> None:
+    for cid, inst, side, qty in orders:
+        await broker.submit(SubmitRequest(cid, inst, side, Decimal(qty)))
+
+
+def record(broker: PaperBroker) -> tuple[Any, ...]:
+    """What the venue's record says, fill times aside."""
+    fills = [
+        (f.fill_id, f.client_order_id, f.instrument, f.side, f.quantity, f.price, f.fee)
+        for f in broker.record_fills()
+    ]
+    orders = broker._db.execute(
+        "SELECT client_order_id, filled, status, reason FROM orders ORDER BY seq"
+    ).fetchall()
+    return fills, orders, broker.record_positions(), asyncio.run(broker.account()).cash, broker.bar
+
+
+# --- the paper venue ---------------------------------------------------------------------------
+def test_dealing_a_bar_in_chunks_gives_the_loop_back_and_deals_exactly_as_at_once(
+    tmp_path: Path, market: QlibMarket
+) -> None:
+    at_once = PaperBroker(market, tmp_path / "a.sqlite", starting_cash=CASH)
+    chunked = PaperBroker(market, tmp_path / "b.sqlite", starting_cash=CASH)
+    ticker = Ticker()
+
+    async def main() -> None:
+        for broker in (at_once, chunked):
+            await submit_all(broker, ORDERS[:30])
+        at_once.advance()
+        task = asyncio.create_task(ticker.run())
+        await chunked.advance_async(chunk=4)
+        ticker.stop()
+        await task
+        for broker in (at_once, chunked):  # sells against what the first bar bought
+            await submit_all(broker, ORDERS[30:])
+        at_once.advance()
+        await chunked.advance_async(chunk=4)
+
+    asyncio.run(main())
+    assert ticker.turns >= 30 // 4  # the loop came back between chunks
+    assert record(chunked) == record(at_once)
+    assert len(at_once.record_fills()) > 30
+    for broker in (at_once, chunked):
+        broker.close()
+
+
+def test_an_order_placed_while_a_bar_is_dealt_trades_at_the_next_bar_and_a_cancel_comes_too_late(
+    tmp_path: Path, market: QlibMarket
+) -> None:
+    broker = PaperBroker(market, tmp_path / "b.sqlite", starting_cash=CASH)
+    late: dict[str, Any] = {}
+
+    async def meanwhile() -> None:
+        await asyncio.sleep(0)  # the deal has started
+        ack = await broker.submit(SubmitRequest("late", "SYN0001", Side.BUY, Decimal(100)))
+        late["open"] = (await broker.get_order("late")).status  # type: ignore[union-attr]
+        first = await broker.get_order("o0")
+        assert first is not None
+        with pytest.raises(BrokerRejected, match="being dealt"):
+            await broker.cancel(first.broker_order_id)
+        late["ack"] = ack
+
+    async def main() -> None:
+        await submit_all(broker, ORDERS[:12])
+        task = asyncio.create_task(meanwhile())
+        await broker.advance_async(chunk=1)
+        await task
+
+    asyncio.run(main())
+    assert late["open"] is OrderStatus.ACCEPTED
+    assert asyncio.run(broker.get_order("late")).status is OrderStatus.ACCEPTED  # type: ignore[union-attr]
+    dealt = asyncio.run(broker.get_order("o0"))
+    assert dealt is not None and dealt.filled_quantity > 0  # the cancel came too late: it was dealt
+    broker.advance()
+    assert asyncio.run(broker.get_order("late")).status is OrderStatus.FILLED  # type: ignore[union-attr]
+    broker.close()
+
+
+def test_fills_served_from_memory_equal_the_record_and_a_reopened_venue_refuses_known_ids(
+    tmp_path: Path, market: QlibMarket
+) -> None:
+    path = tmp_path / "b.sqlite"
+    broker = PaperBroker(market, path, starting_cash=CASH)
+    asyncio.run(submit_all(broker, ORDERS[:20]))
+    broker.advance()
+    broker.close()
+    # A restart: the first bar's fills are in the record only.
+    broker = PaperBroker(market, path, starting_cash=CASH)
+    asyncio.run(submit_all(broker, ORDERS[20:40]))
+    broker.advance()
+    asyncio.run(submit_all(broker, ORDERS[40:]))
+    broker.advance()
+    cursors = [None] + [f"PF{seq:010d}" for seq in range(0, len(broker.record_fills()) + 2)]
+    served = {c: asyncio.run(broker.fills_since(c)) for c in cursors}
+    with pytest.raises(DuplicateOrder):
+        asyncio.run(broker.submit(SubmitRequest("o3", "SYN0001", Side.BUY, Decimal(100))))
+    broker.close()
+    reader = PaperBroker(market, path, starting_cash=CASH)  # reads everything from the record
+    assert served == {c: asyncio.run(reader.fills_since(c)) for c in cursors}
+    with pytest.raises(DuplicateOrder):
+        asyncio.run(reader.submit(SubmitRequest("o25", "SYN0001", Side.BUY, Decimal(100))))
+    assert reader.record_submissions()["o25"] == 2  # the refused attempt is recorded all the same
+    reader.close()
+
+
+# --- housekeeping ------------------------------------------------------------------------------
+def buy(k: int) -> OrderIntent:
+    """Whole lots fill; an odd lot fills its whole lots and the rest expires."""
+    qty = 150 if k % 5 == 0 else 100 * (1 + k % 3)
+    return OrderIntent(INSTRUMENTS[k % 6], Side.BUY, Decimal(qty), f"sig-{k}", "leg")
+
+
+def test_housekeeping_stages_its_facts_in_shared_transactions_and_never_fsyncs_on_the_loop(
+    open_session: Any,
+) -> None:
+    s = open_session()
+    asyncio.run(recover(s.oms))
+
+    async def trade() -> None:
+        await asyncio.gather(*(s.oms.submit(buy(k)) for k in range(150)))
+
+    asyncio.run(trade())
+    s.broker.advance()  # fills every order, and expires the odd lots' rest
+    at_broker = {cid: asyncio.run(s.broker.get_order(cid)) for cid in s.oms.state.orders}
+    assert {r.status for r in at_broker.values() if r} == {OrderStatus.FILLED, OrderStatus.EXPIRED}
+
+    def no_sync_writes(*events: Any) -> int:
+        raise AssertionError(f"a synchronous journal write (an fsync on the event loop): {events}")
+
+    s.journal.append = no_sync_writes
+    tx0, ev0 = s.journal.transactions, s.journal.written
+    ticker = Ticker()
+
+    async def housekeeping() -> None:
+        task = asyncio.create_task(ticker.run())
+        await poll(s.oms)
+        ticker.stop()
+        await task
+
+    asyncio.run(housekeeping())
+    state = s.oms.state
+    assert {cid: (o.status, o.filled_quantity) for cid, o in state.orders.items()} == {
+        cid: (r.status, r.filled_quantity) for cid, r in at_broker.items() if r
+    }
+    assert not state.live_orders()
+    assert s.oms.failed is None and not s.oms.anomalies
+    # ~180 fills and expiries in a few transactions, not one fsync each; and the loop came back
+    # between the chunks.
+    events, transactions = s.journal.written - ev0, s.journal.transactions - tx0
+    assert events > 150 and transactions * 5 <= events
+    assert ticker.turns >= 150 // reconcile.CHUNK
+    # Everything is on disk when poll returns: a restart rebuilds the same state.
+    s.journal.append = Journal.append.__get__(s.journal)
+    rebuilt = OmsState.rebuild(s.journal.events())
+    assert rebuilt.orders == state.orders and rebuilt.positions == state.positions
+    assert rebuilt.account == state.account
+
+
+def test_an_order_cancelled_on_halt_is_journaled_before_the_broker_hears_of_it(open_session: Any) -> None:
+    s = open_session()
+    asyncio.run(recover(s.oms))
+    outcome = asyncio.run(s.oms.submit(buy(1)))
+    seen: list[str] = []
+    real_cancel = s.broker.cancel
+
+    async def cancel(broker_order_id: str) -> None:
+        other = sqlite3.connect(s.journal.path)
+        seen.extend(k for (k,) in other.execute("SELECT kind FROM events ORDER BY seq"))
+        other.close()
+        await real_cancel(broker_order_id)
+
+    s.broker.cancel = cancel
+    s.oms.risk.set_kill_switch(True)
+    asyncio.run(poll(s.oms))
+    assert seen[-1] == "OrderCancelRequested"
+    assert s.oms.state.orders[outcome.order.client_order_id].status is OrderStatus.PENDING_CANCEL
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+def wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_journal_checkpoints_on_a_thread_of_its_own_never_in_a_commit(tmp_path: Path) -> None:
+    from kubequant.workloads.trading.domain import utcnow
+    from kubequant.workloads.trading.events import AccountSnapshot
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(2 * CHECKPOINT_EVERY):
+        journal.append(AccountSnapshot(utcnow(), Decimal(i), Decimal(i)))
+    assert wait_for(lambda: journal.checkpointer.checkpoints >= 1)
+    journal.close()
+    with Journal(tmp_path / "journal.sqlite") as reopened:
+        assert [e.cash for e in reopened.events()] == list(range(2 * CHECKPOINT_EVERY))  # type: ignore[attr-defined]
+
+
+def test_the_paper_venue_checkpoints_off_the_event_loop(tmp_path: Path, market: QlibMarket) -> None:
+    broker = PaperBroker(market, tmp_path / "b.sqlite", starting_cash=CASH)
+    assert broker._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    orders = [(f"c{k}", INSTRUMENTS[k % 6], Side.BUY, 100) for k in range(CHECKPOINT_EVERY + 10)]
+    asyncio.run(submit_all(broker, orders))
+    assert wait_for(lambda: broker._checkpointer.checkpoints >= 1)
+    broker.close()
