@@ -113,3 +113,23 @@ def test_minutes_are_the_minute_exchanges_quote(bundle: Path) -> None:
     for day in days:
         lo, hi = bars.day_span(day)
         assert hi - lo == 240
+
+
+def test_the_reshaped_daily_quote_equals_the_day_by_day_one(bundle: Path) -> None:
+    from kubequant.workloads.backtest import minute_exchange as mx
+
+    days = [pd.Timestamp(d) for d in (bundle / "calendars" / "day.txt").read_text().split()[-DAYS:]]
+    fields = mx.MinuteFields.load(
+        {"market": "intraday", "filter_pipe": []},
+        ["$close", "$volume", "$factor", "$change"],
+        days[0],
+        end_of_day(days[-1]),
+    )
+    buy, sell = mx.limit_flags(fields, "float", 0.095)
+    spans = [(day, i * 240, (i + 1) * 240) for i, day in enumerate(days)]
+    even = mx.daily_quote(fields, buy, sell, spans)
+    # A leading empty span forces the general path (uneven days) on the same data.
+    looped = mx.daily_quote(fields, buy, sell, [(days[0] - pd.Timedelta(days=1), 0, 0), *spans])
+    pd.testing.assert_frame_equal(even, looped)
+    assert len(even) == len(fields.instruments) * DAYS  # suspended days are rows of NaN, as in qlib's quote
+    assert even["$close"].isna().sum() >= 1
