@@ -115,21 +115,41 @@ def test_minutes_are_the_minute_exchanges_quote(bundle: Path) -> None:
         assert hi - lo == 240
 
 
-def test_the_reshaped_daily_quote_equals_the_day_by_day_one(bundle: Path) -> None:
+def test_days_of_different_lengths_are_aggregated_like_equal_ones(bundle: Path) -> None:
+    """Short sessions (a half day) go through the same reduction: checked against a pandas groupby."""
     from kubequant.workloads.backtest import minute_exchange as mx
 
     days = [pd.Timestamp(d) for d in (bundle / "calendars" / "day.txt").read_text().split()[-DAYS:]]
+    names = ["$close", "$volume", "$factor", "$change"]
     fields = mx.MinuteFields.load(
-        {"market": "intraday", "filter_pipe": []},
-        ["$close", "$volume", "$factor", "$change"],
-        days[0],
-        end_of_day(days[-1]),
+        {"market": "intraday", "filter_pipe": []}, names, days[0], end_of_day(days[-1])
     )
     buy, sell = mx.limit_flags(fields, "float", 0.095)
-    spans = [(day, i * 240, (i + 1) * 240) for i, day in enumerate(days)]
-    even = mx.daily_quote(fields, buy, sell, spans)
-    # A leading empty span forces the general path (uneven days) on the same data.
-    looped = mx.daily_quote(fields, buy, sell, [(days[0] - pd.Timedelta(days=1), 0, 0), *spans])
-    pd.testing.assert_frame_equal(even, looped)
-    assert len(even) == len(fields.instruments) * DAYS  # suspended days are rows of NaN, as in qlib's quote
-    assert even["$close"].isna().sum() >= 1
+    # Uneven "days": the first day in two halves, the others whole, and an empty span.
+    spans = [(days[0] - pd.Timedelta(days=1), 0, 0), (days[0] - pd.Timedelta(hours=1), 0, 120)]
+    spans += [(days[0], 120, 240)] + [(day, i * 240, (i + 1) * 240) for i, day in enumerate(days) if i]
+    got = mx.daily_quote(fields, buy, sell, spans)
+
+    label = np.empty(len(fields.calendar), dtype="datetime64[ns]")
+    for day, lo, hi in spans:
+        label[lo:hi] = np.datetime64(day)
+    inst = np.repeat(np.array(fields.instruments), len(fields.calendar))
+    when = np.tile(label, len(fields.instruments))
+    long = pd.DataFrame({name: fields.values[name].reshape(-1) for name in names})
+    long["limit_buy"], long["limit_sell"] = buy.reshape(-1), sell.reshape(-1)
+    long = long[fields.present.reshape(-1)]
+    keys = [inst[fields.present.reshape(-1)], when[fields.present.reshape(-1)]]
+    grouped = long.groupby(keys)
+    want = pd.concat(
+        {
+            **{name: grouped[name].last() for name in names if name != "$volume"},
+            "$volume": grouped["$volume"].sum(),
+            "limit_buy": grouped["limit_buy"].all(),
+            "limit_sell": grouped["limit_sell"].all(),
+        },
+        axis=1,
+    )[list(got.columns)]
+    want.index = want.index.set_names(["instrument", "datetime"])
+    pd.testing.assert_frame_equal(got, want, check_index_type=False, check_freq=False, rtol=1e-9)
+    assert len(got) == len(fields.instruments) * (DAYS + 1)  # suspended days are rows of NaN, as in qlib
+    assert got["$close"].isna().sum() >= 1

@@ -91,8 +91,8 @@ def slice_day(
     """Run one day's minutes for ``n`` parent orders; the children, and the cash after.
 
     Parents ``k`` trade instrument row ``stock[k]`` of the day's (rows × minutes) bars; ``expected[k, t]``
-    is the share of the parent expected done after minute ``t`` (``twap``: computed as qlib's TWAP does); ``lot[k]`` is the parent's trade unit
-    in shares (NaN: no rounding). ``held``/``present`` are the position (updated in place). ``costs``:
+    is the share of the parent expected done after minute ``t`` (unused with ``twap``: the kernel
+    takes equal steps in qlib's TWAP operation order); ``lot[k]`` is the parent's trade unit in shares (NaN: no rounding). ``held``/``present`` are the position (updated in place). ``costs``:
     open, close, min cost, qlib's impact_cost, trade unit (NaN: none). ``impact``: enabled (0/1),
     slippage bps, temporary, permanent, beta, max participation (NaN: no cap).
     """
@@ -294,10 +294,9 @@ class CompiledSlicingExecutor(SimulatorExecutor):  # type: ignore[misc]
     # ---- one day -------------------------------------------------------------------------------
 
     def _expected(self, orders: list[Order], lo: int, hi: int) -> np.ndarray:
-        """Share of each parent expected done after each minute: equal steps (TWAP), or the volume profile."""
-        steps = hi - lo
+        """VWAP: share of each parent expected done after each minute. TWAP: none (the kernel computes it)."""
         if self.slicing == "twap":
-            return np.tile(np.arange(1, steps + 1, dtype=np.float64) / steps, (len(orders), 1))
+            return np.empty((len(orders), 0))
         bars: MinuteBars = self.trade_exchange.minutes
         minutes = bars.minutes[lo:hi]
         spans = list(zip(minutes, minutes + pd.Timedelta(seconds=59), strict=True))

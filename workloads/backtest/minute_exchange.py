@@ -169,85 +169,64 @@ def limit_flags(fields: MinuteFields, limit_type: str, threshold: Any) -> tuple[
         return (change >= threshold) | suspended, (change <= -threshold) | suspended
 
 
-def _last_valid(block: np.ndarray) -> np.ndarray:
-    """Per row, the last value that is not NaN (NaN when there is none): qlib's ts_data_last."""
-    valid = ~np.isnan(block)
-    last = block.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
-    out = block[np.arange(block.shape[0]), last]
-    return np.where(valid.any(axis=1), out, np.nan)
-
-
 def daily_quote(
     fields: MinuteFields,
     limit_buy: np.ndarray,
     limit_sell: np.ndarray,
     spans: list[tuple[pd.Timestamp, int, int]],
 ) -> pd.DataFrame:
-    """One row per instrument and day with what qlib's 1-minute quote answers for that day's range."""
-    lengths = {hi - lo for _, lo, hi in spans}
-    if len(lengths) == 1 and spans and spans[0][1] == 0 and spans[-1][2] == len(fields.calendar):
-        return _daily_quote_even(fields, limit_buy, limit_sell, spans, lengths.pop())
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in [*fields.values, "limit_buy", "limit_sell"]}
-    keys_inst, keys_day = [], []
-    for day, lo, hi in spans:
-        rows = fields.present[:, lo:hi].any(axis=1)
-        if not rows.any():
-            continue
-        keys_inst.append(np.array(fields.instruments)[rows])
-        keys_day.append(np.full(int(rows.sum()), np.datetime64(day)))
-        present = fields.present[rows, lo:hi]
-        for name, values in fields.values.items():
-            block = values[rows, lo:hi]
-            columns[name].append(np.nansum(block, axis=1) if name == "$volume" else _last_valid(block))
-        for name, flags in (("limit_buy", limit_buy), ("limit_sell", limit_sell)):
-            columns[name].append(np.where(present, flags[rows, lo:hi], True).all(axis=1))
-    index = pd.MultiIndex.from_arrays(
-        [np.concatenate(keys_inst) if keys_inst else [], np.concatenate(keys_day) if keys_day else []],
-        names=["instrument", "datetime"],
-    )
-    data = {name: (np.concatenate(parts) if parts else []) for name, parts in columns.items()}
-    out = pd.DataFrame(data, index=index)
-    for name in ("limit_buy", "limit_sell"):
-        out[name] = out[name].astype(bool)
-    return out.sort_index()
+    """One row per instrument and day with what qlib's 1-minute quote answers for that day's range.
+
+    ``spans``: each day's minute columns [lo, hi). Days of equal length are reduced together as one
+    (instrument × day × minute) cube — one group when every day has the same session.
+    """
+    parts = []
+    for length in sorted({hi - lo for _, lo, hi in spans} - {0}):
+        group = [(day, lo, hi) for day, lo, hi in spans if hi - lo == length]
+        columns = np.concatenate([np.arange(lo, hi) for _, lo, hi in group])
+        parts.append(_days_of_equal_length(fields, limit_buy, limit_sell, columns, [d for d, _, _ in group]))
+    if not parts:
+        index = pd.MultiIndex.from_arrays([[], []], names=["instrument", "datetime"])
+        return pd.DataFrame({name: [] for name in [*fields.values, "limit_buy", "limit_sell"]}, index=index)
+    return pd.concat(parts).sort_index()
 
 
-def _daily_quote_even(
+def _days_of_equal_length(
     fields: MinuteFields,
     limit_buy: np.ndarray,
     limit_sell: np.ndarray,
-    spans: list[tuple[pd.Timestamp, int, int]],
-    per_day: int,
+    columns: np.ndarray,
+    days: list[pd.Timestamp],
 ) -> pd.DataFrame:
-    """``daily_quote`` when every day has ``per_day`` minutes: one reshape instead of a loop over days."""
-    n, d = len(fields.instruments), len(spans)
+    """``daily_quote`` for days whose minutes, in ``columns``, come in runs of the same length."""
+    n, d = len(fields.instruments), len(days)
 
     def cube(a: np.ndarray) -> np.ndarray:
-        return a.reshape(n, d, per_day)
+        return a[:, columns].reshape(n, d, -1)
 
     present = cube(fields.present)
     rows = present.any(axis=2).reshape(-1)  # (instrument, day) pairs with a row in qlib's quote
     data: dict[str, np.ndarray] = {}
     for name, values in fields.values.items():
         block = cube(values)
-        if name == "$volume":
+        if name == "$volume":  # qlib's "sum": NumPy's NaN-skipping sum
             out = np.nansum(block, axis=2)
-        else:
+        else:  # qlib's ts_data_last: the last value that is not NaN
             valid = ~np.isnan(block)
-            last = per_day - 1 - np.argmax(valid[:, :, ::-1], axis=2)
+            last = block.shape[2] - 1 - np.argmax(valid[:, :, ::-1], axis=2)
             out = np.take_along_axis(block, last[:, :, None], axis=2)[:, :, 0]
             out = np.where(valid.any(axis=2), out, np.nan)
         data[name] = out.reshape(-1)[rows]
-    for name, flags in (("limit_buy", limit_buy), ("limit_sell", limit_sell)):
+    for name, flags in (("limit_buy", limit_buy), ("limit_sell", limit_sell)):  # qlib's "all"
         data[name] = np.where(present, cube(flags), True).all(axis=2).reshape(-1)[rows]
     index = pd.MultiIndex.from_arrays(
         [
             np.repeat(np.array(fields.instruments), d)[rows],
-            np.tile(np.array([np.datetime64(day) for day, _, _ in spans]), n)[rows],
+            np.tile(np.array([np.datetime64(day) for day in days]), n)[rows],
         ],
         names=["instrument", "datetime"],
     )
-    return pd.DataFrame(data, index=index).sort_index()
+    return pd.DataFrame(data, index=index)
 
 
 class MinuteBarsMixin:

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -404,35 +404,38 @@ def build_app(service: SignalService, token: str) -> web.Application:
                 )
         return await handler(request)
 
+    async def json_call(
+        request: web.Request, call: Callable[[Any], Awaitable[tuple[dict[str, Any], int]]]
+    ) -> web.Response:
+        """Parse the JSON body, run ``call`` on it; a bad body is 400, a refused field 4xx, not ready 503."""
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as err:
+            return _json(
+                {"error": f"the body is not JSON: {err}", "field": "$", "fix": "send a JSON object"}, 400
+            )
+        try:
+            answer, status = await call(body)
+        except BadRequest as err:
+            return _json(err.body(), err.status)
+        except NotReady as err:
+            return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
+        return _json(answer, status)
+
     async def post_signal(request: web.Request) -> web.Response:
         received = time.perf_counter()
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as err:
-            return _json(
-                {"error": f"the body is not JSON: {err}", "field": "$", "fix": "send a JSON object"}, 400
-            )
-        try:
+
+        async def submit(body: Any) -> tuple[dict[str, Any], int]:
             answer = await service.handle(body, received)
-        except BadRequest as err:
-            return _json(err.body(), err.status)
-        except NotReady as err:
-            return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
-        return _json(answer.body, answer.status)
+            return answer.body, answer.status
+
+        return await json_call(request, submit)
 
     async def post_trading_state(request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as err:
-            return _json(
-                {"error": f"the body is not JSON: {err}", "field": "$", "fix": "send a JSON object"}, 400
-            )
-        try:
-            return _json(await service.set_trading_state(body))
-        except BadRequest as err:
-            return _json(err.body(), err.status)
-        except NotReady as err:
-            return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
+        async def set_state(body: Any) -> tuple[dict[str, Any], int]:
+            return await service.set_trading_state(body), 200
+
+        return await json_call(request, set_state)
 
     async def get_orders(request: web.Request) -> web.Response:
         return _json({"orders": service.orders()})

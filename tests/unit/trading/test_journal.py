@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import json
 import sqlite3
 from decimal import Decimal
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +31,7 @@ from kubequant.workloads.trading.events import (
     RecoveryCompleted,
     RejectSource,
     RiskStateChanged,
+    encode,
 )
 from kubequant.workloads.trading.journal import JOURNAL_WRITE_SECONDS, Journal
 from kubequant.workloads.trading.reconcile import poll
@@ -61,6 +66,35 @@ ONE_OF_EACH = [
         T0, "REDUCING", "loss reviewed", "cli", "HALTED", {"max_drawdown": "HALTED: dd"}, Decimal("9.5")
     ),
 ]
+
+
+# Values whose text is easy to get wrong: an exponent, a tiny negative, an external order.
+EDGE_CASES = [
+    OrderCreated(T0, "c2", "SYN0002", Side.SELL, Decimal("1E+2"), "sig", "SYN0002", external=True),
+    PositionSnapshot(T0, {"SYN0001": Decimal("300"), "SYN0002": Decimal("-0.000001")}, True, None),
+    RecoveryCompleted(T0, {"replayed": 3}, None),
+]
+
+
+def generic(value: Any) -> Any:
+    """The journal's encoding written the slow, obviously right way."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: generic(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: generic(v) for k, v in value.items()}
+    return value
+
+
+def test_the_journal_text_of_every_event_is_the_generic_encoding() -> None:
+    """encode's per-class field lists write exactly what a generic dataclass walk would."""
+    for event in [*ONE_OF_EACH, *EDGE_CASES]:
+        assert encode(event) == json.dumps(generic(event), separators=(",", ":"), sort_keys=True)
 
 
 def test_every_event_round_trips_exactly(tmp_path: Path) -> None:

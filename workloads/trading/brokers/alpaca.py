@@ -179,6 +179,19 @@ class _TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+def take_over(client: Any, timeout: float | tuple[float, float]) -> None:
+    """Give an alpaca-py client (made with ``raw_data=True``) a timeout and no retry of its own.
+
+    alpaca-py exposes neither setting: its Session and retry counter are attributes of RESTClient.
+    requests has no default timeout, and the SDK's retry would re-send a POST after a 429 or 504
+    and sleep inside the call; the adapters decide what is retried.
+    """
+    if not getattr(client, "_use_raw_data", False):
+        raise ValueError(f"the Alpaca adapters need a {type(client).__name__} made with raw_data=True")
+    client._session = _TimeoutSession(timeout)
+    client._retry = 0
+
+
 def _dec(value: object) -> Decimal | None:
     if value is None or value == "":
         return None
@@ -264,13 +277,9 @@ class AlpacaBroker:
         clock: Clock | None = None,
         workers: int = 4,
     ) -> None:
-        if not getattr(client, "_use_raw_data", False):
-            raise ValueError("AlpacaBroker needs a TradingClient made with raw_data=True")
+        take_over(client, timeout)
         self.client = client
         self.clock = clock or WallClock()
-        # alpaca-py exposes neither setting: its Session and retry counter are attributes of RESTClient.
-        client._session = _TimeoutSession(timeout)
-        client._retry = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alpaca")
         self._connected = False
         self._probe: asyncio.Task[bool] | None = None

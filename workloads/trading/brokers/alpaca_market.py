@@ -29,7 +29,7 @@ from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.requests import StockLatestTradeRequest
 
 from kubequant.api.live import LiveTradingSession
-from kubequant.workloads.trading.brokers.alpaca import AlpacaCredentials, _TimeoutSession, load_credentials
+from kubequant.workloads.trading.brokers.alpaca import AlpacaCredentials, load_credentials, take_over
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,8 @@ class AlpacaPrices:
         timeout: float | tuple[float, float] = DATA_TIMEOUT,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not getattr(client, "_use_raw_data", False):
-            raise ValueError("AlpacaPrices needs a StockHistoricalDataClient made with raw_data=True")
+        take_over(client, timeout)
         self.client = client
-        # As for the trading client: a timeout (requests has none) and no SDK retry sleeping inside the call.
-        client._session = _TimeoutSession(timeout)
-        client._retry = 0
         self.refresh_seconds = refresh_seconds
         self.max_age = max_age
         self._now = monotonic
