@@ -56,7 +56,9 @@ apiVersion: kubequant.io/v1alpha1
 kind: RiskPolicy
 metadata: {{name: latency-bench}}
 spec:
-  limits: {{maxOrderQuantity: 100000, maxConcentration: 0.5}}
+  # longOnly false: the signals alternate their targets, and in "still" mode (no fills) the lower
+  # target sells against resting buys; the figure measures the path an accepted order takes.
+  limits: {{maxOrderQuantity: 100000, maxConcentration: 0.5, longOnly: false}}
 """
 TOKEN = "bench-token"
 

@@ -31,10 +31,20 @@ class BrokerType(StrEnum):
     ALPACA = "alpaca"
 
 
+class AccountType(StrEnum):
+    CASH = "cash"
+    MARGIN = "margin"
+
+
 class Broker(ApiModel):
     """The broker adapter and its credentials."""
 
     type: BrokerType = Field(BrokerType.PAPER, description="paper (built-in, fills against bars) or alpaca.")
+    account_type: AccountType = Field(
+        AccountType.CASH,
+        description="cash or margin. Short selling is refused unless the account is margin outside region cn "
+        "(a RiskPolicy's limits.longOnly overrides).",
+    )
     credentials_secret_ref: LocalObjectReference | None = Field(
         None, description="Secret with the broker's API credentials (required for real brokers)."
     )
@@ -56,6 +66,12 @@ class SignalApi(ApiModel):
     port: int = Field(8080, ge=1024, le=65535, description="Port of the signal API.")
     token_secret_ref: SecretKeyReference | None = Field(
         None, description="Secret key holding the bearer token callers must present."
+    )
+    max_targets: int = Field(
+        500,
+        ge=1,
+        le=10000,
+        description="Most targets one signal may carry; a larger signal is refused (422).",
     )
 
 
@@ -130,7 +146,11 @@ class LiveTradingSessionSpec(ApiModel):
         default_factory=Exchange, description="Costs the paper broker charges (as a Backtest)."
     )
     starting_cash: float = Field(10_000_000, gt=0, description="Paper account's starting cash.")
-    timezone: TimeZone = Field("Asia/Shanghai", description="Exchange time zone.")
+    timezone: TimeZone = Field(
+        "Asia/Shanghai",
+        description="Exchange time zone: the trading day of the daily limits and the daily-loss breaker, "
+        "and the clock of the scheduled rebalance.",
+    )
     halted: bool = Field(False, description="Kill switch: true cancels open orders and stops all trading.")
     journal: Journal = Field(default_factory=Journal, description="The order journal's storage.")
     replay: ReplayOptions | None = Field(None, description="Paper replay over historical bars.")

@@ -57,6 +57,18 @@ class Limits(ApiModel):
         description="Fat-finger band: a limit price further than this fraction from the last price is rejected.",
     )
     order_rate: OrderRate | None = Field(None, description="Order rate limit.")
+    max_price_age_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=604800,
+        description="Oldest last price an exposure-increasing order may be checked against, in seconds "
+        "(older: rejected STALE_PRICE). Unset: only the price source's own staleness limit applies.",
+    )
+    long_only: bool | None = Field(
+        None,
+        description="Refuse any sell larger than the filled position net of resting sells (no short selling). "
+        "Unset: on, except for a session with broker.accountType margin outside region cn.",
+    )
 
 
 class TradingWindow(ApiModel):
@@ -128,7 +140,9 @@ class RiskPolicySpec(ApiModel):
         None, max_length=16, description="When orders may be sent; unset means any time."
     )
     timezone: TimeZone = Field(
-        "Asia/Shanghai", description="IANA time zone of the trading windows and the trading day."
+        "Asia/Shanghai",
+        description="IANA time zone of the trading windows. The trading day (daily limits, the daily-loss "
+        "breaker) is the session's: its spec.timezone, the exchange's zone.",
     )
     instruments: InstrumentFilter = Field(
         default_factory=InstrumentFilter, description="Allowed/blocked instruments."

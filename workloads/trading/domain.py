@@ -75,11 +75,14 @@ class Side(StrEnum):
         return 1 if self is Side.BUY else -1
 
 
+CLIENT_ORDER_ID_PREFIX = "kq-"  # every client order id a kubequant session makes starts with it
+
+
 def client_order_id(session_id: str, signal_id: str, leg: str) -> ClientOrderId:
     """The idempotency key of one leg of one signal: the same inputs always give the same id."""
     # A unit separator between the parts keeps ("a", "bc") and ("ab", "c") apart.
     digest = hashlib.sha256(f"{session_id}\x1f{signal_id}\x1f{leg}".encode()).hexdigest()
-    return ClientOrderId(f"kq-{digest[:24]}")
+    return ClientOrderId(f"{CLIENT_ORDER_ID_PREFIX}{digest[:24]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +174,16 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class PortfolioView:
-    """What the risk engine sees: equity, signed positions as if every open order filled, last prices."""
+    """What the risk engine sees: equity, signed positions as if every open order filled, last prices.
+
+    ``filled`` holds the filled positions and ``resting`` the (buy, sell) quantities still working,
+    for the instruments the view was asked about; ``ages`` the seconds since each mark was observed
+    (absent: the source does not say).
+    """
 
     equity: Decimal
     positions: Mapping[str, Decimal] = field(default_factory=dict)
     marks: Mapping[str, Decimal] = field(default_factory=dict)
+    filled: Mapping[str, Decimal] = field(default_factory=dict)
+    resting: Mapping[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    ages: Mapping[str, float] = field(default_factory=dict)

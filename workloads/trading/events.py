@@ -150,6 +150,24 @@ class RecoveryCompleted(Event):
     halted: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AdoptionAuthorized(Event):
+    """An operator allowed an empty journal to start from the broker's positions and open orders (``kubequant trading adopt``)."""
+
+    kind: ClassVar[str] = "AdoptionAuthorized"
+    reason: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived(Event):
+    """A signal was taken: its id and a digest of its payload (a retry must carry the same payload)."""
+
+    kind: ClassVar[str] = "SignalReceived"
+    signal_id: str = ""
+    digest: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -165,6 +183,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AccountSnapshot,
         RiskStateChanged,
         RecoveryCompleted,
+        AdoptionAuthorized,
+        SignalReceived,
     )
 }
 

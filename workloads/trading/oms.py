@@ -56,10 +56,15 @@ from kubequant.workloads.trading.state import OmsState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DURABLE_READ_ROUNDS = 50
 
 
 class PriceSource(Protocol):
-    """Last traded prices (the paper broker's bars, or a market data feed)."""
+    """Last traded prices (the paper broker's bars, or a market data feed).
+
+    A source may also say how old a price is (``price_age(instrument)``, seconds); the risk engine
+    refuses exposure-increasing orders on a price older than the policy's ``maxPriceAgeSeconds``.
+    """
 
     def last_price(self, instrument: str) -> Decimal | None: ...
 
@@ -97,6 +102,7 @@ class OrderManager:
         self.broker = broker
         self.risk = risk
         self.prices = prices
+        self._price_age: Callable[[str], float | None] | None = getattr(prices, "price_age", None)
         self.clock = clock or WallClock()
         self.retry = retry or RetryPolicy()
         self.state = OmsState()
@@ -129,6 +135,14 @@ class OrderManager:
         """
         await self._durable(self._stage(events))
         self._count_transitions(events)
+
+    def stage(self, *events: Event) -> None:
+        """Apply ``events`` and queue them for the journal without waiting: on disk once ``settled()`` returns.
+
+        For facts that need no broker call of their own (a signal taken); the journal's single queue
+        keeps them ahead of everything committed after them.
+        """
+        self._stage(events)
 
     def _apply(self, events: tuple[Event, ...]) -> None:
         if self.failed:
@@ -166,6 +180,16 @@ class OrderManager:
         """Wait until every event committed so far is on disk (before acknowledging what the state shows)."""
         if self._tail is not None:
             await self._durable(self._tail)
+
+    async def read_durable(self, read: Callable[[], T], rounds: int = DURABLE_READ_ROUNDS) -> tuple[T, bool]:
+        """``read()`` of a state in which every event applied is on disk, and True; after ``rounds``
+        group commits that each found new events behind them, ``read()`` as it is, and False."""
+        for _ in range(rounds):
+            tail = self._tail
+            if tail is None or tail.done():
+                return read(), True  # no await between the check and the read
+            await self._durable(tail)
+        return read(), False
 
     def _fail(self, err: Exception) -> None:
         if not self.failed:
@@ -229,21 +253,29 @@ class OrderManager:
 
     # --- views -----------------------------------------------------------------------------
     def mark(self, instrument: str) -> Decimal | None:
-        """Last price, else the average cost of the position."""
-        price = self.prices.last_price(instrument)
-        if price is None and (pos := self.state.positions.get(instrument)) is not None and pos.average_price:
-            price = pos.average_price
-        return price
+        """The price source's last price; None when it has none (never a stand-in such as the average cost)."""
+        return self.prices.last_price(instrument)
 
     def view(self, *instruments: str) -> PortfolioView:
-        """The risk engine's view: equity, positions with live orders included, marks."""
-        projected = self.state.projected()
+        """The risk engine's view: equity, positions with live orders included, marks and their ages.
+
+        Filled positions and resting quantities are given for ``instruments`` (the orders' own).
+        """
+        state = self.state
+        projected = state.projected()
         marks = {}
         for inst in {*projected, *instruments}:
             if (price := self.mark(inst)) is not None:
                 marks[inst] = price
-        equity = self.state.account.equity if self.state.account else ZERO
-        return PortfolioView(equity, projected, marks)
+        ages: dict[str, float] = {}
+        if self._price_age is not None:
+            for inst in instruments:
+                if (age := self._price_age(inst)) is not None:
+                    ages[inst] = age
+        equity = state.account.equity if state.account else ZERO
+        filled = {inst: state.position(inst) for inst in instruments}
+        resting = {inst: state.resting(inst) for inst in instruments}
+        return PortfolioView(equity, projected, marks, filled, resting, ages)
 
     # --- submit ----------------------------------------------------------------------------
     async def submit(self, intent: OrderIntent, received: float | None = None) -> SubmitOutcome:

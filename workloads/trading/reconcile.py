@@ -200,15 +200,20 @@ async def refresh_account(oms: OrderManager) -> None:
 
 
 async def sync_risk_state(oms: OrderManager) -> None:
-    """Journal a change of the trading state; while halted, cancel whatever is still live."""
+    """Journal a change of the trading state; while halted cancel whatever is still live, while reducing what adds exposure."""
     state, conditions = oms.risk.state, oms.risk.describe()
     if (state.value, conditions) != (oms.state.risk_state, oms.state.risk_conditions):
         await oms.commit_async(RiskStateChanged(oms.clock.now(), state.value, conditions))
         for s in TradingState:
             metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
         log.warning("trading state %s: %s", state, conditions or "all clear")
-    if state is TradingState.HALTED and oms.broker.is_connected():
-        try:
+    if state is TradingState.ACTIVE or not oms.broker.is_connected():
+        return
+    try:
+        if state is TradingState.HALTED:
             await oms.cancel_all("halted")
-        except (BrokerTimeout, BrokerDisconnected) as err:
-            log.warning("cancelling on halt failed: %s", err)
+        else:  # REDUCING: resting orders that add exposure would keep adding it
+            for order in oms.state.exposure_increasing():
+                await oms.cancel(order.client_order_id, "reduce-only: the order adds exposure")
+    except (BrokerTimeout, BrokerDisconnected) as err:
+        log.warning("cancelling on %s failed: %s", state, err)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from kubequant.api.live import TradingState
+from kubequant.workloads.trading.brokers.base import BrokerFill
+from kubequant.workloads.trading.domain import CLIENT_ORDER_ID_PREFIX
 from kubequant.workloads.trading.events import (
     AccountSnapshot,
     OrderSubmitted,
@@ -79,6 +82,47 @@ def rebuild(journal: Journal, risk: RiskEngine) -> OmsState:
     return state
 
 
+ADOPT_FIX = (
+    "if the journal volume was lost, restore it; if this is a new session on an account already in use, "
+    "adopt the account's positions and open orders explicitly: "
+    "kubequant trading adopt --state-dir DIR --reason TEXT"
+)
+
+
+async def account_in_use(
+    oms: OrderManager, positions: dict[str, Decimal], fills: list[BrokerFill]
+) -> str | None:
+    """Why an empty journal must not start on this account (it holds something), or None when it is clean."""
+    open_orders = await oms.call(oms.broker.open_orders, "open orders")
+    ours = sorted(
+        {f.fill.client_order_id for f in fills if f.fill.client_order_id.startswith(CLIENT_ORDER_ID_PREFIX)}
+        | {o.client_order_id for o in open_orders if o.client_order_id.startswith(CLIENT_ORDER_ID_PREFIX)}
+    )
+    found = []
+    if held := [k for k, q in positions.items() if q]:
+        found.append(
+            f"{len(held)} positions ({', '.join(sorted(held)[:5])}{', ...' if len(held) > 5 else ''})"
+        )
+    if open_orders:
+        found.append(f"{len(open_orders)} open orders")
+    if ours:
+        found.append(f"{len(ours)} orders placed by a kubequant session ({', '.join(ours[:3])})")
+    if not found:
+        return None
+    return "the journal is empty but the broker account holds " + "; ".join(found)
+
+
+async def refuse_to_start(oms: OrderManager, report: RecoveryReport, why: str) -> RecoveryReport:
+    """Fail closed: journal why (halted, reconciliation), and leave the OMS closed."""
+    log.error("%s: %s", why, ADOPT_FIX)
+    oms.anomaly(f"{why}; {ADOPT_FIX}")
+    await sync_risk_state(oms)
+    report.halted = "; ".join(oms.risk.describe().values())
+    oms.commit(RecoveryCompleted(oms.clock.now(), report.counts(), report.halted))
+    oms.ready = False
+    return report
+
+
 async def recover(oms: OrderManager) -> RecoveryReport:
     """Replay and reconcile; on return every order is settled and ``oms.ready`` says whether to trade."""
     report = RecoveryReport()
@@ -86,10 +130,16 @@ async def recover(oms: OrderManager) -> RecoveryReport:
     oms.state = rebuild(oms.journal, oms.risk)
     report.replayed = oms.state.events
     broker, now = oms.broker, oms.clock.now()
-    if report.replayed == 0:
-        # A fresh journal starts from the broker's positions as they are, and its fills so far.
+    if not oms.state.has_history:
         fills = await oms.call(lambda: broker.fills_since(None), "fills")
         positions = await oms.call(broker.positions, "positions")
+        refusal = None if oms.state.adoption is not None else await account_in_use(oms, positions, fills)
+        if refusal is not None:
+            # A lost journal volume looks exactly like this: adopting would forget today's orders,
+            # the limits' counters and any latched halt. Only an operator may decide to adopt.
+            return await refuse_to_start(oms, report, refusal)
+        # A fresh journal (or an authorised adoption) starts from the broker's positions as they
+        # are, and its fills so far; open orders are adopted as external below.
         cursor = fills[-1].cursor if fills else None
         oms.commit(PositionSnapshot(now, positions, baseline=True, cursor=cursor))
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from kubequant.api.live import TradingState
+from kubequant.api.live import AccountType, LiveTradingSessionSpec, TradingState
 from kubequant.api.risk import BreachAction, RiskPolicySpec
 from kubequant.workloads.trading.domain import ZERO, OrderIntent, PortfolioView, to_decimal
 
@@ -24,6 +24,8 @@ EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.Divisi
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 # Conditions that outlive a restart (restored from the journal); the others are re-derived live.
+# The session's default exchange zone (LiveTradingSessionSpec.timezone).
+DEFAULT_EXCHANGE_TZ = LiveTradingSessionSpec.model_fields["timezone"].default
 STICKY = frozenset({"max_daily_loss", "max_drawdown", "reconciliation", "manual"})
 
 
@@ -34,6 +36,8 @@ class Reason(StrEnum):
     INSTRUMENT_NOT_ALLOWED = "INSTRUMENT_NOT_ALLOWED"
     OUTSIDE_TRADING_WINDOW = "OUTSIDE_TRADING_WINDOW"
     NO_PRICE = "NO_PRICE"
+    STALE_PRICE = "STALE_PRICE"
+    SHORT_SELLING = "SHORT_SELLING"
     REDUCE_ONLY = "REDUCE_ONLY"
     ORDER_QUANTITY = "ORDER_QUANTITY"
     ORDER_NOTIONAL = "ORDER_NOTIONAL"
@@ -98,12 +102,39 @@ def _action_state(action: BreachAction | str) -> TradingState:
     return TradingState.HALTED if BreachAction(action) is BreachAction.HALT else TradingState.REDUCING
 
 
-class RiskEngine:
-    """Pre-trade checks, post-trade breakers and the trading state (ACTIVE, REDUCING, HALTED)."""
+def reduces(side_sign: int, quantity: Decimal, filled: Decimal, resting: tuple[Decimal, Decimal]) -> bool:
+    """Whether an order only reduces the filled position, net of the resting orders that reduce it too.
 
-    def __init__(self, policy: RiskPolicySpec, *, kill_switch: bool = False) -> None:
+    ``resting`` is (buys, sells) still working. A sell reduces a long by at most what the resting
+    sells have not already claimed; a resting buy never makes a sell "reducing" (cancel the buy and
+    the sell would go short).
+    """
+    buys, sells = resting
+    if side_sign < 0:
+        return filled > 0 and quantity <= filled - sells
+    return filled < 0 and quantity <= -filled - buys
+
+
+class RiskEngine:
+    """Pre-trade checks, post-trade breakers and the trading state (ACTIVE, REDUCING, HALTED).
+
+    The trading day (daily trades and turnover, the daily-loss breaker) is the exchange's: a day in
+    ``exchange_tz``, the session's zone. The policy's own ``timezone`` is only the clock of its
+    trading windows, so one policy can guard sessions on exchanges in different zones.
+    """
+
+    def __init__(
+        self,
+        policy: RiskPolicySpec,
+        *,
+        kill_switch: bool = False,
+        exchange_tz: str = DEFAULT_EXCHANGE_TZ,
+        short_selling: bool = False,
+    ) -> None:
         self.policy = policy
         self.tz = ZoneInfo(policy.timezone)
+        self.exchange_tz = ZoneInfo(exchange_tz)
+        self.short_selling = short_selling  # the session's default; the policy's longOnly overrides
         self.counters = Counters()
         self.conditions: dict[str, Condition] = {}
         self.day_start_equity: Decimal | None = None
@@ -145,15 +176,31 @@ class RiskEngine:
         """Clear a latched condition (an operator's decision, e.g. after a drawdown halt)."""
         self.conditions.pop(name, None)
 
+    @classmethod
+    def for_session(cls, policy: RiskPolicySpec, session: LiveTradingSessionSpec) -> RiskEngine:
+        """The engine guarding ``session``: its kill switch, its exchange's trading day, its account's shorting."""
+        return cls(
+            policy,
+            kill_switch=session.halted,
+            exchange_tz=session.timezone,
+            short_selling=session.broker.account_type == AccountType.MARGIN and session.data.region != "cn",
+        )
+
     def update_policy(self, policy: RiskPolicySpec) -> None:
         """Use ``policy`` from now on; counters and latched conditions carry over."""
         self.policy = policy
         self.tz = ZoneInfo(policy.timezone)
 
+    @property
+    def long_only(self) -> bool:
+        """Whether sells beyond the filled position (short sales) are refused."""
+        explicit = self.policy.limits.long_only
+        return not self.short_selling if explicit is None else explicit
+
     # --- time ------------------------------------------------------------------------------
     def trading_day(self, now: dt.datetime) -> dt.date:
-        """The calendar day of ``now`` in the policy's time zone."""
-        return now.astimezone(self.tz).date()
+        """The exchange's trading day of ``now``: its calendar day in the session's time zone."""
+        return now.astimezone(self.exchange_tz).date()
 
     def in_trading_window(self, now: dt.datetime) -> bool:
         """True if ``now`` lies in a trading window (always, without windows); windows end exclusive."""
@@ -187,15 +234,34 @@ class RiskEngine:
             return Reject(
                 Reason.OUTSIDE_TRADING_WINDOW, f"{now.astimezone(self.tz):%a %H:%M} {policy.timezone}"
             )
-        last = view.marks.get(inst)
-        ref = intent.limit_price if intent.limit_price is not None else last
-        if ref is None:
-            return Reject(Reason.NO_PRICE, f"no limit price and no last price for {inst}")
+        last, limit = view.marks.get(inst), intent.limit_price
+        filled = view.filled.get(inst, ZERO)
+        resting = view.resting.get(inst, (ZERO, ZERO))
+        reducing = reduces(intent.side.sign, intent.quantity, filled, resting)
+        if last is None and (limit is None or not reducing):
+            why = "no limit price and no" if limit is None else "an order that adds exposure needs a"
+            return Reject(Reason.NO_PRICE, f"{why} last price for {inst}")
+        age, max_age = view.ages.get(inst), limits.max_price_age_seconds
+        if not reducing and age is not None and max_age is not None and age > max_age:
+            return Reject(
+                Reason.STALE_PRICE, f"the last price of {inst} is {age:.0f}s old (limit {max_age:g}s)"
+            )
+        # Valued conservatively: a limit far from the market must not understate what the order moves.
+        ref = last if limit is None else limit if last is None else max(limit, last)
         qty, notional = intent.quantity, intent.quantity * ref
         before = view.positions.get(inst, ZERO)
         after = before + intent.signed_quantity
-        if self.state is TradingState.REDUCING and not (abs(after) < abs(before) and after * before >= 0):
-            return Reject(Reason.REDUCE_ONLY, f"reduce-only: {inst} {before} -> {after}")
+        if self.state is TradingState.REDUCING and not reducing:
+            return Reject(
+                Reason.REDUCE_ONLY,
+                f"reduce-only: {intent.side} {qty} {inst} does not reduce the filled position {filled} "
+                f"(resting buys {resting[0]}, sells {resting[1]})",
+            )
+        if self.long_only and intent.side.sign < 0 and qty > filled - resting[1]:
+            return Reject(
+                Reason.SHORT_SELLING,
+                f"selling {qty} {inst} would go short: filled {filled}, resting sells {resting[1]}",
+            )
         if (cap := _limit(limits.max_order_quantity)) is not None and qty > cap:
             return Reject(Reason.ORDER_QUANTITY, f"quantity {qty} > {cap}")
         if (cap := _limit(limits.max_order_notional)) is not None and notional > cap:

@@ -221,11 +221,12 @@ class TradingRuntime:
         # A market data feed (not the paper broker's own bars) is refreshed by the housekeeping tick.
         self.feed: RefreshedPrices | None = None if self.paper is not None else self.prices  # type: ignore[assignment]
         self.journal = Journal(cfg.journal_path)
-        self.risk = RiskEngine(load_policy(cfg.policy_path), kill_switch=spec.halted)
+        self.risk = RiskEngine.for_session(load_policy(cfg.policy_path), spec)
         self.oms = OrderManager(cfg.session.metadata.name, self.journal, self.broker, self.risk, self.prices)
         self.policy_watcher = PolicyWatcher(cfg.policy_path, self.risk)
         self.session_watcher = FileWatcher(cfg.session_path) if cfg.session_path else None
         self.connected_equity: Decimal | None = None  # a real broker's equity when this process connected
+        self.listed: frozenset[str] | None = None  # what a real broker lets the account trade (read at start)
 
     async def start(self) -> RecoveryReport:
         """Connect to the broker, replay the journal and reconcile; ``oms.ready`` says whether to trade."""
@@ -256,13 +257,35 @@ class TradingRuntime:
             ) from err
         self.connected_equity = account.equity
         log.info("connected to %s account %s: equity %s", str(spec.broker.type), spec.account, account.equity)
+        listing = getattr(self.broker, "listed_instruments", None)
+        if listing is not None:
+            try:
+                self.listed = await listing()
+            except BrokerError as err:
+                raise BrokerError(
+                    f"cannot read the instruments the {spec.broker.type!s} broker lists: {err}",
+                    where="spec.broker",
+                    fix="check the broker's API and the pod's network egress; the pod retries when restarted",
+                ) from err
+            log.info("the broker lists %d tradable instruments", len(self.listed))
 
-    def knows(self) -> Any:
-        """The signal API's instrument check: the paper market's instruments, an explicit universe, else None (any)."""
+    def knows(self) -> Callable[[str], bool]:
+        """The signal API's instrument check: the paper market's instruments; for a real broker, what it
+        lists as tradable (read at start), within the session's universe when it names one."""
         if self.paper is not None:
             return self.paper.market.knows
-        listed = self.cfg.session.spec.universe.instruments
-        return frozenset(listed).__contains__ if listed else None
+        universe = self.cfg.session.spec.universe.instruments
+        allowed = frozenset(universe) if universe else None
+
+        def listed(instrument: str) -> bool:
+            # Before the start has read the listing nothing trades (the API answers 503 meanwhile).
+            return (
+                self.listed is not None
+                and instrument in self.listed
+                and (allowed is None or instrument in allowed)
+            )
+
+        return listed
 
     def lot(self) -> Decimal:
         """Shares per lot at the paper market (qlib's trade unit), else 1."""

@@ -2,10 +2,16 @@
 
 One rebalance per trading day. Its parent orders are planned once, from the latest scores dated
 before the day, with qlib's ``TopkDropoutStrategy`` selection, and journaled (``RebalancePlanned``)
-before the first child is sent; child ``k`` of every parent is then due ``k`` slice intervals after
-the plan's start. A child's signal id is ``rebalance-<day>/<k>`` and its leg the instrument, so its
-client order id is fixed by the plan: after a restart the same plan is read back from the journal
-and a child already sent comes back from the OMS as a duplicate, never as a second order.
+before the first child is sent. Slot ``k`` opens ``k`` slice intervals after the plan's start; its
+child of each parent is the planned share. A child's signal id is ``rebalance-<day>/<k>`` and its
+leg the instrument, so its client order id is fixed by the plan: after a restart the same plan is
+read back from the journal and the slots already sent are known from the orders, never sent twice.
+
+Never a burst: one call sends at most the child of the slot open now, at most one planned share
+per parent. Slots that passed unsent (a stall, a restart) are journaled as skipped with the reason
+(``RebalanceSlotsSkipped``), and what they would have sent, together with children refused for the
+order rate limit, is worked off at the same pace in up to ``slices`` further slots after the planned
+window; what is left then is dropped, journaled with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -27,6 +33,7 @@ from kubequant.errors import ConfigError, DataError
 from kubequant.workloads.trading.domain import ZERO, OrderIntent, Side
 from kubequant.workloads.trading.events import EVENT_TYPES, Event
 from kubequant.workloads.trading.oms import OrderManager, SubmitOutcome
+from kubequant.workloads.trading.orders import OrderStatus
 
 log = logging.getLogger(__name__)
 FIELD = "spec.strategy.scheduled"
@@ -52,8 +59,22 @@ class RebalancePlanned(Event):
         return self.start + dt.timedelta(seconds=self.interval_seconds * k)
 
 
-# The journal decodes by kind; the plan is the strategy's own event, so it registers itself here.
+@dataclass(frozen=True, slots=True)
+class RebalanceSlotsSkipped(Event):
+    """Slots ``first``..``last`` (0-based) of a rebalance were not sent in their time, or what was left was dropped."""
+
+    kind: ClassVar[str] = "RebalanceSlotsSkipped"
+    rebalance_id: str = ""
+    first: int = 0
+    last: int = 0
+    reason: str = ""
+
+
+# The journal decodes by kind; these are the strategy's own events, so they register themselves here.
 EVENT_TYPES.setdefault(RebalancePlanned.kind, RebalancePlanned)
+EVENT_TYPES.setdefault(RebalanceSlotsSkipped.kind, RebalanceSlotsSkipped)
+# Refusals that say "not now" rather than "not this": their quantity is tried again at a later slot.
+RETRY_LATER = frozenset({"ORDER_RATE"})
 
 
 # --- scores -------------------------------------------------------------------------------------
@@ -231,7 +252,9 @@ class Rebalancer:
         self.lot = lot
         self.tradable = tradable
         self.plans: dict[str, RebalancePlanned] = {}
-        self.sent: dict[str, int] = {}  # children sent per plan (a restart starts at 0: the OMS dedupes)
+        # Per plan: the next slot to send, and the client order ids of its children so far.
+        self.next_slot: dict[str, int] = {}
+        self.children_sent: dict[str, list[str]] = {}
         self.no_scores: set[dt.date] = set()
         for _, event in oms.journal.replay():
             if isinstance(event, RebalancePlanned):
@@ -318,18 +341,66 @@ class Rebalancer:
         log.info("rebalance %s from scores of %s: %d orders", event.rebalance_id, scores_day, len(parents))
         return event
 
-    def children(self, plan: RebalancePlanned, k: int) -> list[OrderIntent]:
-        """The intents of child ``k``: sells first, so their cash is there for the buys."""
-        sid = self.signal_id(plan.rebalance_id, k)
-        out = []
-        for inst, parent in sorted(plan.orders.items(), key=lambda kv: (kv[1] > 0, kv[0])):
-            qty = slice_quantity(parent, k, plan.slices, self.lot)
-            if qty:
-                out.append(OrderIntent(inst, Side.BUY if qty > 0 else Side.SELL, abs(qty), sid, inst))
+    def slot_share(self, plan: RebalancePlanned, inst: str, k: int) -> Decimal:
+        """The most slot ``k`` sends of a parent (unsigned): its planned child, then an even share in lots."""
+        parent = plan.orders[inst]
+        if plan.interval_seconds <= 0:  # every slot due at once: one child of the whole parent
+            return abs(parent)
+        if k < plan.slices:
+            return abs(slice_quantity(parent, k, plan.slices, self.lot))
+        return (abs(parent) / plan.slices / self.lot).to_integral_value(ROUND_UP) * self.lot
+
+    def _children(self, plan: RebalancePlanned) -> list[str]:
+        """The client order ids of a plan's children, read from the OMS once per process (after a restart)."""
+        pid = plan.rebalance_id
+        if pid not in self.children_sent:
+            prefix, last = f"{pid}/", 0
+            cids = []
+            for order in self.oms.state.orders.values():
+                if order.signal_id.startswith(prefix):
+                    cids.append(order.client_order_id)
+                    last = max(last, int(order.signal_id[len(prefix) :]))
+            self.children_sent[pid] = cids
+            self.next_slot[pid] = last  # signal ids number slots from 1
+        return self.children_sent[pid]
+
+    def committed(self, plan: RebalancePlanned) -> dict[str, Decimal]:
+        """Unsigned quantity of each parent its children have taken (a child refused "not now" takes none)."""
+        out = dict.fromkeys(plan.orders, ZERO)
+        for cid in self._children(plan):
+            order = self.oms.state.orders[cid]
+            refused_for_now = order.status is OrderStatus.REJECTED and (
+                order.retryable or order.reason.partition(":")[0] in RETRY_LATER
+            )
+            if not refused_for_now and order.instrument in out:
+                out[order.instrument] += order.quantity
         return out
 
+    def children(self, plan: RebalancePlanned, k: int) -> list[OrderIntent]:
+        """The intents of slot ``k``: each parent's share, at most what it has left; sells first, for the cash."""
+        sid = self.signal_id(plan.rebalance_id, k)
+        done = self.committed(plan)
+        out = []
+        for inst, parent in sorted(plan.orders.items(), key=lambda kv: (kv[1] > 0, kv[0])):
+            qty = min(self.slot_share(plan, inst, k), abs(parent) - done[inst])
+            if qty > 0:
+                out.append(OrderIntent(inst, Side.BUY if parent > 0 else Side.SELL, qty, sid, inst))
+        return out
+
+    @staticmethod
+    def last_slot(plan: RebalancePlanned) -> int:
+        """The last slot a plan may use: its own, then as many again to catch up (none when all are due at once)."""
+        return plan.slices - 1 if plan.interval_seconds <= 0 else 2 * plan.slices - 1
+
+    def slot_at(self, plan: RebalancePlanned, now: dt.datetime) -> int:
+        """The slot open at ``now`` (the last one from the moment every slot is due)."""
+        assert plan.start is not None
+        if plan.interval_seconds <= 0:
+            return plan.slices - 1
+        return int((now - plan.start).total_seconds() // plan.interval_seconds)
+
     async def run_due(self, day: dt.date, start: dt.datetime, now: dt.datetime) -> list[SubmitOutcome]:
-        """Plan ``day`` once ``now`` reaches ``start``, then send every child due by ``now``."""
+        """Plan ``day`` once ``now`` reaches ``start``, then send the child of the slot open at ``now``."""
         pid = self.plan_id(day)
         plan = self.plans.get(pid)
         if plan is None:
@@ -338,22 +409,63 @@ class Rebalancer:
             plan = self.plan(day, start)
             if plan is None:
                 return []
+        if now < plan.due(0):
+            return []
+        self._children(plan)
+        k, slot = self.next_slot[pid], self.slot_at(plan, now)
+        last_slot = self.last_slot(plan)
+        if slot < k or k > last_slot:
+            return []
+        if slot > last_slot:
+            self._skip(plan, k, slot, now)
+            self._drop_rest(plan, last_slot)
+            return []
+        if slot > k:
+            self._skip(plan, k, slot - 1, now)
         outcomes: list[SubmitOutcome] = []
-        k = self.sent.get(pid, 0)
-        while k < plan.slices and plan.due(k) <= now:
-            for intent in self.children(plan, k):
-                outcomes.append(await self.oms.submit(intent))
-            k += 1
-            self.sent[pid] = k
+        for intent in self.children(plan, slot):
+            outcome = await self.oms.submit(intent)
+            self.children_sent[pid].append(outcome.order.client_order_id)
+            outcomes.append(outcome)
+        self.next_slot[pid] = slot + 1
+        if slot == last_slot:
+            self._drop_rest(plan, last_slot)
         return outcomes
 
+    def _skip(self, plan: RebalancePlanned, first: int, last: int, now: dt.datetime) -> None:
+        late = (now - plan.due(first)).total_seconds()
+        reason = f"not sent in time (slot {first + 1} was due {late:.0f}s before {now:%H:%M:%S}): a stall or a restart"
+        log.warning("rebalance %s: slots %d-%d %s", plan.rebalance_id, first + 1, last + 1, reason)
+        self.oms.commit(RebalanceSlotsSkipped(now, plan.rebalance_id, first, last, reason))
+
+    def _drop_rest(self, plan: RebalancePlanned, last_slot: int) -> None:
+        done = self.committed(plan)
+        left = {inst: abs(q) - done[inst] for inst, q in plan.orders.items() if abs(q) > done[inst]}
+        self.next_slot[plan.rebalance_id] = last_slot + 1
+        if left:
+            reason = "the catch-up slots ran out; dropped " + ", ".join(
+                f"{k} {v}" for k, v in sorted(left.items())
+            )
+            log.warning("rebalance %s: %s", plan.rebalance_id, reason)
+            self.oms.commit(
+                RebalanceSlotsSkipped(
+                    self.oms.clock.now(), plan.rebalance_id, last_slot + 1, last_slot + 1, reason
+                )
+            )
+
     def next_due(self, day: dt.date) -> dt.datetime | None:
-        """When the next child of ``day``'s plan is due; None when none is left (or there is no plan)."""
+        """When the next slot of ``day``'s plan opens; None when nothing is left (or there is no plan)."""
         plan = self.plans.get(self.plan_id(day))
         if plan is None:
             return None
-        k = self.sent.get(plan.rebalance_id, 0)
-        return plan.due(k) if k < plan.slices else None
+        self._children(plan)
+        k = self.next_slot[plan.rebalance_id]
+        if k > self.last_slot(plan):
+            return None
+        done = self.committed(plan)
+        if all(abs(q) <= done[inst] for inst, q in plan.orders.items()):
+            return None
+        return plan.due(k)
 
 
 def wall_rebalance(now: dt.datetime, timezone: str, rebalance_at: str) -> tuple[dt.date, dt.datetime] | None:

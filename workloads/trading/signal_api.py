@@ -9,6 +9,7 @@ handler and the benchmark share ``SignalService.handle``: parse, plan, submit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -25,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, TradingState
+from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalApi, TradingState
 from kubequant.errors import ConfigError, ValidationError
 from kubequant.workloads.trading.domain import ZERO, utcnow
+from kubequant.workloads.trading.events import SignalReceived
 from kubequant.workloads.trading.oms import NotReady, OrderManager
 from kubequant.workloads.trading.orders import Order, OrderStatus
 from kubequant.workloads.trading.risk_engine import Reason
@@ -45,6 +47,12 @@ INSTRUMENT = re.compile(r"^[A-Za-z0-9._-]{1,32}$")  # kubequant.api.common.Instr
 SIGNAL_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 RISK_REASONS = frozenset(r.value for r in Reason)
 _TOP_KEYS = frozenset({"id", "targets", "limitPrices"})
+DEFAULT_MAX_TARGETS: int = SignalApi.model_fields["max_targets"].default
+# On the read routes: "durable" when the answer holds only events on disk; "pending" when writes
+# kept arriving and the answer also shows some still being written (rare: under a steady stream).
+JOURNAL_HEADER = "Kubequant-Journal"
+MAX_NUMBER = Decimal("1E12")  # no quantity or price of a real order comes near it
+MAX_JSON_DEPTH = 32  # a signal is 3 levels deep; anything far deeper is refused before it is parsed
 
 
 class BadRequest(Exception):
@@ -87,22 +95,74 @@ def _number(value: Any, field: str) -> Decimal:
     try:
         out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     except InvalidOperation:
-        raise BadRequest(f"not a number: {value!r}", field, "give a JSON number") from None
+        raise BadRequest(f"not a number: {str(value)[:40]!r}", field, "give a JSON number") from None
     if not out.is_finite() or (isinstance(value, float) and not math.isfinite(value)):
         raise BadRequest("not a finite number", field, "give a finite number")
+    if out.copy_abs() > MAX_NUMBER:  # copy_abs: no context, so no Overflow on 1E+999999999
+        raise BadRequest(
+            f"{out:.3E} is out of range", field, f"give a number of magnitude at most {MAX_NUMBER:.0E}"
+        )
     return out
 
 
-def parse_signal(body: Any, knows: Any = None) -> Signal:
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in children)
+    return depth
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; BadRequest (400) for what is not JSON or nests deeper than a request can."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
+        depth: int | None = None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the body is not JSON: {err}", "$", "send a JSON object", 400) from None
+    else:
+        depth = json_depth(body)
+        if depth <= MAX_JSON_DEPTH:
+            return body
+    deeper = "too deep to parse" if depth is None else f"{depth} levels deep"
+    raise BadRequest(
+        f"the body nests {deeper}; at most {MAX_JSON_DEPTH} levels are accepted",
+        "$",
+        'send {"id": ..., "targets": [{"instrument": ..., "quantity": ...}]}',
+        400,
+    )
+
+
+def signal_digest(signal: Signal) -> str:
+    """A digest of what a signal asks for: equal for the same targets however the numbers were written."""
+
+    def num(value: Decimal | None) -> str | None:
+        return None if value is None else str(value.normalize())
+
+    targets = sorted(
+        (t.instrument, num(t.quantity), num(t.weight), num(t.limit_price)) for t in signal.targets
+    )
+    return hashlib.sha256(json.dumps(targets, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def parse_signal(body: Any, knows: Any = None, max_targets: int = DEFAULT_MAX_TARGETS) -> Signal:
     """A Signal from the request JSON; BadRequest names the first field at fault.
 
-    ``knows(instrument)`` says whether the market has the instrument (None skips that check).
+    ``knows(instrument)`` says whether the venue lists the instrument (None skips that check).
     """
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", "$", 'send {"id": ..., "targets": [...]}', 400)
     for key in body:
         if key not in _TOP_KEYS:
-            raise BadRequest(f"unknown field {key!r}", key, f"use only {', '.join(sorted(_TOP_KEYS))}")
+            raise BadRequest(
+                f"unknown field {key[:40]!r}", key[:40], f"use only {', '.join(sorted(_TOP_KEYS))}"
+            )
     sid = body.get("id")
     if sid is None:
         raise BadRequest("the idempotency key is missing", "id", "set id to a key unique to this signal")
@@ -113,6 +173,12 @@ def parse_signal(body: Any, knows: Any = None) -> Signal:
     targets = body.get("targets")
     if not isinstance(targets, list) or not targets:
         raise BadRequest("targets must be a non-empty list", "targets", "give at least one target")
+    if len(targets) > max_targets:
+        raise BadRequest(
+            f"{len(targets)} targets, more than the {max_targets} one signal may carry",
+            "targets",
+            "split the signal, or raise spec.strategy.signalApi.maxTargets",
+        )
     limits = body.get("limitPrices") or {}
     if not isinstance(limits, dict):
         raise BadRequest("limitPrices must be an object", "limitPrices", "map instrument to a price")
@@ -125,17 +191,22 @@ def parse_signal(body: Any, knows: Any = None) -> Signal:
         extra = set(t) - {"instrument", "weight", "quantity"}
         if extra:
             key = sorted(extra)[0]
-            raise BadRequest(f"unknown field {key!r}", f"{where}.{key}", "use instrument, weight or quantity")
+            raise BadRequest(
+                f"unknown field {key[:40]!r}", f"{where}.{key[:40]}", "use instrument, weight or quantity"
+            )
         inst = t.get("instrument")
         if not isinstance(inst, str) or not INSTRUMENT.match(inst):
+            shown = repr(inst[:40]) if isinstance(inst, str) else f"a JSON {type(inst).__name__}"
             raise BadRequest(
-                f"instrument {inst!r} is not an instrument code",
+                f"instrument {shown} is not an instrument code",
                 f"{where}.instrument",
                 "use 1-32 characters of A-Z a-z 0-9 . _ - (e.g. SYN0001)",
             )
         if knows is not None and not knows(inst):
             raise BadRequest(
-                f"unknown instrument {inst}", f"{where}.instrument", "use an instrument of the market"
+                f"unknown instrument {inst}",
+                f"{where}.instrument",
+                "use an instrument the venue lists as tradable (and in spec.universe, if set)",
             )
         if inst in seen:
             raise BadRequest(f"{inst} appears twice", f"{where}.instrument", "give one target per instrument")
@@ -201,40 +272,72 @@ class SignalAnswer:
 class SignalService:
     """Signals to orders through one OMS, and the session's status; no HTTP in here."""
 
-    def __init__(self, oms: OrderManager, *, starting_equity: Decimal, knows: Any = None) -> None:
+    def __init__(
+        self,
+        oms: OrderManager,
+        *,
+        starting_equity: Decimal,
+        knows: Any = None,
+        lot: Decimal = Decimal(1),
+        max_targets: int = DEFAULT_MAX_TARGETS,
+    ) -> None:
         self.oms = oms
         self.starting_equity = starting_equity
         self.knows = knows
+        self.lot = lot
+        self.max_targets = max_targets
         self._by_signal: dict[str, list[str]] | None = None
         self._pending: dict[str, asyncio.Future[None]] = {}  # signal ids whose orders are being submitted
 
     @classmethod
     def for_runtime(cls, runtime: TradingRuntime) -> SignalService:
-        """The service of a wired runtime: its OMS, its starting cash, its instruments (the market's, or the universe)."""
-        cash = Decimal(repr(runtime.cfg.session.spec.starting_cash))
-        return cls(runtime.oms, starting_equity=cash, knows=runtime.knows())
+        """The service of a wired runtime: its OMS, its starting cash, its instruments and lot, its target cap."""
+        spec = runtime.cfg.session.spec
+        api = spec.strategy.signal_api
+        return cls(
+            runtime.oms,
+            starting_equity=Decimal(repr(spec.starting_cash)),
+            knows=runtime.knows(),
+            lot=runtime.lot(),
+            max_targets=api.max_targets if api is not None else DEFAULT_MAX_TARGETS,
+        )
 
     def _index(self) -> dict[str, list[str]]:
         # Built from the journal-backed state on first use (after recovery), then kept up to date.
         if self._by_signal is None:
-            self._by_signal = {}
+            self._by_signal = {sid: [] for sid in self.oms.state.signals}
             for order in self.oms.state.orders.values():
                 self._by_signal.setdefault(order.signal_id, []).append(order.client_order_id)
         return self._by_signal
 
     async def handle(self, body: Any, received: float | None = None) -> SignalAnswer:
-        """Validate, plan and submit one signal; the same id again returns its orders with duplicate true."""
+        """Validate, plan and submit one signal.
+
+        The same id with the same payload returns its orders with duplicate true (200); with another
+        payload it is refused (409). Every signal taken is journaled with a digest of its payload,
+        so this holds across restarts, for signals that needed no order too.
+        """
         received = time.perf_counter() if received is None else received
-        signal = parse_signal(body, self.knows)
         oms = self.oms
-        if not oms.ready:
+        if not oms.ready:  # first: the venue's instrument list is read during the start
             raise NotReady(oms.failed or "recovery has not finished", fix="wait for /readyz")
+        signal = parse_signal(body, self.knows, self.max_targets)
         index = self._index()
         pending = self._pending.get(signal.signal_id)
         if pending is not None:  # the same id is being submitted right now: answer once it is done
             await asyncio.shield(pending)
+        digest = signal_digest(signal)
         known = index.get(signal.signal_id)
         if known is not None:
+            taken = oms.state.signals.get(signal.signal_id)
+            if taken is not None and taken != digest:
+                raise BadRequest(
+                    f"signal {signal.signal_id} was already taken with a different payload",
+                    "id",
+                    "a retry must repeat the payload exactly; send a new signal under a new id",
+                    409,
+                )
+            await oms.settled()  # what it made may still be on its way to the disk
             orders = [oms.state.orders[cid] for cid in known]
             return SignalAnswer(200, self._answer(signal.signal_id, orders, duplicate=True))
         view = oms.view(*(t.instrument for t in signal.targets))
@@ -250,11 +353,14 @@ class SignalService:
         index[signal.signal_id] = cids = []
         orders = []
         try:
-            for intent in plan_orders(signal, view.positions, view.marks, view.equity):
+            # Journaled ahead of its orders (the same group commit): a retry after a restart is known.
+            oms.stage(SignalReceived(oms.clock.now(), signal.signal_id, digest))
+            for intent in plan_orders(signal, view.positions, view.marks, view.equity, self.lot):
                 outcome = await oms.submit(intent, received)
                 if outcome.order.client_order_id not in cids:
                     cids.append(outcome.order.client_order_id)
                 orders.append(outcome.order)
+            await oms.settled()
         finally:
             del self._pending[signal.signal_id]
             done.set_result(None)
@@ -272,7 +378,7 @@ class SignalService:
             )
         for key in body:
             if key not in ("state", "reason"):
-                raise BadRequest(f"unknown field {key!r}", key, "use only state and reason")
+                raise BadRequest(f"unknown field {key[:40]!r}", key[:40], "use only state and reason")
         state, reason = body.get("state"), body.get("reason")
         if not isinstance(state, str):
             raise BadRequest("state is missing", "state", "give ACTIVE, REDUCING or HALTED")
@@ -409,11 +515,9 @@ def build_app(service: SignalService, token: str) -> web.Application:
     ) -> web.Response:
         """Parse the JSON body, run ``call`` on it; a bad body is 400, a refused field 4xx, not ready 503."""
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as err:
-            return _json(
-                {"error": f"the body is not JSON: {err}", "field": "$", "fix": "send a JSON object"}, 400
-            )
+            body = parse_json(await request.read())
+        except BadRequest as err:
+            return _json(err.body(), err.status)
         try:
             answer, status = await call(body)
         except BadRequest as err:
@@ -437,14 +541,21 @@ def build_app(service: SignalService, token: str) -> web.Application:
 
         return await json_call(request, set_state)
 
+    async def durable_read(read: Callable[[], Any]) -> web.Response:
+        # Only what is on disk: an event a crash could still erase is never shown as fact.
+        body, durable = await service.oms.read_durable(read)
+        response = _json(body)
+        response.headers[JOURNAL_HEADER] = "durable" if durable else "pending"
+        return response
+
     async def get_orders(request: web.Request) -> web.Response:
-        return _json({"orders": service.orders()})
+        return await durable_read(lambda: {"orders": service.orders()})
 
     async def get_positions(request: web.Request) -> web.Response:
-        return _json({"positions": service.positions()})
+        return await durable_read(lambda: {"positions": service.positions()})
 
     async def get_status(request: web.Request) -> web.Response:
-        return _json(service.status())
+        return await durable_read(service.status)
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"ok": True})

@@ -41,19 +41,25 @@ def plan_orders(
 ) -> list[OrderIntent]:
     """The intents that move ``positions`` (live orders included) to the targets; one leg per instrument.
 
-    Weights become quantities at the mark, rounded towards zero to whole lots; a target with a
-    weight and no mark is skipped (the risk engine would refuse it anyway).
+    Targets are whole numbers of the venue's lots, rounded towards zero (a weight becomes a
+    quantity at the mark first), and so is every order; only closing a position out (a target of
+    0) sells an odd lot whole. A change of less than a lot makes no order; a target with a weight and no mark is
+    skipped (the risk engine would refuse it anyway).
     """
     intents = []
     for t in signal.targets:
+        held = positions.get(t.instrument, ZERO)
         if t.quantity is not None:
             goal = t.quantity
         else:
             mark = marks.get(t.instrument)
             if mark is None or mark <= 0 or t.weight is None:
                 continue
-            goal = (t.weight * equity / mark / lot).to_integral_value(ROUND_DOWN) * lot
-        diff = goal - positions.get(t.instrument, ZERO)
+            goal = t.weight * equity / mark
+        goal = (goal / lot).to_integral_value(ROUND_DOWN) * lot
+        diff = goal - held
+        if goal != 0:  # an odd lot held: trade whole lots around it
+            diff = (diff / lot).to_integral_value(ROUND_DOWN) * lot
         if diff == 0:
             continue
         side = Side.BUY if diff > 0 else Side.SELL

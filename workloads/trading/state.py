@@ -10,6 +10,7 @@ from decimal import Decimal
 from kubequant.workloads.trading.domain import ZERO, Account, Fill, Position
 from kubequant.workloads.trading.events import (
     AccountSnapshot,
+    AdoptionAuthorized,
     Event,
     OrderCreated,
     OrderEvent,
@@ -17,6 +18,7 @@ from kubequant.workloads.trading.events import (
     PositionSnapshot,
     RecoveryCompleted,
     RiskStateChanged,
+    SignalReceived,
 )
 from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus, next_status
 
@@ -43,14 +45,23 @@ class OmsState:
     recoveries: list[RecoveryCompleted] = field(default_factory=list)
     events: int = 0
     has_baseline: bool = False
+    # An operator's `kubequant trading adopt` waiting for the next start (cleared by the baseline).
+    adoption: AdoptionAuthorized | None = None
+    # Payload digests of the signals taken, by signal id (a retry with another payload is refused).
+    signals: dict[str, str] = field(default_factory=dict)
     # Client order ids of live orders, oldest first (a dict keeps insertion order): the hot path
     # (the risk view of every signal) must not walk every order of the session.
     live: dict[str, None] = field(default_factory=dict)
-    # The same by instrument, and each instrument's signed remaining quantity of live orders, kept
-    # up to date by each order's change (O(1)), so a view never walks the orders of an instrument.
+    # The same by instrument, and each instrument's remaining (buy, sell) quantities of live orders,
+    # kept up to date by each order's change (O(1)), so a view never walks the orders of an instrument.
     live_by_instrument: dict[str, dict[str, None]] = field(default_factory=dict, compare=False, repr=False)
-    _live_sums: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
+    _live_sums: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict, compare=False, repr=False)
     _pending: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def has_history(self) -> bool:
+        """Whether the journal holds a baseline or any order: a session that has traded."""
+        return self.has_baseline or bool(self.orders)
 
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> OmsState:
@@ -101,6 +112,11 @@ class OmsState:
                 self.positions = {k: Position(k, q) for k, q in positions.items() if q}
                 self.cursor = cursor
                 self.has_baseline = True
+                self.adoption = None
+            case AdoptionAuthorized():
+                self.adoption = event
+            case SignalReceived(signal_id=sid, digest=digest):
+                self.signals[sid] = digest
             case AccountSnapshot(cash=cash, equity=equity, ts=ts):
                 self.account = Account(cash, equity, ts)
             case RiskStateChanged(state=state, conditions=conditions):
@@ -128,25 +144,32 @@ class OmsState:
     def _track(self, order: Order) -> None:
         if order.broker_order_id:
             self.by_broker_id[order.broker_order_id] = order.client_order_id
-        cid, inst = order.client_order_id, order.instrument
+        cid, inst, buy = order.client_order_id, order.instrument, order.side.sign > 0
         old = self._pending.get(cid)
         if order.is_live:
-            new = order.remaining * order.side.sign
+            new = order.remaining
             if old is None:
                 self.live.setdefault(cid)
                 self.live_by_instrument.setdefault(inst, {}).setdefault(cid)
-                self._live_sums[inst] = _EXACT.add(self._live_sums.get(inst, ZERO), new)
+                self._shift(inst, buy, new)
             elif new != old:
-                self._live_sums[inst] = _EXACT.add(self._live_sums[inst], _EXACT.subtract(new, old))
+                self._shift(inst, buy, _EXACT.subtract(new, old))
             self._pending[cid] = new
         elif old is not None:
             del self.live[cid], self._pending[cid]
             same = self.live_by_instrument[inst]
             del same[cid]
             if same:
-                self._live_sums[inst] = _EXACT.subtract(self._live_sums[inst], old)
+                self._shift(inst, buy, -old)
             else:  # the last live order of the instrument: exactly nothing pending
                 del self.live_by_instrument[inst], self._live_sums[inst]
+
+    def _shift(self, inst: str, buy: bool, delta: Decimal) -> None:
+        buys, sells = self._live_sums.get(inst, (ZERO, ZERO))
+        if buy:
+            self._live_sums[inst] = (_EXACT.add(buys, delta), sells)
+        else:
+            self._live_sums[inst] = (buys, _EXACT.add(sells, delta))
 
     def position(self, instrument: str) -> Decimal:
         """Signed filled quantity of ``instrument``."""
@@ -160,8 +183,30 @@ class OmsState:
     def projected(self) -> dict[str, Decimal]:
         """Positions as if every live order filled completely (what the risk engine limits)."""
         out = self.position_quantities()
-        for inst, pending in self._live_sums.items():
-            out[inst] = out.get(inst, ZERO) + pending
+        for inst, (buys, sells) in self._live_sums.items():
+            out[inst] = out.get(inst, ZERO) + buys - sells
+        return out
+
+    def resting(self, instrument: str) -> tuple[Decimal, Decimal]:
+        """Remaining (buy, sell) quantities of the live orders of ``instrument`` (kept per change: O(1))."""
+        return self._live_sums.get(instrument, (ZERO, ZERO))
+
+    def exposure_increasing(self) -> list[Order]:
+        """Live orders that would add to a position rather than reduce it (what REDUCING cancels).
+
+        Per instrument, oldest first: an order counts as reducing while the orders before it on the
+        same side have not yet claimed the whole filled position.
+        """
+        out = []
+        for inst, cids in self.live_by_instrument.items():
+            filled = self.position(inst)
+            claimed = ZERO
+            for cid in cids:
+                order = self.orders[cid]
+                if order.side.sign * filled < 0 and claimed + order.remaining <= abs(filled):
+                    claimed += order.remaining
+                else:
+                    out.append(order)
         return out
 
     def live_orders(self) -> list[Order]:

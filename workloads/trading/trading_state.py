@@ -76,6 +76,15 @@ def next_conditions(conditions: dict[str, str], target: TradingState, reason: st
     return kept
 
 
+def state_of(conditions: dict[str, str]) -> TradingState:
+    """The most severe state journaled conditions ("STATE: detail") ask for."""
+    return max(
+        (TradingState(v.partition(": ")[0]) for v in conditions.values()),
+        key=[TradingState.ACTIVE, TradingState.REDUCING, TradingState.HALTED].index,
+        default=TradingState.ACTIVE,
+    )
+
+
 def refuse_kill_switch(on: bool) -> None:
     """Nothing resumes while the kill switch is on."""
     if on:
@@ -178,16 +187,57 @@ def resume_stopped(
         conditions = next_conditions(state.risk_conditions, target, reason)
         cleared = {k: v for k, v in state.risk_conditions.items() if k in STICKY}
         equity = state.account.equity if state.account is not None else None
-        new_state = max(
-            (TradingState(v.partition(": ")[0]) for v in conditions.values()),
-            key=[TradingState.ACTIVE, TradingState.REDUCING, TradingState.HALTED].index,
-            default=TradingState.ACTIVE,
-        )
+        new_state = state_of(conditions)
         journal.append(
             TradingStateSet(now, target.value, reason, source, state.risk_state, cleared, equity),
             RiskStateChanged(now, new_state.value, conditions),
         )
     return ResumeResult(state.risk_state, new_state.value, cleared)
+
+
+@dataclass(frozen=True)
+class AdoptResult:
+    """What an offline adoption wrote."""
+
+    created: bool  # the journal did not exist (a lost volume, or a new session)
+    cleared: dict[str, str]
+
+
+def adopt_stopped(state_dir: Path, reason: str, *, source: str = "cli") -> AdoptResult:
+    """Allow a session whose journal is empty to start from the broker's positions and open orders.
+
+    Journals ``AdoptionAuthorized`` (who, why) and clears the halt a refused start latched; the next
+    start baselines from the broker and adopts its open orders. Refused when the journal already
+    holds a history (adoption would throw it away) or while a runtime holds the state directory.
+    """
+    from kubequant.workloads.trading.events import AdoptionAuthorized
+    from kubequant.workloads.trading.journal import Journal
+    from kubequant.workloads.trading.state import OmsState
+
+    if not reason.strip():
+        raise ValidationError("a reason is required", where="--reason", fix="say why the account is adopted")
+    if len(reason) > MAX_REASON:
+        raise ValidationError(
+            f"the reason is over {MAX_REASON} characters", where="--reason", fix="shorten it"
+        )
+    path = state_dir / "journal.sqlite"
+    created = not path.exists()
+    with RuntimeLock(state_dir, purpose="adopt"), Journal(path) as journal:
+        state = OmsState.rebuild(journal.events())
+        if state.has_history:
+            raise TradingStateRefused(
+                f"the journal already holds this session's history ({len(state.orders)} orders)",
+                where=str(path),
+                fix="start the runtime: it reconciles a journal with the broker; adoption is for an empty journal",
+            )
+        now = utcnow()
+        cleared = {k: v for k, v in state.risk_conditions.items() if k in STICKY}
+        conditions = {k: v for k, v in state.risk_conditions.items() if k not in STICKY}
+        new_state = state_of(conditions)
+        journal.append(
+            AdoptionAuthorized(now, reason, source), RiskStateChanged(now, new_state.value, conditions)
+        )
+    return AdoptResult(created, cleared)
 
 
 class RuntimeLock:
@@ -208,11 +258,10 @@ class RuntimeLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            fix = (
-                "use POST /v1/trading-state on the running runtime, or stop it first"
-                if self.purpose == "resume"
-                else "stop the other runtime using this state directory"
-            )
+            fix = {
+                "resume": "use POST /v1/trading-state on the running runtime, or stop it first",
+                "adopt": "stop the runtime first",
+            }.get(self.purpose, "stop the other runtime using this state directory")
             raise TradingStateRefused(
                 f"the state directory is in use by {holder}", where=str(self.path.parent), fix=fix
             ) from None

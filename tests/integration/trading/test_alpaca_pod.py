@@ -27,6 +27,7 @@ from test_pod_process import TOKEN, Pod
 from kubequant.errors import BrokerError, ConfigError, ValidationError
 from kubequant.workloads.trading.domain import client_order_id
 from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, parse_args, read_session
+from kubequant.workloads.trading.trading_state import adopt_stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,11 +126,22 @@ def test_an_alpaca_session_trades_fills_and_restarts_without_a_second_order(
     token_file.write_text(TOKEN)
     args = ("--secrets-dir", str(secrets))
 
+    # An empty journal on an account that holds a position: a lost journal volume looks the same,
+    # so the pod fails closed (exit 3), says how to adopt, and sends nothing.
+    pod = Pod(session, state, token_file, *args)
+    pods.append(pod)
+    assert pod.proc.wait(60) == 3, pod.output()
+    assert "1 positions (AAPL)" in pod.output() and "kubequant trading adopt" in pod.output()
+    assert fake.posts == 0
+    adopt = [str(Path(sys.executable).parent / "kubequant"), "trading", "adopt", "--state-dir", str(state)]
+    done = subprocess.run([*adopt, "--reason", "new session on this account"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
     pod = Pod(session, state, token_file, *args)
     pods.append(pod)
     pod.wait_ready()
     assert fake.requests["GET", "/v2/account"] >= 1  # connect checked the key and the account
-    assert positions(pod) == {"AAPL": (5, 0)}  # a fresh journal starts from Alpaca's positions
+    assert positions(pod) == {"AAPL": (5, 0)}  # the adopted journal starts from Alpaca's positions
 
     # A quantity target: the order reaches Alpaca once, under the deterministic client order id.
     msft = client_order_id("alpaca-pod", "sig-1", "MSFT")
@@ -270,6 +282,7 @@ def test_the_example_session_recovers_against_the_fake_alpaca(fake: Any, tmp_pat
     )
     session = tmp_path / "example.yaml"
     session.write_text(text)
+    adopt_stopped(tmp_path / "volume", "the fake account holds AAPL")
     runtime = TradingRuntime(config(session, tmp_path, write_secret(tmp_path)))
     try:
         asyncio.run(runtime.start())
@@ -277,5 +290,21 @@ def test_the_example_session_recovers_against_the_fake_alpaca(fake: Any, tmp_pat
         knows = runtime.knows()
         assert knows("BRK.B") and not knows("TSLA")  # the universe is the signal API's instrument list
         assert runtime.prices.last_price("AAPL") == Decimal("172.78")
+    finally:
+        runtime.close()
+
+
+def test_without_a_universe_only_what_alpaca_lists_as_tradable_is_accepted(fake: Any, tmp_path: Path) -> None:
+    session = write_session(tmp_path, fake.url)
+    session.write_text(session.read_text().replace("  universe: {instruments: [AAPL, MSFT, TSLA]}\n", ""))
+    fake.assets["TSLA"] = False  # listed, not tradable at Alpaca
+    adopt_stopped(tmp_path / "volume", "the fake account holds AAPL")
+    runtime = TradingRuntime(config(session, tmp_path, write_secret(tmp_path)))
+    try:
+        knows = runtime.knows()
+        assert not knows("AAPL")  # nothing is known before the start has read Alpaca's list
+        asyncio.run(runtime.start())
+        assert fake.requests["GET", "/v2/assets"] == 1
+        assert knows("AAPL") and knows("BRK.B") and not knows("TSLA") and not knows("ZZZZ")
     finally:
         runtime.close()

@@ -174,6 +174,17 @@ BAD = [
     (signal("x", quantity="lots"), 422, "targets[0].quantity"),
     (signal("x", quantity=100) | {"limitPrices": {"SYN0001": -3}}, 422, "limitPrices.SYN0001"),
     (signal("x", quantity=100) | {"extra": 1}, 422, "extra"),
+    # Deeply nested JSON: refused as a bad body, never a 500 (RecursionError) or a huge echo.
+    (b"[" * 100_000 + b"]" * 100_000, 400, "$"),
+    (b'{"id": "x", "targets": ' + b"[" * 40 + b"]" * 40 + b"}", 400, "$"),
+    ({"id": "x", "targets": [{"instrument": [[[["deep"]]]], "quantity": 1}]}, 422, "targets[0].instrument"),
+    (signal("x", quantity="1e999999999"), 422, "targets[0].quantity"),
+    # More targets than a signal may carry (spec.strategy.signalApi.maxTargets, 500 by default).
+    (
+        {"id": "x", "targets": [{"instrument": f"SYN{k:04d}", "quantity": 100} for k in range(501)]},
+        422,
+        "targets",
+    ),
 ]
 
 
@@ -266,5 +277,75 @@ def test_a_weight_without_a_price_is_refused_naming_the_target(
         runtime.oms.view = priced  # type: ignore[method-assign]
         accepted = await client.post("/v1/signals", json=body, headers=AUTH)  # the same id, once priced
         assert accepted.status == 202 and len((await accepted.json())["orders"]) == 2
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_the_same_id_with_another_payload_is_refused_and_a_no_order_signal_is_remembered(
+    tmp_path: Path, api_session: tuple[Path, QlibMarket]
+) -> None:
+    async def first_life(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        ok = await client.post("/v1/signals", json=signal("sig-1", quantity=500), headers=AUTH)
+        assert ok.status == 202
+        other = await client.post("/v1/signals", json=signal("sig-1", quantity=900), headers=AUTH)
+        assert other.status == 409, await other.text()
+        answer = await other.json()
+        assert answer["field"] == "id" and "different payload" in answer["error"]
+        same = await client.post("/v1/signals", json=signal("sig-1", quantity=500.0), headers=AUTH)
+        assert same.status == 200 and (await same.json())["duplicate"] is True  # 500.0 is 500
+        # A target equal to the projected position needs no order; it is journaled all the same.
+        nothing = await client.post("/v1/signals", json=signal("sig-2", quantity=500), headers=AUTH)
+        assert nothing.status == 202 and (await nothing.json())["orders"] == []
+
+    run(tmp_path, api_session, first_life)
+
+    async def after_restart(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        # The process went away: sig-2 made no order, and must still not trade when retried.
+        again = await client.post("/v1/signals", json=signal("sig-2", quantity=500), headers=AUTH)
+        assert again.status == 200 and (await again.json())["duplicate"] is True
+        moved = await client.post("/v1/signals", json=signal("sig-2", quantity=800), headers=AUTH)
+        assert moved.status == 409
+        assert len(runtime.oms.state.orders) == 1  # only sig-1's order, ever
+
+    run(tmp_path, api_session, after_restart)
+
+
+def test_quantities_are_whole_lots(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        assert runtime.lot() == 100  # the paper market's trade unit (qlib's, region cn)
+        tiny = await client.post("/v1/signals", json=signal("tiny", quantity="1E-20"), headers=AUTH)
+        assert tiny.status == 202 and (await tiny.json())["orders"] == []  # less than a lot: no order
+        odd = await (
+            await client.post("/v1/signals", json=signal("odd", quantity=250.7), headers=AUTH)
+        ).json()
+        assert [o["quantity"] for o in odd["orders"]] == ["200"]
+        assert not runtime.oms.state.orders or all(
+            o.quantity % 100 == 0 for o in runtime.oms.state.orders.values()
+        )
+
+    run(tmp_path, api_session, scenario)
+
+
+def test_reads_show_only_what_is_on_disk(tmp_path: Path, api_session: tuple[Path, QlibMarket]) -> None:
+    async def scenario(client: TestClient[Any, Any], runtime: TradingRuntime) -> None:
+        journal = runtime.journal
+        with journal._db_lock:  # the writer is stuck in an fsync: the signal's events are not on disk yet
+            sent = asyncio.create_task(
+                client.post("/v1/signals", json=signal("s", quantity=300), headers=AUTH)
+            )
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if runtime.oms.state.orders:
+                    break
+            assert runtime.oms.state.orders  # applied in memory ...
+            read = asyncio.create_task(client.get("/v1/orders", headers=AUTH))
+            await asyncio.sleep(0.2)
+            assert not read.done()  # ... but not shown before the disk has it
+        answer = await read
+        assert answer.headers["Kubequant-Journal"] == "durable"
+        orders = (await answer.json())["orders"]
+        on_disk = {e.client_order_id for e in journal.events() if hasattr(e, "client_order_id")}
+        assert {o["clientOrderId"] for o in orders} <= on_disk
+        assert (await sent).status == 202
 
     run(tmp_path, api_session, scenario)

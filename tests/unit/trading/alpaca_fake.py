@@ -44,6 +44,8 @@ class FakeAlpaca:
         self.positions: list[dict[str, Any]] = [payload("position")]
         self.account = payload("account")
         self.last_trades: dict[str, Decimal] = {}  # symbol -> price of its latest trade (market data API)
+        # symbol -> tradable, the active US equities GET /v2/assets lists
+        self.assets: dict[str, bool] = {s: True for s in ("AAPL", "MSFT", "TSLA", "BRK.B", "SPY")}
         self.requests: Counter[tuple[str, str]] = Counter()
         self.bodies: list[dict[str, Any]] = []
         # (method, route) -> steps run before the real answer: (status, body) answers instead; a float sleeps.
@@ -197,6 +199,14 @@ class FakeAlpaca:
             return 200, self.positions
         if (method, route) == ("GET", "/v2/account"):
             return 200, self.account
+        if (method, route) == ("GET", "/v2/assets"):
+            assert query.get("status") == "active" and query.get("asset_class") == "us_equity", query
+            example = payload("asset")
+            return 200, [
+                example
+                | {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, s)), "symbol": s, "name": s, "tradable": t}
+                for s, t in self.assets.items()
+            ]
         if (method, route) == ("GET", "/v2/clock"):
             return 200, payload("clock")
         if (method, route) == ("GET", "/v2/stocks/trades/latest"):

@@ -56,6 +56,7 @@ from kubequant.workloads.trading.orders import OrderStatus
 from kubequant.workloads.trading.reconcile import poll
 from kubequant.workloads.trading.recovery import recover
 from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.trading_state import adopt_stopped
 
 pytestmark = pytest.mark.unit
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.0, max_delay=0.0)
@@ -132,6 +133,9 @@ def test_the_oms_keeps_a_timed_out_submit_in_flight_until_the_query_settles_it(
         def last_price(self, instrument: str) -> Decimal | None:
             return Decimal("120")
 
+    adopt_stopped(
+        tmp_path, "the fake account already holds AAPL"
+    )  # an empty journal must not adopt it silently
     journal = Journal(tmp_path / "journal.sqlite")
     oms = OrderManager("s1", journal, broker, RiskEngine(RiskPolicySpec()), Marks(), retry=FAST_RETRY)
 

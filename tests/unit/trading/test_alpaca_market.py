@@ -33,6 +33,7 @@ from kubequant.workloads.trading.oms import OrderManager
 from kubequant.workloads.trading.orders import OrderStatus
 from kubequant.workloads.trading.recovery import recover
 from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.trading_state import adopt_stopped
 
 pytestmark = pytest.mark.unit
 LATEST = ("GET", "/v2/stocks/trades/latest")
@@ -145,6 +146,9 @@ def test_the_risk_engine_rejects_a_market_order_without_a_price_and_sends_one_wi
     client = TradingClient(api_key=KEY, secret_key=SECRET, paper=True, raw_data=True, url_override=api.url)
     broker = AlpacaBroker(client, timeout=(1.0, 2.0))
     prices = make_prices(api.url, symbols=["AAPL"])
+    adopt_stopped(
+        tmp_path, "the fake account already holds AAPL"
+    )  # an empty journal must not adopt it silently
     journal = Journal(tmp_path / "journal.sqlite")
     policy = RiskPolicySpec.model_validate({"limits": {"maxOrderNotional": 1000}})
     oms = OrderManager("s1", journal, broker, RiskEngine(policy), prices)

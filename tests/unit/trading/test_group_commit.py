@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kubequant.api.risk import RiskPolicySpec
 from kubequant.workloads.trading.brokers.base import BrokerAck, SubmitRequest
 from kubequant.workloads.trading.domain import OrderIntent, Side, client_order_id
 from kubequant.workloads.trading.events import AccountSnapshot, OrderCreated, OrderSubmitted
@@ -126,7 +127,7 @@ def test_a_failed_write_fails_its_waiters_and_refuses_every_later_write(tmp_path
 def test_concurrent_submits_share_fsyncs_and_each_order_is_on_disk_before_the_broker_sees_it(
     open_session: Any, tmp_path: Path
 ) -> None:
-    s = open_session()
+    s = open_session(RiskPolicySpec.model_validate({"limits": {"longOnly": False}}))  # sells from flat
     asyncio.run(recover(s.oms))
     seen: dict[str, list[str]] = {}
     real_submit = s.broker.submit

@@ -19,6 +19,7 @@ from kubequant.workloads.trading.domain import Fill, OrderIntent, Side
 from kubequant.workloads.trading.events import (
     EVENT_TYPES,
     AccountSnapshot,
+    AdoptionAuthorized,
     OrderAccepted,
     OrderCanceled,
     OrderCancelRequested,
@@ -31,12 +32,13 @@ from kubequant.workloads.trading.events import (
     RecoveryCompleted,
     RejectSource,
     RiskStateChanged,
+    SignalReceived,
     encode,
 )
 from kubequant.workloads.trading.journal import JOURNAL_WRITE_SECONDS, Journal
 from kubequant.workloads.trading.reconcile import poll
 from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.scheduled import RebalancePlanned
+from kubequant.workloads.trading.scheduled import RebalancePlanned, RebalanceSlotsSkipped
 from kubequant.workloads.trading.state import OmsState
 from kubequant.workloads.trading.trading_state import TradingStateSet
 
@@ -58,10 +60,13 @@ ONE_OF_EACH = [
     AccountSnapshot(T0, Decimal("996244.29"), Decimal("999761.00")),
     RiskStateChanged(T0, "HALTED", {"kill_switch": "HALTED: kill switch"}),
     RecoveryCompleted(T0, {"replayed": 3}, "reason"),
+    AdoptionAuthorized(T0, "new session on an account in use", "cli"),
+    SignalReceived(T0, "sig-7", "5f1c0d"),
     # Kinds registered by the modules that own them (the scheduled strategy, the operator's resume).
     RebalancePlanned(
         T0, "rebalance-2024-03-04", "2024-03-04", "2024-03-01", T0, 10, 60.0, {"SYN0001": Decimal("-300")}
     ),
+    RebalanceSlotsSkipped(T0, "rebalance-2024-03-04", 0, 8, "not sent in time"),
     TradingStateSet(
         T0, "REDUCING", "loss reviewed", "cli", "HALTED", {"max_drawdown": "HALTED: dd"}, Decimal("9.5")
     ),

@@ -173,3 +173,59 @@ def test_client_order_ids_are_deterministic() -> None:
     assert a == client_order_id("s1", "sig-1", "SYN0001")
     assert len({a, client_order_id("s2", "sig-1", "SYN0001"), client_order_id("s1", "sig-2", "SYN0001")}) == 3
     assert client_order_id("s", "ab", "c") != client_order_id("s", "a", "bc")
+
+
+# --- an empty journal never adopts the account on its own (issue 15) ------------------------------
+def test_an_empty_journal_on_an_account_that_holds_positions_fails_closed_until_adopted(
+    open_session,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from kubequant.errors import KubequantError
+    from kubequant.workloads.trading.events import AdoptionAuthorized, PositionSnapshot
+    from kubequant.workloads.trading.trading_state import adopt_stopped
+
+    s = open_session()
+    s.broker.set_position("SYN0001", Decimal(500))  # what a lost journal volume leaves behind
+    report = run(recover(s.oms))
+    assert not s.oms.ready and report.halted and "kubequant trading adopt" in report.halted
+    assert "1 positions (SYN0001)" in report.halted
+    assert not any(isinstance(e, PositionSnapshot) for e in s.journal.events())  # nothing adopted
+    with pytest.raises(NotReady):
+        run(s.oms.submit(buy("sig-1")))
+    s.close()
+
+    again = open_session()
+    assert run(recover(again.oms)).halted is not None  # still refused on the next start
+    assert not again.oms.ready
+    again.close()
+
+    with pytest.raises(KubequantError):
+        adopt_stopped(tmp_path, "   ")  # a reason is required
+    result = adopt_stopped(tmp_path, "new session on an account in use")
+    assert "reconciliation" in result.cleared and not result.created
+    adopted = open_session()
+    run(recover(adopted.oms))
+    assert adopted.oms.ready and adopted.oms.risk.state is TradingState.ACTIVE
+    assert adopted.oms.state.position_quantities() == {"SYN0001": Decimal(500)}
+    assert any(isinstance(e, AdoptionAuthorized) and "in use" in e.reason for e in adopted.journal.events())
+    adopted.close()
+    with pytest.raises(KubequantError, match="already holds"):
+        adopt_stopped(tmp_path, "again")  # the journal has a history now
+
+
+def test_an_empty_journal_on_a_clean_account_starts_and_kubequant_orders_at_the_broker_refuse(
+    open_session,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    s = open_session()
+    assert run(recover(s.oms)).halted is None and s.oms.ready  # a new session on a clean account
+    out = run(s.oms.submit(buy("sig-1")))
+    assert out.accepted
+    s.close()
+    (tmp_path / "journal.sqlite").unlink()  # the journal volume is lost; the broker still has the order
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"journal.sqlite{suffix}").unlink(missing_ok=True)
+    lost = open_session()
+    report = run(recover(lost.oms))
+    assert not lost.oms.ready and report.halted and "1 open orders" in report.halted
+    assert out.order.client_order_id in report.halted  # its own kq- id at the broker

@@ -38,7 +38,9 @@ ORDER = [
     "INSTRUMENT_NOT_ALLOWED",
     "OUTSIDE_TRADING_WINDOW",
     "NO_PRICE",
+    "STALE_PRICE",
     "REDUCE_ONLY",
+    "SHORT_SELLING",
     "ORDER_QUANTITY",
     "ORDER_NOTIONAL",
     "PRICE_BAND",
@@ -127,24 +129,27 @@ def cases(draw: st.DrawFn, active: bool = False) -> dict[str, Any]:
     ages = draw(st.lists(st.sampled_from([0, 0.2, 0.5, 0.7, 1.0, 3, 9.9, 10, 20]), max_size=5))
     local_day = now.astimezone(ZoneInfo(policy["timezone"])).date()
     state = TradingState.ACTIVE if active else draw(st.sampled_from([*TradingState, TradingState.ACTIVE]))
-    return {
-        "policy": policy,
-        "state": state,
-        "kill": not active and draw(st.integers(0, 19)) == 0,
-        "now": now,
-        "view": PortfolioView(
-            draw(st.sampled_from([Decimal(0), Decimal(-100)]) | money.map(lambda m: m * 20)), held, marks
-        ),
-        "intent": OrderIntent(
-            inst, draw(st.sampled_from(list(Side))), draw(quantities), "sig", inst, draw(maybe(prices))
-        ),
-        "counters": Counters(
-            day=local_day - dt.timedelta(days=draw(st.integers(0, 1))),
-            trades=draw(st.integers(0, 6)),
-            turnover=draw(money) * 2,
-            recent=deque(sorted(now - dt.timedelta(seconds=a) for a in ages)),
-        ),
-    }
+    return with_book(
+        draw(st.integers(0, 2**32)),
+        {
+            "policy": policy,
+            "state": state,
+            "kill": not active and draw(st.integers(0, 19)) == 0,
+            "now": now,
+            "view": PortfolioView(
+                draw(st.sampled_from([Decimal(0), Decimal(-100)]) | money.map(lambda m: m * 20)), held, marks
+            ),
+            "intent": OrderIntent(
+                inst, draw(st.sampled_from(list(Side))), draw(quantities), "sig", inst, draw(maybe(prices))
+            ),
+            "counters": Counters(
+                day=local_day - dt.timedelta(days=draw(st.integers(0, 1))),
+                trades=draw(st.integers(0, 6)),
+                turnover=draw(money) * 2,
+                recent=deque(sorted(now - dt.timedelta(seconds=a) for a in ages)),
+            ),
+        },
+    )
 
 
 def random_case(seed: int) -> dict[str, Any]:
@@ -194,26 +199,65 @@ def random_case(seed: int) -> dict[str, Any]:
         # The edges of "adds exposure": closing exactly, and flipping to the mirror position.
         side = Side.SELL if held[inst] > 0 else Side.BUY
         qty = abs(held[inst]) * r.choice([1, 2])
-    return {
-        "policy": policy,
-        "state": r.choices(list(TradingState), weights=[8, 2, 1])[0],
-        "kill": r.random() < 0.03,
-        "now": now,
-        "view": PortfolioView(
-            r.choice([Decimal(0), Decimal(-100)]) if r.random() < 0.05 else Decimal(r.randint(1, 400) * 500),
-            held,
-            marks,
-        ),
-        "intent": OrderIntent(
-            inst, side, qty, "sig", inst, Decimal(r.randint(1, 200)) / 4 if r.random() < 0.4 else None
-        ),
-        "counters": Counters(
-            day=local_day - dt.timedelta(days=r.randint(0, 1)),
-            trades=r.randint(0, 8),
-            turnover=Decimal(r.randint(0, 400) * 50),
-            recent=deque(sorted(now - dt.timedelta(seconds=a) for a in ages)),
-        ),
-    }
+    return with_book(
+        r.randrange(2**32),
+        {
+            "policy": policy,
+            "state": r.choices(list(TradingState), weights=[8, 2, 1])[0],
+            "kill": r.random() < 0.03,
+            "now": now,
+            "view": PortfolioView(
+                r.choice([Decimal(0), Decimal(-100)])
+                if r.random() < 0.05
+                else Decimal(r.randint(1, 400) * 500),
+                held,
+                marks,
+            ),
+            "intent": OrderIntent(
+                inst, side, qty, "sig", inst, Decimal(r.randint(1, 200)) / 4 if r.random() < 0.4 else None
+            ),
+            "counters": Counters(
+                day=local_day - dt.timedelta(days=r.randint(0, 1)),
+                trades=r.randint(0, 8),
+                turnover=Decimal(r.randint(0, 400) * 50),
+                recent=deque(sorted(now - dt.timedelta(seconds=a) for a in ages)),
+            ),
+        },
+    )
+
+
+def with_book(seed: int, c: dict[str, Any]) -> dict[str, Any]:
+    """The case with what stands behind its projected position: the filled quantity and the resting
+    orders of the order's instrument, the price's age, the session's exchange zone and shorting, the
+    policy's longOnly and maxPriceAgeSeconds; the counters' day in the exchange's zone."""
+    r = random.Random(seed)
+    view, intent, policy = c["view"], c["intent"], c["policy"]
+    inst = intent.instrument
+    projected = view.positions.get(inst, Decimal(0))
+    buys, sells = (Decimal(r.choice([0, 0, 50, 100, 500])) for _ in range(2))
+    filled = projected - buys + sells
+    if filled and r.random() < 0.4:
+        # The edges of "reduces": exactly what the resting orders left, and one lot more.
+        claimed = sells if filled > 0 else buys
+        qty = abs(filled) - claimed + r.choice([Decimal(0), Decimal(50)])
+        if qty > 0:
+            side = Side.SELL if filled > 0 else Side.BUY
+            intent = OrderIntent(inst, side, qty, intent.signal_id, intent.leg, intent.limit_price)
+    ages = {}
+    if inst in view.marks and r.random() < 0.7:
+        ages[inst] = r.choice([0.0, 5.0, 10.0, 30.0, 60.0, 61.0, 3600.0])
+    policy["limits"]["max_price_age_seconds"] = r.choice([None, None, 10.0, 60.0])
+    policy["limits"]["long_only"] = r.choice([None, True, False])
+    c["exchange_tz"] = r.choice(ZONES)
+    c["short_selling"] = r.random() < 0.5
+    c["view"] = PortfolioView(
+        view.equity, view.positions, view.marks, {inst: filled}, {inst: (buys, sells)}, ages
+    )
+    c["intent"] = intent
+    c["counters"].day = c["now"].astimezone(ZoneInfo(c["exchange_tz"])).date() - dt.timedelta(
+        days=r.randint(0, 1)
+    )
+    return c
 
 
 def _window(r: random.Random) -> dict[str, Any]:
@@ -256,14 +300,26 @@ def breaches(c: dict[str, Any]) -> list[str]:
             out.append("OUTSIDE_TRADING_WINDOW")
     last = F(view.marks[inst]) if inst in view.marks else None
     limit = F(intent.limit_price) if intent.limit_price is not None else None
-    ref = limit if limit is not None else last
-    if ref is None:
+    filled = F(view.filled.get(inst, 0))
+    buys, sells = (F(x) for x in view.resting.get(inst, (0, 0)))
+    if intent.side is Side.SELL:
+        reduces = filled > 0 and qty <= filled - sells
+    else:
+        reduces = filled < 0 and qty <= -filled - buys
+    if last is None and (limit is None or not reduces):
         return [*out, "NO_PRICE"]  # nothing priced can be checked: the order must be refused
+    age, max_age = view.ages.get(inst), lim.get("max_price_age_seconds")
+    if not reduces and age is not None and max_age is not None and age > max_age:
+        out.append("STALE_PRICE")
+    ref = last if limit is None else limit if last is None else max(limit, last)
     before = F(view.positions.get(inst, 0))
     after = before + (qty if intent.side is Side.BUY else -qty)
-    shrinks = abs(after) < abs(before) and (after == 0 or (after > 0) == (before > 0))
-    if c["state"] is TradingState.REDUCING and not shrinks:
+    if c["state"] is TradingState.REDUCING and not reduces:
         out.append("REDUCE_ONLY")
+    long_only = lim.get("long_only")
+    long_only = not c["short_selling"] if long_only is None else long_only
+    if long_only and intent.side is Side.SELL and qty > filled - sells:
+        out.append("SHORT_SELLING")
     if lim["max_order_quantity"] is not None and qty > F(lim["max_order_quantity"]):
         out.append("ORDER_QUANTITY")
     notional = qty * ref
@@ -276,7 +332,7 @@ def breaches(c: dict[str, Any]) -> list[str]:
         window = dt.timedelta(seconds=lim["order_rate"]["per_seconds"])
         if sum(1 for t in counters.recent if now - window < t <= now) >= lim["order_rate"]["max_orders"]:
             out.append("ORDER_RATE")
-    today = counters.day == now.astimezone(ZoneInfo(p["timezone"])).date()
+    today = counters.day == now.astimezone(ZoneInfo(c["exchange_tz"])).date()
     trades, turnover = (counters.trades, F(counters.turnover)) if today else (0, Fraction(0))
     if lim["max_daily_trades"] is not None and trades >= lim["max_daily_trades"]:
         out.append("DAILY_TRADES")
@@ -299,7 +355,12 @@ def breaches(c: dict[str, Any]) -> list[str]:
 
 
 def engine_for(c: dict[str, Any]) -> RiskEngine:
-    engine = RiskEngine(RiskPolicySpec.model_validate(c["policy"]), kill_switch=c["kill"])
+    engine = RiskEngine(
+        RiskPolicySpec.model_validate(c["policy"]),
+        kill_switch=c["kill"],
+        exchange_tz=c["exchange_tz"],
+        short_selling=c["short_selling"],
+    )
     if c["state"] is not TradingState.ACTIVE:
         engine.set_condition("test", c["state"], "set by the test")
     engine.counters = c["counters"]
@@ -316,9 +377,9 @@ def check_case(c: dict[str, Any]) -> None:
         assert verdict.reason.value == min(expected, key=ORDER.index), (verdict, expected)
     else:
         assert isinstance(verdict, Accept), f"breaks nothing but rejected: {verdict}"
-        assert verdict.notional == c["intent"].quantity * (
-            c["intent"].limit_price or c["view"].marks[c["intent"].instrument]
-        )
+        intent, last = c["intent"], c["view"].marks.get(c["intent"].instrument)
+        prices = [p for p in (intent.limit_price, last) if p is not None]
+        assert verdict.notional == intent.quantity * max(prices)  # valued conservatively
 
 
 @settings(SETTINGS, max_examples=10_000)

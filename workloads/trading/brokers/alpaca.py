@@ -32,8 +32,14 @@ import requests
 from alpaca.common.enums import BaseURL, Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
-from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest, OrderRequest
+from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import (
+    GetAssetsRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    OrderRequest,
+)
 from pydantic import ValidationError as PydanticValidationError
 from urllib3.exceptions import NewConnectionError
 
@@ -420,6 +426,16 @@ class AlpacaBroker:
                 fix="set spec.account to the key's account number, or mount that account's key",
             )
         return self._account(raw)
+
+    async def listed_instruments(self) -> frozenset[str]:
+        """The symbols Alpaca lets this account trade: active US equities marked tradable (GET /v2/assets)."""
+        request = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+        raw = await self._call("assets", self.client.get_all_assets, request)
+        return frozenset(
+            str(a["symbol"]).strip()
+            for a in raw
+            if isinstance(a, Mapping) and a.get("tradable") and a.get("symbol")
+        )
 
     def _order_request(self, request: SubmitRequest) -> OrderRequest:
         if request.quantity <= 0 or (request.limit_price is not None and request.limit_price <= 0):

@@ -14,6 +14,7 @@ alpaca-py's ``StockHistoricalDataClient`` calls ``GET /v2/stocks/trades/latest?s
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,7 @@ from alpaca.data.requests import StockLatestTradeRequest
 
 from kubequant.api.live import LiveTradingSession
 from kubequant.workloads.trading.brokers.alpaca import AlpacaCredentials, load_credentials, take_over
+from kubequant.workloads.trading.domain import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ SYMBOLS_PER_REQUEST = 100  # keeps the query string short; the latest endpoints 
 class _Quote:
     price: Decimal
     fetched: float  # monotonic time of the refresh that brought it
+    traded: dt.datetime | None = None  # when the trade printed (Alpaca's "t"), if it said
 
 
 def data_url(endpoint: str | None) -> str | None:
@@ -60,12 +63,14 @@ class AlpacaPrices:
         max_age: float = 60.0,
         timeout: float | tuple[float, float] = DATA_TIMEOUT,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         take_over(client, timeout)
         self.client = client
         self.refresh_seconds = refresh_seconds
         self.max_age = max_age
         self._now = monotonic
+        self._wall = wall
         self._watched: dict[str, None] = {}
         self._prices: dict[str, _Quote] = {}
         self._last_refresh: float | None = None
@@ -115,6 +120,16 @@ class AlpacaPrices:
             return None  # refreshes have been failing: a stale price must not pass the price checks
         return quote.price
 
+    def price_age(self, instrument: str) -> float | None:
+        """Seconds since the last price's trade printed (since it was fetched, if Alpaca gave no time)."""
+        quote = self._prices.get(instrument)
+        if quote is None:
+            return None
+        fetched_age = self._now() - quote.fetched
+        if quote.traded is None:
+            return fetched_age
+        return max(fetched_age, (self._wall() - quote.traded).total_seconds())
+
     # --- the cache ----------------------------------------------------------------------------
     def watch(self, *symbols: str) -> None:
         """Add symbols to those every refresh fetches."""
@@ -158,24 +173,25 @@ class AlpacaPrices:
         if self._error is not None:
             log.info("Alpaca market data is back")
             self._error = None
-        for symbol, price in prices.items():
-            self._prices[symbol] = _Quote(price, started)
+        for symbol, (price, traded) in prices.items():
+            self._prices[symbol] = _Quote(price, started, traded)
         self._last_refresh = started
         missing = [s for s in symbols if s not in prices]
         if missing:
             log.debug("no latest trade at Alpaca for %s", ", ".join(missing[:20]))
         return len(prices)
 
-    def _fetch(self, symbols: list[str]) -> dict[str, Decimal]:
-        """GET /v2/stocks/trades/latest for ``symbols`` (blocking: runs on a worker thread)."""
-        out: dict[str, Decimal] = {}
+    def _fetch(self, symbols: list[str]) -> dict[str, tuple[Decimal, dt.datetime | None]]:
+        """GET /v2/stocks/trades/latest for ``symbols``: price and trade time (blocking: runs on a worker thread)."""
+        out: dict[str, tuple[Decimal, dt.datetime | None]] = {}
         for i in range(0, len(symbols), SYMBOLS_PER_REQUEST):
             chunk = symbols[i : i + SYMBOLS_PER_REQUEST]
             trades = self.client.get_stock_latest_trade(StockLatestTradeRequest(symbol_or_symbols=chunk))
             for symbol, trade in dict(trades).items():  # symbols Alpaca has no trade for are absent
-                price = _price(trade.get("p") if isinstance(trade, Mapping) else None)
+                raw = trade if isinstance(trade, Mapping) else {}
+                price = _price(raw.get("p"))
                 if price is not None:
-                    out[str(symbol).strip()] = price
+                    out[str(symbol).strip()] = (price, _time(raw.get("t")))
         return out
 
     def close(self) -> None:
@@ -193,3 +209,19 @@ def _price(value: object) -> Decimal | None:
     except InvalidOperation:
         return None
     return price if price.is_finite() and price > 0 else None
+
+
+def _time(value: object) -> dt.datetime | None:
+    """An RFC 3339 trade time (Alpaca's "t", nanoseconds and "Z" included) as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # fromisoformat takes at most microseconds: cut the fraction to 6 digits
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    try:
+        ts = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.UTC)

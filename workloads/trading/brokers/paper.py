@@ -109,7 +109,8 @@ class PaperBroker:
         # The record has one writer at a time (this object; a restarted process opens its own), so
         # the bar and the last prices it implies are kept in memory: the risk view reads them per order.
         self._bar = int(self._meta("bar"))
-        self._last_prices: dict[str, Decimal | None] = {}
+        # instrument -> (last close, index of the bar it closed) up to the last completed bar.
+        self._last_prices: dict[str, tuple[Decimal | None, int]] = {}
         # Client order ids the record has (duplicates are refused without a query), the orders of
         # the bar being dealt (None when not dealing), and the fills this object made, which
         # ``fills_since`` serves from memory rather than re-reading and re-parsing the record.
@@ -159,17 +160,28 @@ class PaperBroker:
         A suspended instrument has no bar; it keeps its last close, as a broker marks it, rather
         than counting as worth nothing (which would fake a loss and trip the breakers).
         """
+        return self._last_close(instrument)[0]
+
+    def price_age(self, instrument: str) -> float | None:
+        """Seconds of market time between the last price's bar and the last completed bar (0 unless suspended since)."""
+        price, index = self._last_close(instrument)
+        if price is None or index == self._bar - 1:
+            return None if price is None else 0.0
+        return float((self.market.bar_time(self._bar - 1) - self.market.bar_time(index)).total_seconds())
+
+    def _last_close(self, instrument: str) -> tuple[Decimal | None, int]:
         try:
             return self._last_prices[instrument]
         except KeyError:
             pass
-        price = None
+        found: tuple[Decimal | None, int] = (None, -1)
         for index in range(self._bar - 1, -1, -1):
             price = self.market.close(instrument, index)
             if price is not None:
+                found = (price, index)
                 break
-        self._last_prices[instrument] = price
-        return price
+        self._last_prices[instrument] = found
+        return found
 
     def advance(self) -> list[Fill]:
         """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""
