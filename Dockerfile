@@ -1,24 +1,45 @@
 # The kubequant image: the operator (`kubequant operator`, the chart's default) and the workload
-# entrypoints of the Jobs it creates (`kubequant workload ...`), from one `pip install .`.
+# entrypoints of the Jobs it creates (`kubequant workload ...`).
 #
-# Not built or tested here: the development machines have no Docker engine, so this file stays
-# deliberately plain. Build it with `docker build -t <registry>/kubequant:0.1.0 .`.
-FROM python:3.11-slim AS build
+# Reproducible by construction: the base image is pinned by digest, and every Python package comes
+# from requirements.lock (`make lock`), each version pinned and each file checked against its hash.
+#
+# Not built or tested here: the development machines have no Docker engine and no registry access,
+# so this file stays deliberately plain. Build it with `docker build -t <registry>/kubequant:0.1.0 .`
+# and deploy it by the digest the push prints (the chart's image.digest).
+
+# python:3.11-slim-bookworm, pinned by digest: the tag moves with every Python and Debian update,
+# the digest names one exact image. NOT VERIFIED FROM HERE: this value was recorded as Docker Hub's
+# digest of that tag in a public project's build notes; the development machines cannot reach a
+# registry to check it. Before the first build, and to take a newer base, re-pin it:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
+# (or pass --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# Compilers only for dependencies without a wheel; they stay out of the final image.
+# Compilers only for the locked packages that ship no wheel (gym); they stay out of the final image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/kubequant
 WORKDIR /src
-# Only what the package is built from (not .venv, .dev-cluster, reports, ...).
+# The dependencies first (a layer that changes only with the lock): --require-hashes refuses any
+# file whose hash is not in the lock, --no-deps any package that is not in it, and
+# --no-build-isolation builds the sdists with the base image's own setuptools instead of fetching
+# unpinned build tools.
+COPY requirements.lock ./
+RUN /opt/kubequant/bin/pip install --require-hashes --no-deps --no-build-isolation -r requirements.lock
+# Only what the package is built from (not .venv, .dev-cluster, reports, ...), built with the
+# locked setuptools, adding nothing to the locked dependencies.
 COPY pyproject.toml setup.py README.md ./
 COPY kubequant/ kubequant/
 COPY operator/ operator/
 COPY workloads/ workloads/
-RUN /opt/kubequant/bin/pip install .
+RUN /opt/kubequant/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/kubequant/bin/pip check
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 # libgomp1: LightGBM's OpenMP runtime.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 \

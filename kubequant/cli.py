@@ -60,6 +60,30 @@ def main(debug: bool) -> None:
     )
 
 
+def _allow_module_option(command: Any) -> Any:
+    """``--allow-module PREFIX`` (repeatable): more modules a manifest's classes may come from."""
+    return click.option(
+        "--allow-module",
+        "allow_modules",
+        multiple=True,
+        metavar="PREFIX",
+        help="Also allow classes from modules under PREFIX, e.g. acme.research (repeatable); "
+        "qlib, kubequant and lightgbm always are. A manifest's classes run code on this machine.",
+    )(command)
+
+
+def _allow_list(extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The module allow-list: the built-in prefixes and --allow-module's."""
+    from kubequant.api.modules import BadModulePrefix, module_allow_list
+
+    try:
+        return module_allow_list(extra)
+    except BadModulePrefix as err:
+        raise InputError(
+            str(err), where="--allow-module", fix="pass a module prefix such as acme.research"
+        ) from err
+
+
 # --- crds ---------------------------------------------------------------------------------
 
 
@@ -108,17 +132,19 @@ def crds_generate(out_dir: Path, chart_dir: Path, check: bool) -> None:
 @click.option(
     "-f", "--filename", "files", multiple=True, required=True, help="Manifest file(s); '-' for stdin."
 )
-def validate(files: tuple[str, ...]) -> None:
+@_allow_module_option
+def validate(files: tuple[str, ...], allow_modules: tuple[str, ...]) -> None:
     """Check manifests against the API models and cross-field rules (exit 2 if invalid)."""
     from kubequant.manifests import load_documents, validate_documents
 
+    allowed = _allow_list(allow_modules)
     problems = 0
     for name in files:
         if name != "-" and not Path(name).is_file():
             raise InputError("no such file", where=name, fix="check the path given to -f")
         text = sys.stdin.read() if name == "-" else Path(name).read_text()
         for doc_name, errors in validate_documents(
-            load_documents(text, source="<stdin>" if name == "-" else name)
+            load_documents(text, source="<stdin>" if name == "-" else name), allowed
         ):
             if errors:
                 problems += len(errors)
@@ -310,6 +336,7 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
     default=None,
     help="LiveTradingSession: RiskPolicy file, when the manifest has none.",
 )
+@_allow_module_option
 def run(
     file: Path,
     output: str,
@@ -317,6 +344,7 @@ def run(
     replay: str | None,
     speed: float | None,
     policy_file: Path | None,
+    allow_modules: tuple[str, ...],
 ) -> None:
     """Run a manifest in process, with no cluster (Backtest; LiveTradingSession with --replay)."""
     from kubequant.api import Backtest
@@ -325,10 +353,14 @@ def run(
     from kubequant.manifests import load_resources
     from kubequant.workloads.backtest.runner import run_backtest
 
-    resources = load_resources(file)
+    allowed = _allow_list(allow_modules)
+    resources = load_resources(file, allowed)
     sessions = [r for r in resources if isinstance(r, LiveTradingSession)]
     if sessions:
-        _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file)
+        from kubequant.workloads.backtest.import_guard import guarded_imports
+
+        with guarded_imports(allowed):
+            _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file, allowed)
         return
     runnable = [r for r in resources if isinstance(r, Backtest)]
     if replay is not None or speed is not None or policy_file is not None:
@@ -347,7 +379,7 @@ def run(
             target = report_dir / bt.metadata.name
         # qlib and LightGBM print to stdout; stdout is kept for the results (-o json).
         with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_backtest(bt, target, progress=_stderr_progress())
+            outcome = run_backtest(bt, target, progress=_stderr_progress(), allowed_modules=allowed)
         outputs[bt.metadata.name] = outcome.results.to_manifest()
     if output == "json":
         only = next(iter(outputs.values())) if len(outputs) == 1 else outputs
@@ -366,6 +398,7 @@ def _run_replay(
     replay: str | None,
     speed: float | None,
     policy_file: Path | None,
+    allowed: tuple[str, ...],
 ) -> None:
     from kubequant.api.risk import RiskPolicy
     from kubequant.errors import ValidationError
@@ -380,7 +413,7 @@ def _run_replay(
             where="--replay",
             fix="pass --replay START..END (or set spec.replay.period)",
         )
-    pool = load_resources(policy_file) if policy_file is not None else resources
+    pool = load_resources(policy_file, allowed) if policy_file is not None else resources
     policies = [r for r in pool if isinstance(r, RiskPolicy)]
     wanted = session.spec.risk_policy_ref.name
     policy = next((p for p in policies if p.metadata.name == wanted), policies[0] if policy_file else None)
@@ -447,6 +480,32 @@ def trading_resume(state_dir: Path, reason: str, to: str, session_file: Path | N
     click.echo(f"{state_dir}: {result.previous} -> {result.state} at the next start; cleared {cleared}")
 
 
+@trading.command("adopt")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The session's volume (the folder with journal.sqlite; created if missing).",
+)
+@click.option(
+    "--reason", required=True, help="Why the account's positions and orders are adopted (journaled)."
+)
+def trading_adopt(state_dir: Path, reason: str) -> None:
+    """Let a session with an empty journal start from the broker's positions and open orders; journaled.
+
+    A start on an empty journal whose account holds positions, open orders or kubequant's own
+    orders fails closed (a lost journal volume looks the same); this is the explicit decision to adopt.
+    """
+    from kubequant.workloads.trading.trading_state import adopt_stopped
+
+    result = adopt_stopped(state_dir, reason)
+    cleared = ", ".join(sorted(result.cleared)) or "nothing latched"
+    made = " (new journal)" if result.created else ""
+    click.echo(
+        f"{state_dir}{made}: the next start adopts the broker's positions and open orders; cleared {cleared}"
+    )
+
+
 @main.group(cls=_Group)
 def workload() -> None:
     """Entrypoints of the pods the operator creates."""
@@ -467,8 +526,19 @@ def workload() -> None:
     show_default=True,
     help="Where the results JSON is written for the operator (Kubernetes' terminationMessagePath).",
 )
-def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, termination_log: Path) -> None:
-    """Run the Backtest in --config (a manifest) and leave its results in the termination log."""
+@_allow_module_option
+def workload_backtest(
+    config: Path,
+    report_dir: Path,
+    data_path: Path | None,
+    termination_log: Path,
+    allow_modules: tuple[str, ...],
+) -> None:
+    """Run the Backtest in --config (a manifest) and leave its results in the termination log.
+
+    The module allow-list is checked again here, on the manifest the pod reads, and while qlib
+    imports: the operator passes the cluster's extra prefixes as --allow-module.
+    """
     from kubequant.api import Backtest
     from kubequant.manifests import load_resources
     from kubequant.workloads.backtest.runner import run_backtest
@@ -478,13 +548,19 @@ def workload_backtest(config: Path, report_dir: Path, data_path: Path | None, te
             termination_log.write_text(payload)
 
     try:
-        (bt,) = [r for r in load_resources(config) if isinstance(r, Backtest)]
+        allowed = _allow_list(allow_modules)
+        (bt,) = [r for r in load_resources(config, allowed) if isinstance(r, Backtest)]
         with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_backtest(bt, report_dir, progress=_stderr_progress(), data_path=data_path)
+            outcome = run_backtest(
+                bt, report_dir, progress=_stderr_progress(), data_path=data_path, allowed_modules=allowed
+            )
     except Exception as err:
-        # The operator reads the reason from the termination message, so a failure leaves one too.
+        # The operator reads the reason from the termination message (never the logs), so a failure
+        # leaves one too: one structured line, with anything that looks like a credential masked.
+        from kubequant.redaction import redact
+
         text = err.one_line() if isinstance(err, KubequantError) else f"{type(err).__name__}: {err}"
-        leave(json.dumps({"error": text[:3000]}))
+        leave(json.dumps({"error": redact(text, limit=2048)}))
         raise
     payload = json.dumps(outcome.results.to_manifest(), separators=(",", ":"), sort_keys=True)
     leave(payload)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -13,6 +13,7 @@ import pydantic
 import yaml
 
 from kubequant.api import API_GROUP_VERSION, KINDS, Resource
+from kubequant.api.modules import CONTEXT_KEY, DEFAULT_ALLOWED_MODULES
 from kubequant.errors import ValidationError
 
 
@@ -52,19 +53,24 @@ def load_documents(text: str, source: str = "<stdin>") -> list[Document]:
     return [Document(source, i, body) for i, body in enumerate(bodies)]
 
 
-def validate_documents(docs: list[Document]) -> Iterator[tuple[str, list[ValidationError]]]:
+def validate_documents(
+    docs: list[Document], allowed_modules: Sequence[str] = DEFAULT_ALLOWED_MODULES
+) -> Iterator[tuple[str, list[ValidationError]]]:
     """Each document's label and its errors (empty when valid)."""
     for doc in docs:
         try:
-            parse_resource(doc.body)
+            parse_resource(doc.body, allowed_modules)
         except InvalidManifest as err:
             yield doc.name, err.errors
         else:
             yield doc.name, []
 
 
-def parse_resource(body: Any) -> Resource:
-    """Validate one manifest body into its kind's model, or raise with every error found."""
+def parse_resource(body: Any, allowed_modules: Sequence[str] = DEFAULT_ALLOWED_MODULES) -> Resource:
+    """Validate one manifest body into its kind's model, or raise with every error found.
+
+    ``allowed_modules`` are the module prefixes its class references may name (``kubequant.api.modules``).
+    """
     if not isinstance(body, dict):
         raise InvalidManifest(
             [
@@ -90,18 +96,20 @@ def parse_resource(body: Any) -> Resource:
             ]
         )
     try:
-        return KINDS[kind].model_validate(body)
+        return KINDS[kind].model_validate(body, context={CONTEXT_KEY: tuple(allowed_modules)})
     except pydantic.ValidationError as err:
         raise InvalidManifest(_dedupe([_translate(e, body) for e in err.errors()])) from None
 
 
-def load_resources(path: str | Path) -> list[Resource]:
+def load_resources(
+    path: str | Path, allowed_modules: Sequence[str] = DEFAULT_ALLOWED_MODULES
+) -> list[Resource]:
     """Every object in a manifest file (``-`` is not accepted here); the first invalid one raises."""
     text = Path(path).read_text()
     resources = []
     for doc in load_documents(text, str(path)):
         try:
-            resources.append(parse_resource(doc.body))
+            resources.append(parse_resource(doc.body, allowed_modules))
         except InvalidManifest as err:
             first = err.errors[0]
             more = (
@@ -217,6 +225,8 @@ _PATTERN_FIXES = {
     "^(cn|us|tw)$": "use cn, us or tw",
     "^(serial|parallel)$": "use serial or parallel",
     "^(\\+|-)?": "use a Kubernetes quantity such as 500m, 2, 4Gi",
+    "^(?:[^/.": "use a relative folder of '/'-separated names, without '..', '.' or empty names, e.g. cn/daily",
+    "^(?:(?:[a-zA-Z0-9]": "use an image reference such as ghcr.io/org/name:tag or ghcr.io/org/name@sha256:<digest>",
 }
 
 

@@ -8,6 +8,9 @@ from typing import Annotated
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubequant.api.modules import module_allow_list
+from kubequant.operator.builders.policy import WorkloadPolicy
+
 DEFAULT_IMAGE = "ghcr.io/kubequant/kubequant:0.1.0"
 
 
@@ -44,18 +47,26 @@ class OperatorConfig(BaseSettings):
         None, description="This pod's name (downward API), for priority_from_ordinal."
     )
     workload_image: str = Field(DEFAULT_IMAGE, description="Image of the Job pods when a spec names none.")
-    workload_image_pull_policy: str = Field("IfNotPresent", description="Pull policy of the Job pods' image.")
+    workload_image_pull_policy: str = Field(
+        "Always",
+        pattern=r"^(Always|IfNotPresent|Never)$",
+        description="Pull policy of the Job pods' image: Always, so a moved tag is never run from a stale cache.",
+    )
     workload_service_account: str | None = Field(
         None, description="ServiceAccount of the Job pods when a spec names none."
     )
     workload_command: str = Field("kubequant", description="Executable of the workload container.")
+    workload_policy: WorkloadPolicy = Field(
+        default_factory=WorkloadPolicy,
+        description="What a spec's pod may ask for (images, ServiceAccounts, tolerations, node labels, "
+        "priority classes, pull secrets, resource ceilings, class modules), as JSON in "
+        "KUBEQUANT_WORKLOAD_POLICY (the chart's workloadPolicy); unset lists default to the workload "
+        "image's repository and the workload ServiceAccount.",
+    )
     retry_delay_seconds: float = Field(
         30,
         gt=0,
-        description="Delay before retrying a reconcile that waits for a dependency (a volume, a secret).",
-    )
-    check_image_pull_secrets: bool = Field(
-        False, description="Check that imagePullSecrets exist before creating a Job (needs `get` on secrets)."
+        description="Delay before retrying a reconcile that waits for a dependency (a volume).",
     )
 
     @model_validator(mode="before")
@@ -64,6 +75,17 @@ class OperatorConfig(BaseSettings):
         if isinstance(data, dict) and isinstance(data.get("namespaces"), str):
             data = {**data, "namespaces": [n for n in re.split(r"[,\s]+", data["namespaces"]) if n]}
         return data
+
+    @model_validator(mode="after")
+    def _resolve_policy(self) -> OperatorConfig:
+        self.workload_policy = self.workload_policy.resolved(
+            self.workload_image, self.workload_service_account
+        )
+        return self
+
+    def allowed_modules(self) -> tuple[str, ...]:
+        """The module prefixes a spec's classes may come from: the built-in ones and the policy's."""
+        return module_allow_list(self.workload_policy.allowed_modules)
 
     def effective_priority(self) -> int:
         """The peering priority, from the pod ordinal when asked to."""

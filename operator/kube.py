@@ -1,5 +1,8 @@
 """The few Kubernetes API calls the handlers make, through the official client.
 
+Each handler module declares the access these calls need (its ``RBAC``, kubequant.operator.rbac).
+Nothing here reads a Secret.
+
 Responses are read as plain JSON (``_preload_content=False``): turning them into the client's model
 classes and back into dicts costs more CPU than the rest of a reconcile.
 """
@@ -55,8 +58,40 @@ class AdoptionConflict(Exception):
     """An object with the child's name exists but belongs to someone else."""
 
 
+class CreateRefused(Exception):
+    """The API server refused to create a child: a 4xx other than 409 (exists) and 429 (throttled).
+
+    The same object would be refused again (an invalid field, an admission policy's denial), so the
+    owner fails for good with the server's reason, except over a ResourceQuota, which frees up as
+    other runs end: ``retriable`` then, and ``reason`` QuotaExceeded.
+    """
+
+    def __init__(
+        self, kind: str, namespace: str, name: str, code: int, api_reason: str, message: str
+    ) -> None:
+        self.kind, self.code = kind, code
+        self.retriable = code == 403 and "exceeded quota" in message
+        self.reason = "QuotaExceeded" if self.retriable else f"{kind}Rejected"
+        text = f"the API server refused to create {kind} {namespace}/{name} ({code} {api_reason}): {message}"
+        super().__init__(text[:2048])
+
+
+def _create_refused(kind: str, namespace: str, name: str, err: ApiException) -> CreateRefused | None:
+    """The refusal an error on create means, or None when retrying may help (409, 429, 5xx, no answer)."""
+    code = int(err.status or 0)
+    if not 400 <= code < 500 or code in (409, 429):
+        return None
+    try:
+        body = json.loads(err.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    message = str(body.get("message") or err.reason or "no message")
+    return CreateRefused(kind, namespace, name, code, str(body.get("reason") or err.reason or ""), message)
+
+
 def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
-    """Create a child; if one with its name exists and is ours (same owner uid), use it."""
+    """Create a child; if one with its name exists and is ours (our controller reference), use it."""
     kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
     if kind == "Job":
         batch = client.BatchV1Api(api())
@@ -70,18 +105,22 @@ def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
         return _json(create(ns, obj, **RAW))
     except ApiException as err:
         if err.status != 409:
+            refused = _create_refused(kind, ns, name, err)
+            if refused is not None:
+                raise refused from err
             raise
     existing = _json(read(name, ns, **RAW))
-    want = obj["metadata"]["ownerReferences"][0]["uid"]
-    owners = [ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []]
-    if want not in owners:
-        raise AdoptionConflict(f"{kind} {ns}/{name} exists and is not owned by this object")
+    want = obj["metadata"]["ownerReferences"][0]
+    # Someone else's object that merely names the owner (any user can copy a uid) is not adopted.
+    ours = [
+        ref
+        for ref in existing["metadata"].get("ownerReferences") or []
+        if ref.get("controller") is True
+        and all(ref.get(key) == want[key] for key in ("apiVersion", "kind", "name", "uid"))
+    ]
+    if not ours:
+        raise AdoptionConflict(f"{kind} {ns}/{name} exists and is not controlled by this object")
     return existing
-
-
-def read_job(namespace: str, name: str) -> dict[str, Any] | None:
-    """The Job as a dict, or None if it does not exist."""
-    return _absent(lambda: client.BatchV1Api(api()).read_namespaced_job(name, namespace, **RAW))
 
 
 def job_pods(namespace: str, job_name: str, not_older_than: str | None = None) -> list[dict[str, Any]]:
@@ -100,21 +139,19 @@ def job_pods(namespace: str, job_name: str, not_older_than: str | None = None) -
     return _json(pods)["items"]  # type: ignore[no-any-return]
 
 
-def patch_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    """Suspend or resume a Job."""
-    client.BatchV1Api(api()).patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, **RAW)
+def patch_job_suspend(namespace: str, name: str, suspend: bool) -> bool:
+    """Suspend or resume a Job; False when there is no such Job."""
+    batch = client.BatchV1Api(api())
+    return (
+        _absent(lambda: batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, **RAW))
+        is not None
+    )
 
 
 def pvc_exists(namespace: str, name: str) -> bool:
     """Whether a PersistentVolumeClaim exists."""
     core = client.CoreV1Api(api())
     return _absent(lambda: core.read_namespaced_persistent_volume_claim(name, namespace, **RAW)) is not None
-
-
-def secret_exists(namespace: str, name: str) -> bool:
-    """Whether a Secret exists (needs `get` on secrets in that namespace)."""
-    core = client.CoreV1Api(api())
-    return _absent(lambda: core.read_namespaced_secret(name, namespace, **RAW)) is not None
 
 
 def read_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -37,9 +37,10 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
 
 def run_operator(cfg: OperatorConfig) -> None:
     """Run until stopped (SIGTERM/SIGINT)."""
+    from kubequant.operator import kube, metrics, rbac
+
     # Importing the handler modules registers them with kopf's default registry.
-    import kubequant.operator.handlers.backtest  # noqa: F401
-    from kubequant.operator import kube, metrics
+    rbac.handler_modules()
 
     kube.load_credentials()
 

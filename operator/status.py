@@ -10,6 +10,7 @@ from typing import Any
 import pydantic
 
 from kubequant.api.results import BacktestResults
+from kubequant.redaction import redact
 
 SUCCEEDED, FAILED, RUNNING, PENDING, SUSPENDED = "Succeeded", "Failed", "Running", "Pending", "Suspended"
 
@@ -120,17 +121,33 @@ def parse_results(message: str) -> BacktestResults | None:
         return None
 
 
-def failure_message(termination: Termination | None, fallback: str) -> str:
-    """One line explaining a failure: the workload's own error if it left one."""
-    if termination is None or not termination.message.strip():
-        return fallback
+def workload_error(termination: Termination | None) -> str | None:
+    """The workload's own structured error (``{"error": "..."}`` in its termination message), redacted."""
+    if termination is None:
+        return None
     try:
         data = json.loads(termination.message)
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    except json.JSONDecodeError:
-        pass
-    return termination.message.strip().splitlines()[-1][:1024]
+    except (json.JSONDecodeError, TypeError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, str) or not error.strip():
+        return None
+    return redact(error)
+
+
+def failure_message(termination: Termination | None, fallback: str) -> str:
+    """One line explaining a failure: the workload's structured error if it left one, else Kubernetes' account.
+
+    Never the pod's output: anyone who can read the Backtest's status or Events would see it, and an
+    image that is not kubequant's can write anything into its termination message.
+    """
+    error = workload_error(termination)
+    if error is not None:
+        return error
+    if termination is not None and (termination.exit_code or termination.reason):
+        reason = f" ({termination.reason})" if termination.reason else ""
+        return redact(f"{fallback}; the container exited with code {termination.exit_code}{reason}")
+    return redact(fallback)
 
 
 def backtest_status(
@@ -218,5 +235,5 @@ def rejected_status(
 def waiting_status(
     generation: int | None, reason: str, message: str, previous: dict[str, Any] | None, now: dt.datetime
 ) -> dict[str, Any]:
-    """Status of an object waiting for a dependency (a data volume, a pull secret): Accepted False, will retry."""
+    """Status of an object waiting for a dependency (a data volume): Accepted False, will retry."""
     return _not_accepted(generation, reason, message, previous, now, failed=False)

@@ -6,9 +6,19 @@ import datetime as dt
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kubequant.api.base import ApiModel, Rule
+from kubequant.api.modules import (
+    CONTEXT_KEY,
+    DEFAULT_ALLOWED_MODULES,
+    FIX_HINT,
+    MAX_KWARGS_DEPTH,
+    kwargs_depth,
+    module_allowed,
+    nested_class_modules,
+)
 
 # Kubernetes quantity ("500m", "2Gi", 4): an int or a string in the API server's quantity grammar.
 QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -27,6 +37,22 @@ ModulePath = Annotated[
 ]
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/", max_length=1024)]
 FilePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+# A folder inside a volume: relative, '/'-separated, no empty, '.' or '..' segment, no backslash, so
+# that a subPath can never climb out of the volume (the API server refuses such a Job, forever).
+_SUB_PATH_SEGMENT = r"(?:[^/.\\][^/\\]*|\.[^/.\\][^/\\]*|\.\.[^/\\]+)"
+SUB_PATH_PATTERN = rf"^{_SUB_PATH_SEGMENT}(?:/{_SUB_PATH_SEGMENT})*$"
+SubPath = Annotated[str, StringConstraints(pattern=SUB_PATH_PATTERN, max_length=1024)]
+# A container image reference, in the grammar of the distribution project's reference package:
+# [domain[:port]/]path[:tag][@digest], lower-case path components.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+ImageReference = Annotated[str, StringConstraints(pattern=IMAGE_PATTERN, max_length=512)]
 
 
 def exactly_one_rule(names: list[str], fix: str, allow_none: bool = False) -> Rule:
@@ -125,10 +151,10 @@ class PullPolicy(StrEnum):
 class PodOptions(ApiModel):
     """Where and how the workload's pod runs. Ignored by `kubequant run`, which runs in process."""
 
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None,
-        max_length=512,
-        description="Container image; defaults to the operator's configured workload image.",
+        description="Container image, e.g. ghcr.io/org/kubequant:0.2.0 or …@sha256:<digest>; defaults to the "
+        "operator's workload image. The cluster's workload policy decides which repositories are allowed.",
     )
     image_pull_policy: PullPolicy | None = Field(None, description="Always, IfNotPresent or Never.")
     image_pull_secrets: list[LocalObjectReference] | None = Field(
@@ -211,8 +237,12 @@ class SampleData(ApiModel):
 class VolumeData(ApiModel):
     """A qlib bundle on a PersistentVolumeClaim (cluster only)."""
 
-    claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim holding the bundle.")
-    sub_path: str | None = Field(None, max_length=1024, description="Folder of the bundle inside the volume.")
+    claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim.")
+    sub_path: SubPath | None = Field(
+        None,
+        description="Folder inside the volume: a relative path of '/'-separated names, none of them "
+        "empty, '.' or '..' (e.g. cn/daily).",
+    )
 
 
 class DataSource(ApiModel):
@@ -243,9 +273,28 @@ class ArtifactLocation(ApiModel):
     path: FilePath | None = Field(
         None, description="A folder on the local machine (kubequant run) or in the pod; created if missing."
     )
-    volume: VolumeData | None = Field(None, description="A folder on a PersistentVolumeClaim.")
+    volume: VolumeData | None = Field(
+        None,
+        description="A PersistentVolumeClaim; the run writes into <subPath>/<namespace>/<name> of it "
+        "(see perRunFolder).",
+    )
+    per_run_folder: bool = Field(
+        True,
+        description="With volume: write into a folder of this run's own, <subPath>/<namespace>/<name> "
+        "(<namespace>/<name> without subPath), so that no run overwrites another's report. false writes "
+        "straight into volume.subPath, which must then be set; runs sharing it overwrite each other.",
+    )
 
-    __rules__ = (exactly_one_rule(["path", "volume"], "leave both unset for the default location", True),)
+    __rules__ = (
+        exactly_one_rule(["path", "volume"], "leave both unset for the default location", True),
+        Rule(
+            cel="self.perRunFolder || (has(self.volume) && has(self.volume.subPath))",
+            message="perRunFolder: false writes straight into volume.subPath, and none is set; set "
+            "volume.subPath to a folder for this run alone, or remove perRunFolder",
+            field="perRunFolder",
+            check=lambda a: a.per_run_folder or (a.volume is not None and bool(a.volume.sub_path)),
+        ),
+    )
 
 
 class ConditionStatus(StrEnum):
@@ -276,10 +325,43 @@ class ClassReference(ApiModel):
 
     class_name: PythonName = Field(alias="class", description="Class name, e.g. LGBModel.")
     module: ModulePath | None = Field(
-        None, description="Module that defines the class; a default per role applies."
+        None,
+        description="Module that defines the class; a default per role applies. It must lie under an "
+        "allowed prefix: qlib, kubequant, lightgbm, or one the cluster admin added.",
     )
     kwargs: dict[str, object] = Field(
         default_factory=dict,
-        description="Keyword arguments passed to the class (free-form).",
+        description=f"Keyword arguments passed to the class (free-form, nested at most {MAX_KWARGS_DEPTH} levels).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    @field_validator("kwargs")
+    @classmethod
+    def _bounded_kwargs(cls, value: dict[str, object]) -> dict[str, object]:
+        depth = kwargs_depth(value)
+        if depth > MAX_KWARGS_DEPTH:
+            raise _refusal(
+                "",
+                f"kwargs are nested more than {MAX_KWARGS_DEPTH} levels deep; "
+                "flatten them (a class config needs a few levels at most)",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _allowed_modules(self, info: ValidationInfo) -> ClassReference:
+        """Every module this reference makes qlib import lies under an allowed prefix."""
+        prefixes = (info.context or {}).get(CONTEXT_KEY) or DEFAULT_ALLOWED_MODULES
+        named = [("module", self.module)] if self.module is not None else []
+        named += sorted(nested_class_modules(self.kwargs))
+        for field, module in named:
+            if not module_allowed(module, prefixes):
+                raise _refusal(
+                    field,
+                    f"module {module} is not allowed (allowed: {', '.join(prefixes)}); {FIX_HINT}",
+                )
+        return self
+
+
+def _refusal(field: str, message: str) -> PydanticCustomError:
+    """A rule's error, blaming ``field`` below the model; the text goes through as it is (no templating)."""
+    return PydanticCustomError("cross_field", "{text}", {"field": field, "text": message})

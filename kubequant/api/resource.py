@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kubequant.api.base import ApiModel, CrdFacts
 from kubequant.api.common import DNS_SUBDOMAIN, Condition
 from kubequant.version import API_GROUP, API_VERSION
 
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+# kopf keeps the spec, labels and annotations it last handled in an annotation (JSON, non-ASCII
+# escaped), and `kubectl apply` keeps the whole object in another; all annotations of an object
+# share 256 KiB. At most 80 KiB of spec, labels and annotations keeps the three copies under it, so
+# the operator can always record that it handled an object.
+MAX_OBJECT_BYTES = 80 * 1024
+_OWN_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+_OWN_PREFIX = f"{API_GROUP}/"  # the operator's own bookkeeping (kopf progress and diff base)
+
+
+def essence_bytes(doc: dict[str, Any]) -> int:
+    """Size of what kopf copies into its diff-base annotation: spec, labels and annotations, as kopf encodes it."""
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    annotations = {
+        k: v
+        for k, v in ((meta or {}).get("annotations") or {}).items()
+        if k not in _OWN_ANNOTATIONS and not str(k).startswith(_OWN_PREFIX)
+    }
+    essence = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "status")} | {
+        "metadata": {"labels": (meta or {}).get("labels"), "annotations": annotations}
+    }
+    return len(json.dumps(essence, separators=(",", ":"), default=str))
 
 
 class ObjectMeta(ApiModel):
@@ -50,6 +73,29 @@ class Resource(ApiModel):
     api_version: str = Field(API_GROUP_VERSION, description="kubequant.io/v1alpha1")
     kind: str = Field(description="The kind.")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_size(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            try:
+                size = essence_bytes(data)
+            except (RecursionError, ValueError, TypeError):
+                size = MAX_OBJECT_BYTES + 1  # nested past what JSON can encode: far too deep anyway
+            if size > MAX_OBJECT_BYTES:
+                raise PydanticCustomError(
+                    "cross_field",
+                    "{text}",
+                    {
+                        "field": "spec",
+                        "text": f"the spec, labels and annotations take {size} bytes as JSON, more than "
+                        f"{MAX_OBJECT_BYTES}: the operator could not record that it handled the object; "
+                        "keep bulky data out of the manifest: scores in a file (signal.file), long instrument "
+                        "lists as a market of the bundle (universe.market), large kwargs in the class's own "
+                        "config files",
+                    },
+                )
+        return data
 
     @field_validator("api_version")
     @classmethod

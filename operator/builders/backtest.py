@@ -28,7 +28,12 @@ TERMINATION_LOG = "/dev/termination-log"
 
 def job_name(bt: Backtest) -> str:
     """The Job's deterministic name."""
-    return child_name(bt.metadata.name, "backtest")
+    return job_name_of(bt.metadata.name)
+
+
+def job_name_of(backtest_name: str) -> str:
+    """The deterministic name of the Job of the Backtest called ``backtest_name``."""
+    return child_name(backtest_name, "backtest")
 
 
 def config_map_name(bt: Backtest) -> str:
@@ -52,8 +57,25 @@ def build_backtest_config_map(bt: Backtest) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(bt, config_map_name(bt), COMPONENT),
-        "data": {CONFIG_KEY: yaml.safe_dump(resolved_manifest(bt), sort_keys=False)},
+        # allow_unicode: non-ASCII text stays as it is (escaped, a CJK spec would more than double).
+        "data": {CONFIG_KEY: yaml.safe_dump(resolved_manifest(bt), sort_keys=False, allow_unicode=True)},
     }
+
+
+def report_sub_path(bt: Backtest) -> str | None:
+    """The report's folder in the artifact volume: <subPath>/<namespace>/<name>, or subPath as it is on opt-out.
+
+    Object names are unique per namespace and the API refuses '..' in subPath, so no run can
+    write into another run's folder unless both opt out of per-run folders.
+    """
+    artifacts = bt.spec.output.artifacts
+    if artifacts.volume is None:
+        return None
+    base = artifacts.volume.sub_path
+    if not artifacts.per_run_folder:
+        return base
+    own = f"{bt.metadata.namespace or 'default'}/{bt.metadata.name}"
+    return f"{base}/{own}" if base else own
 
 
 def _volumes(bt: Backtest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -87,9 +109,7 @@ def _volumes(bt: Backtest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
         volumes.append(
             {"name": "report", "persistentVolumeClaim": {"claimName": artifacts.volume.claim_name}}
         )
-        report_mount: dict[str, Any] = {"name": "report", "mountPath": REPORT_DIR}
-        # Each run writes into its own folder of the shared volume.
-        report_mount["subPath"] = artifacts.volume.sub_path or f"{bt.metadata.namespace}/{bt.metadata.name}"
+        report_mount = {"name": "report", "mountPath": REPORT_DIR, "subPath": report_sub_path(bt)}
         mounts.append(report_mount)
     elif artifacts.path is None:
         volumes.append({"name": "report", "emptyDir": {}})
@@ -117,6 +137,8 @@ def build_backtest_job(bt: Backtest, cfg: OperatorConfig) -> dict[str, Any]:
             # Passed explicitly so the results land where the kubelet reads the termination message.
             "--termination-log",
             TERMINATION_LOG,
+            # The cluster's extra module prefixes: the pod checks the manifest and qlib's imports again.
+            *(arg for prefix in cfg.workload_policy.allowed_modules for arg in ("--allow-module", prefix)),
             *extra_args,
         ],
         "env": [
@@ -125,7 +147,9 @@ def build_backtest_job(bt: Backtest, cfg: OperatorConfig) -> dict[str, Any]:
             {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
         ],
         "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Only what the workload writes there (its results or its structured error): never its
+        # logs, which anyone who can read the Backtest's status or Events would see.
+        "terminationMessagePolicy": "File",
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }

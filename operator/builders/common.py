@@ -8,7 +8,7 @@ from typing import Any
 from kubequant.api.common import PodOptions, ResourceRequirements, Toleration
 from kubequant.api.resource import Resource
 from kubequant.operator.config import OperatorConfig
-from kubequant.version import API_GROUP
+from kubequant.version import API_GROUP, API_VERSION
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Kubernetes names of Jobs become label values (job-name), so they must fit in 63 characters.
@@ -58,6 +58,27 @@ def owner_reference(resource: Resource) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def controller_reference(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The owner reference that makes a ``kind`` of kubequant.io the object's controller, or None.
+
+    Anyone who can create Jobs can copy a Backtest's uid into an owner reference. Only a reference as
+    owner_reference writes it counts: controller (an object has at most one), the API group's version
+    and kind, and blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement admission plugin
+    lets only those allowed to update the owner's finalizers set.
+    """
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller") is True
+            and ref.get("blockOwnerDeletion") is True
+            and ref.get("kind") == kind
+            and ref.get("apiVersion") == f"{API_GROUP}/{API_VERSION}"
+            and ref.get("name")
+            and ref.get("uid")
+        ):
+            return dict(ref)
+    return None
 
 
 def object_meta(resource: Resource, name: str, component: str) -> dict[str, Any]:

@@ -11,14 +11,47 @@ import kopf
 from kubequant.api.backtest import Backtest
 from kubequant.manifests import InvalidManifest, parse_resource
 from kubequant.operator import kube, status
-from kubequant.operator.builders.backtest import build_backtest_config_map, build_backtest_job, job_name
-from kubequant.operator.builders.common import kind_label
+from kubequant.operator.builders.backtest import (
+    build_backtest_config_map,
+    build_backtest_job,
+    job_name_of,
+)
+from kubequant.operator.builders.common import controller_reference, kind_label
+from kubequant.operator.builders.policy import policy_violations
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.metrics import PHASES, observe_reconcile
+from kubequant.operator.rbac import Access
 from kubequant.version import API_GROUP, API_VERSION
 
 KIND, PLURAL = "Backtest", "backtests"
+# Longest refusal written to status (status.message allows 4096 characters; a crafted spec can
+# break hundreds of rules at once).
+MAX_REJECTION = 3000
 LABEL = kind_label(KIND)
+
+# What these handlers call, and nothing more (tests/unit/test_rbac.py checks it against the recorded
+# calls, kopf's registry and the chart). No Secrets: pull secrets go into the pod spec by name.
+RBAC: tuple[Access, ...] = (
+    Access(API_GROUP, PLURAL, ("list", "watch"), "kopf watches Backtests", source="kopf"),
+    Access(API_GROUP, PLURAL, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
+    Access(API_GROUP, f"{PLURAL}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
+    Access(API_GROUP, PLURAL, ("get",), "a Job event reads the Backtest that owns the Job"),
+    Access(API_GROUP, f"{PLURAL}/status", ("patch",), "a Job event writes the owner's status"),
+    Access(
+        API_GROUP,
+        f"{PLURAL}/finalizers",
+        ("update",),
+        "children set blockOwnerDeletion, which OwnerReferencesPermissionEnforcement allows only "
+        "with update on the owner's finalizers",
+        source="admission",
+    ),
+    Access("batch", "jobs", ("create", "get"), "create the Job, or read it back to adopt it"),
+    Access("batch", "jobs", ("patch",), "pass spec.suspend on to the Job"),
+    Access("batch", "jobs", ("list", "watch"), "kopf watches the Backtests' Jobs", source="kopf"),
+    Access("", "configmaps", ("create", "get"), "create the ConfigMap, or read it back to adopt it"),
+    Access("", "pods", ("list",), "the Job's pods: their termination messages carry the results"),
+    Access("", "persistentvolumeclaims", ("get",), "wait until the data and artifact volumes exist"),
+)
 PHASE_EVENTS = {
     status.RUNNING: ("Normal", "Running"),
     status.SUCCEEDED: ("Normal", "Succeeded"),
@@ -31,7 +64,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _parse(body: kopf.Body) -> Backtest:
+def _parse(body: kopf.Body, cfg: OperatorConfig) -> Backtest:
     doc = {
         "apiVersion": body["apiVersion"],
         "kind": body["kind"],
@@ -39,7 +72,7 @@ def _parse(body: kopf.Body) -> Backtest:
         "spec": dict(body["spec"]),
     }
     try:
-        resource = parse_resource(doc)
+        resource = parse_resource(doc, cfg.allowed_modules())
     except InvalidManifest as err:
         raise _InvalidSpec(err) from err
     assert isinstance(resource, Backtest)
@@ -61,7 +94,7 @@ def _announce(
         logger.info("phase %s → %s: %s", old_phase, phase, new.get("message", ""))
 
 
-def _check_dependencies(bt: Backtest, cfg: OperatorConfig) -> tuple[str, str] | None:
+def _check_dependencies(bt: Backtest) -> tuple[str, str] | None:
     """A missing dependency as (reason, message), or None."""
     ns = bt.metadata.namespace or "default"
     volume = bt.spec.data.volume
@@ -76,13 +109,8 @@ def _check_dependencies(bt: Backtest, cfg: OperatorConfig) -> tuple[str, str] | 
             "ArtifactVolumeNotFound",
             f"PersistentVolumeClaim {out.claim_name} (spec.output.artifacts.volume) does not exist yet",
         )
-    if cfg.check_image_pull_secrets:
-        for ref in bt.spec.pod.image_pull_secrets or []:
-            if not kube.secret_exists(ns, ref.name):
-                return (
-                    "ImagePullSecretNotFound",
-                    f"Secret {ref.name} (spec.pod.imagePullSecrets) does not exist yet",
-                )
+    # Image pull secrets are not checked: that would need reading Secrets, and would tell a
+    # Backtest's author whether a Secret name exists. The kubelet reports a failed pull on the pod.
     return None
 
 
@@ -95,15 +123,25 @@ def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
     previous = dict(body.get("status") or {})
     key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
     with observe_reconcile(KIND):
-        try:
-            bt = _parse(body)
-        except _InvalidSpec as err:
-            new = status.rejected_status(generation, "InvalidSpec", str(err), previous, _now())
+
+        def reject(reason: str, message: str) -> kopf.PermanentError:
+            """Failed for good, with the reason in status: retrying cannot change the outcome."""
+            if len(message) > MAX_REJECTION:  # status.message has a schema limit: a longer patch would fail
+                message = message[: MAX_REJECTION - 1] + "…"
+            new = status.rejected_status(generation, reason, message, previous, _now())
             patch.status.update(new)
             PHASES.set(KIND, key, status.FAILED)
             _announce(body, previous.get("phase"), new, logger)
-            raise kopf.PermanentError(f"invalid spec: {err}") from err
-        missing = _check_dependencies(bt, cfg)
+            return kopf.PermanentError(f"{reason}: {message}")
+
+        try:
+            bt = _parse(body, cfg)
+        except _InvalidSpec as err:
+            raise reject("InvalidSpec", str(err)) from err
+        violations = policy_violations(bt, cfg.workload_policy)
+        if violations:
+            raise reject("PolicyViolation", "; ".join(v.one_line() for v in violations))
+        missing = _check_dependencies(bt)
         if missing is not None:
             reason, message = missing
             new = status.waiting_status(generation, reason, message, previous, _now())
@@ -113,12 +151,23 @@ def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logg
                 kopf.event(body, type="Warning", reason=reason, message=message)
             raise kopf.TemporaryError(message, delay=cfg.retry_delay_seconds)
         try:
-            kube.create_or_adopt(build_backtest_config_map(bt))
-            job = kube.create_or_adopt(build_backtest_job(bt, cfg))
+            children = [build_backtest_config_map(bt), build_backtest_job(bt, cfg)]
+        except Exception as err:  # builders are pure: the same spec would fail the same way forever
+            raise reject("InvalidSpec", f"cannot build the Job: {type(err).__name__}: {err}") from err
+        try:
+            kube.create_or_adopt(children[0])
+            job = kube.create_or_adopt(children[1])
         except kube.AdoptionConflict as err:
-            new = status.rejected_status(generation, "NameConflict", str(err), previous, _now())
-            patch.status.update(new)
-            raise kopf.PermanentError(str(err)) from err
+            raise reject("NameConflict", str(err)) from err
+        except kube.CreateRefused as err:
+            if err.retriable:
+                new = status.waiting_status(generation, err.reason, str(err), previous, _now())
+                patch.status.update(new)
+                PHASES.set(KIND, key, status.PENDING)
+                if previous.get("conditions") != new["conditions"]:
+                    kopf.event(body, type="Warning", reason=err.reason, message=str(err))
+                raise kopf.TemporaryError(str(err), delay=cfg.retry_delay_seconds) from err
+            raise reject(err.reason, str(err)) from err
         name = job["metadata"]["name"]
         new = status.backtest_status(
             generation,
@@ -140,16 +189,23 @@ def suspend_backtest(body: kopf.Body, new: Any, old: Any, logger: Any, **_: Any)
     """spec.suspend is the one mutable field: pass it on to the Job."""
     bt_name = body["metadata"]["name"]
     ns = body["metadata"]["namespace"]
-    bt = _parse(body)
-    kube.patch_job_suspend(ns, job_name(bt), bool(new))
-    logger.info("Backtest %s suspend=%s", bt_name, new)
+    # No parse: an invalid or refused spec has no Job, and a toggle must not retry forever over it.
+    if kube.patch_job_suspend(ns, job_name_of(bt_name), bool(new)):
+        logger.info("Backtest %s suspend=%s", bt_name, new)
+    else:
+        logger.info("Backtest %s suspend=%s: it has no Job (its spec was refused)", bt_name, new)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL: kopf.PRESENT})
 def backtest_job_changed(body: kopf.Body, type: str | None, logger: Any, **_: Any) -> None:
-    """A Backtest's Job changed: recompute the owner's status from it and its pods."""
-    owner = next((r for r in body["metadata"].get("ownerReferences") or [] if r.get("kind") == KIND), None)
-    if owner is None or type == "DELETED":
+    """A Backtest's Job changed: recompute the owner's status from it and its pods.
+
+    Only the Job the operator made counts: the Backtest's controller reference and the deterministic
+    name. A look-alike that anyone able to create Jobs could make (the label, the owner's uid) is
+    ignored, so it cannot write results onto someone else's Backtest.
+    """
+    owner = controller_reference(body, KIND)
+    if owner is None or type == "DELETED" or body["metadata"]["name"] != job_name_of(owner["name"]):
         return
     ns, name, job = body["metadata"]["namespace"], owner["name"], dict(body)
     with observe_reconcile(KIND):

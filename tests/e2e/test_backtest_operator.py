@@ -7,6 +7,7 @@ work run on a LocalKubelet node (tests/e2e/local_kubelet.py), the rest on kwok's
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -95,7 +96,16 @@ def operator(
     account = install_chart_rbac("kubequant", OPERATOR_NS)
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(core, kube_config, OPERATOR_NS, account, workdir / "kubeconfig")
-    proc = OperatorProcess(kubeconfig, workdir / "operator.log", {"KUBEQUANT_RETRY_DELAY_SECONDS": "2"})
+    # The chart's default workload policy, plus the local runner's node label and taint (LOCAL_POD).
+    policy = {
+        "allowedNodeSelectorKeys": ["kubequant.io/pool", "kubernetes.io/hostname"],
+        "allowedTolerationKeys": ["nvidia.com/gpu", "kubequant.io/local-runner"],
+    }
+    proc = OperatorProcess(
+        kubeconfig,
+        workdir / "operator.log",
+        {"KUBEQUANT_RETRY_DELAY_SECONDS": "2", "KUBEQUANT_WORKLOAD_POLICY": json.dumps(policy)},
+    )
     proc.start()
     yield proc
     proc.stop()
@@ -360,3 +370,115 @@ def test_nested_example_runs_through_the_operator(
     assert all(lv["orders"] > 0 for lv in results["execution"]["levels"])
     assert results["execution"]["impactBps"] > 0  # every fill carries its market impact
     assert results["singleLevel"]["trades"] > 0
+
+
+def test_a_look_alike_job_does_not_change_the_backtests_status(
+    operator: OperatorProcess,
+    namespace: str,
+    batch: client.BatchV1Api,
+    custom: client.CustomObjectsApi,
+    wait_until,
+) -> None:  # type: ignore[no-untyped-def]
+    """Anyone who can create Jobs can copy a Backtest's label and uid; such a Job writes nothing."""
+    apply(namespace, backtest("victim", suspend=True))
+    wait_until(
+        lambda: (get_bt(custom, namespace, "victim").get("status") or {}).get("phase") == "Suspended",
+        60,
+        "the Backtest to be Suspended",
+    )
+    bt = get_bt(custom, namespace, "victim")
+    before = bt["status"]
+    owner = {
+        "apiVersion": "kubequant.io/v1alpha1",
+        "kind": "Backtest",
+        "name": "victim",
+        "uid": bt["metadata"]["uid"],
+    }
+    forgeries = {
+        # A controller reference, but not the operator's deterministic name.
+        "victim-results": {**owner, "controller": True, "blockOwnerDeletion": True},
+        # A plain owner reference on a name the operator would not use either.
+        "victim-backtest-x": owner,
+    }
+    for name, ref in forgeries.items():
+        batch.create_namespaced_job(
+            namespace,
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubequant.io/backtest": "victim"},
+                    "ownerReferences": [ref],
+                },
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {"name": "forged", "image": "example.invalid/forged", "command": ["true"]}
+                            ],
+                        }
+                    },
+                },
+            },
+        )
+
+    def finished(name: str) -> bool:
+        conditions = batch.read_namespaced_job(name, namespace).status.conditions or []
+        return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+
+    # kwok runs the forged pods to completion: without the ownership check, either Job would have
+    # turned the Backtest Succeeded or Failed and named itself in status.jobName.
+    wait_until(lambda: all(finished(n) for n in forgeries), 90, "the look-alike Jobs to finish")
+    time.sleep(3)
+    after = get_bt(custom, namespace, "victim")["status"]
+    assert after == before
+    # The operator still follows its own Job: resuming it moves the Backtest on.
+    kubectl(
+        "patch", "-n", namespace, "bt/victim", "--type=merge", "-p", '{"spec":{"suspend":false}}', check=True
+    )
+    wait_until(
+        lambda: get_bt(custom, namespace, "victim")["status"]["phase"] != "Suspended",
+        90,
+        "the real Job to run",
+    )
+    assert get_bt(custom, namespace, "victim")["status"]["jobName"] == "victim-backtest"
+
+
+def _failed_for_good(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    """The Failed condition of a Backtest the operator refused, checked to stay as it is (no retry)."""
+    wait_condition(namespace, name, "Failed", timeout=60)
+    first = next(c for c in get_bt(custom, namespace, name)["status"]["conditions"] if c["type"] == "Failed")
+    time.sleep(3)  # longer than the fixture's retry delay: a retried reconcile would have rewritten status
+    st = get_bt(custom, namespace, name)["status"]
+    again = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert again == first and st["phase"] == "Failed"
+    return first
+
+
+def test_a_pod_the_workload_policy_refuses_fails_for_good(
+    operator: OperatorProcess,
+    restricted_ns: str,
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+) -> None:
+    apply(restricted_ns, backtest("miner", pod={"image": "evil.example.com/miner:latest"}))
+    failed = _failed_for_good(custom, restricted_ns, "miner")
+    assert failed["reason"] == "PolicyViolation"
+    message = failed["message"]
+    assert message.startswith("spec.pod.image: image evil.example.com/miner:latest") and "fix:" in message
+    assert not batch.list_namespaced_job(restricted_ns).items
+    assert not core.list_namespaced_config_map(restricted_ns, label_selector="kubequant.io/backtest").items
+    assert "failed permanently" in operator.tail(200)
+
+
+def test_a_child_the_api_server_refuses_fails_for_good_with_its_reason(
+    operator: OperatorProcess, restricted_ns: str, batch: client.BatchV1Api, custom: client.CustomObjectsApi
+) -> None:
+    """A 4xx on create would be the same on every retry: the Backtest fails with the server's reason."""
+    apply(restricted_ns, backtest("negative", suspend=True, pod={"resources": {"requests": {"cpu": "-1"}}}))
+    failed = _failed_for_good(custom, restricted_ns, "negative")
+    assert failed["reason"] == "JobRejected", failed
+    assert "(422 Invalid)" in failed["message"] and "must be greater than or equal to 0" in failed["message"]
+    assert not batch.list_namespaced_job(restricted_ns).items

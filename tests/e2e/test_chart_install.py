@@ -124,6 +124,10 @@ def helm_values(release: str, *sets: str) -> list[str]:
         f"image.tag={IMAGE[1]}",
         # ClusterKopfPeering is cluster-scoped: a per-release name keeps parallel runs apart.
         f"peering.name={release}",
+        # The workload policy's ValidatingAdmissionPolicy is cluster-wide: it would judge the
+        # objects of every other test running meanwhile. test_admission_policy.py installs it bound
+        # to its own namespace.
+        "workloadPolicy.admission.enabled=false",
     ]
     return [arg for s in (*base, *sets) for arg in ("--set", s)]
 
@@ -219,6 +223,12 @@ def test_install_is_available_and_admitted_by_restricted(
     assert json.loads(peering.stdout)["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name
     service = core.read_namespaced_service(f"{release.fullname}-metrics", ns)
     assert [(p.name, p.port) for p in service.spec.ports] == [("metrics", 9090)]
+    # The API server accepted the NetworkPolicy, selecting exactly the operator's pods. (Whether it
+    # is enforced is the CNI's business: this cluster has none.)
+    policy = client.NetworkingV1Api(core.api_client).read_namespaced_network_policy(release.fullname, ns)
+    assert policy.spec.pod_selector.match_labels == dep.spec.selector.match_labels
+    assert sorted(policy.spec.policy_types) == ["Egress", "Ingress"]
+    assert [p.port for rule in policy.spec.ingress for p in rule.ports] == ["metrics"]
 
 
 def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
@@ -230,37 +240,64 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         30,
         "the ClusterRoleBinding to apply",
     )
+    # Exactly the verbs the handlers and kopf use (operator/rbac.py, the handlers' RBAC)...
     allowed = [
         ("list", "backtests.kubequant.io", "--all-namespaces"),
-        ("watch", "riskpolicies.kubequant.io", "-n", "default"),
+        ("watch", "backtests.kubequant.io", "-n", "default"),
+        ("get", "backtests.kubequant.io", "-n", ns),
+        ("patch", "backtests.kubequant.io", "-n", ns),
         ("patch", "backtests.kubequant.io", "--subresource=status", "-n", ns),
-        ("update", "livetradingsessions.kubequant.io", "--subresource=status", "-n", ns),
-        ("patch", "trainingjobs.kubequant.io", "-n", ns),
+        ("update", "backtests.kubequant.io", "--subresource=finalizers", "-n", ns),
         ("create", "jobs.batch", "-n", ns),
-        ("delete", "jobs.batch", "-n", ns),
+        ("get", "jobs.batch", "-n", ns),
+        ("list", "jobs.batch", "--all-namespaces"),
+        ("watch", "jobs.batch", "-n", ns),
+        ("patch", "jobs.batch", "-n", ns),
         ("create", "configmaps", "-n", ns),
-        ("create", "events", "-n", ns),
-        ("create", "events.events.k8s.io", "-n", ns),
+        ("get", "configmaps", "-n", ns),
+        ("list", "pods", "-n", ns),
         ("get", "persistentvolumeclaims", "-n", ns),
-        ("watch", "pods", "-n", ns),
+        ("create", "events", "-n", ns),
+        ("list", "clusterkopfpeerings.kopf.dev"),
+        ("watch", "clusterkopfpeerings.kopf.dev"),
         ("patch", "clusterkopfpeerings.kopf.dev"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-        ("list", "namespaces"),
     ]
+    # ...and not one more: what the chart used to grant, what no handler calls, and the dangerous.
     denied = [
         ("get", "secrets", "--all-namespaces"),
         ("get", "secrets", "-n", ns),
         ("list", "secrets", "-n", "default"),
+        ("delete", "jobs.batch", "-n", ns),
+        ("update", "jobs.batch", "-n", ns),
+        ("list", "configmaps", "-n", ns),
+        ("watch", "configmaps", "-n", ns),
+        ("patch", "configmaps", "-n", ns),
+        ("delete", "configmaps", "-n", ns),
+        ("get", "pods", "-n", ns),
+        ("watch", "pods", "-n", ns),
         ("create", "pods", "-n", ns),
         ("delete", "pods", "-n", ns),
         ("create", "pods", "--subresource=exec", "-n", ns),
-        ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
-        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("get", "pods", "--subresource=log", "-n", ns),
+        ("get", "backtests.kubequant.io", "--subresource=status", "-n", ns),
+        ("update", "backtests.kubequant.io", "--subresource=status", "-n", ns),
         ("create", "backtests.kubequant.io", "-n", ns),
         ("delete", "backtests.kubequant.io", "-n", ns),
         ("update", "backtests.kubequant.io", "-n", ns),
-        ("create", "persistentvolumeclaims", "-n", ns),
+        ("list", "trainingjobs.kubequant.io", "-n", ns),
+        ("patch", "livetradingsessions.kubequant.io", "-n", ns),
+        ("watch", "riskpolicies.kubequant.io", "-n", "default"),
+        ("patch", "events", "-n", ns),
+        ("create", "events.events.k8s.io", "-n", ns),
+        ("get", "clusterkopfpeerings.kopf.dev"),
+        ("list", "namespaces"),
+        ("watch", "namespaces"),
         ("delete", "namespaces"),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "persistentvolumeclaims", "-n", ns),
         ("escalate", "clusterroles.rbac.authorization.k8s.io"),
         ("escalate", "roles.rbac.authorization.k8s.io", "-n", ns),
         ("bind", "clusterroles.rbac.authorization.k8s.io"),
@@ -268,6 +305,7 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("impersonate", "users"),
         ("impersonate", "serviceaccounts", "-n", ns),
         ("create", "serviceaccounts/token", "-n", ns),
+        ("create", "networkpolicies.networking.k8s.io", "-n", ns),
     ]
     wrong = [f"can {' '.join(c)}" for c in denied if tools.can_i(sa, *c)]
     wrong += [f"cannot {' '.join(c)}" for c in allowed if not tools.can_i(sa, *c)]
@@ -388,7 +426,7 @@ def test_namespace_scope_ha_install(
     make_namespace: NamespaceFactory,
     wait_until: WaitUntil,
 ) -> None:
-    """Roles only in the watched namespace, Secrets only `get` there; two HA replicas admitted."""
+    """Roles only in the watched namespace, no Secrets anywhere; two HA replicas admitted."""
     home = make_namespace(labels=RESTRICTED)
     watched = make_namespace()
     name = f"kq-{uuid.uuid4().hex[:6]}"
@@ -423,15 +461,21 @@ def test_namespace_scope_ha_install(
             lambda: tools.can_i(sa, "list", "backtests.kubequant.io", "-n", watched), 30, "the RoleBinding"
         )
         allowed = [
-            ("get", "secrets", "-n", watched),
             ("create", "jobs.batch", "-n", watched),
+            ("list", "pods", "-n", watched),
             ("patch", "backtests.kubequant.io", "--subresource=status", "-n", watched),
+            ("list", "kopfpeerings.kopf.dev", "-n", watched),
             ("patch", "kopfpeerings.kopf.dev", "-n", watched),
-            ("create", "events", "-n", home),
+            ("create", "events", "-n", watched),
             ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ]
         denied = [
+            ("get", "secrets", "-n", watched),
             ("list", "secrets", "-n", watched),
+            ("delete", "jobs.batch", "-n", watched),
+            ("create", "events", "-n", home),
+            ("patch", "kopfpeerings.kopf.dev", "-n", home),
+            ("create", "jobs.batch", "-n", home),
             ("get", "secrets", "-n", home),
             ("get", "secrets", "-n", "default"),
             ("get", "secrets", "--all-namespaces"),

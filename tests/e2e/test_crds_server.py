@@ -35,10 +35,11 @@ def test_short_names_and_category() -> None:
     assert "kubequant" in out
 
 
-def _expectation(path: Path) -> tuple[str, bool]:
+def _expectation(path: Path) -> tuple[str, str]:
+    """The field a bad manifest breaks, and who refuses it: yes (the CRDs), no, policy or operator."""
     first = path.read_text().splitlines()[0]
     parts = [p.strip() for p in first.removeprefix("# expect:").split("|")]
-    return parts[0], not (len(parts) > 2 and parts[2] == "server: no")
+    return parts[0], parts[2].removeprefix("server: ") if len(parts) > 2 else "yes"
 
 
 def _server_path(message: str) -> str:
@@ -48,11 +49,19 @@ def _server_path(message: str) -> str:
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
 def test_api_server_rejects_bad_manifest(path: Path, make_namespace) -> None:  # type: ignore[no-untyped-def]
-    field, server_checks = _expectation(path)
+    field, checker = _expectation(path)
     ns = "default"
     proc = kubectl("create", "--dry-run=server", "-n", ns, "-f", str(path))
+    if checker in ("policy", "operator"):
+        # Rules that depend on the cluster's policy (module allow-list) or that no CRD schema can
+        # express (kwargs depth, total size): the CRDs accept these, the chart's
+        # ValidatingAdmissionPolicy (test_admission_policy.py) or the operator refuses them.
+        assert proc.returncode == 0, (
+            f"{path.name} is marked server: {checker}, yet the CRDs refuse it:\n{proc.stderr}"
+        )
+        return
     assert proc.returncode != 0, f"the API server accepted {path.name}:\n{proc.stdout}"
-    if server_checks:
+    if checker == "yes":
         assert field in _server_path(proc.stderr), f"{path.name}: expected {field!r} in:\n{proc.stderr}"
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kubequant.operator import rbac
+
 pytestmark = pytest.mark.unit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,26 +34,6 @@ HA = ("ha.enabled=true",)
 NAMESPACED = ("rbac.scope=namespace", "watchNamespaces={a,b}")
 SCENARIOS = {"default": DEFAULT, "ha": HA, "namespaced": NAMESPACED}
 
-KUBEQUANT_KINDS = ["backtests", "trainingjobs", "livetradingsessions", "riskpolicies"]
-# The operator's grants (apiGroup, resource, verb) common to both scopes.
-WORKLOAD_GRANTS = (
-    {("kubequant.io", kind, verb) for kind in KUBEQUANT_KINDS for verb in ("get", "list", "watch", "patch")}
-    | {
-        ("kubequant.io", f"{kind}/status", verb)
-        for kind in KUBEQUANT_KINDS
-        for verb in ("get", "patch", "update")
-    }
-    # blockOwnerDeletion on children needs update on the owner's finalizers where that is enforced.
-    | {
-        ("kubequant.io", f"{kind}/finalizers", "update")
-        for kind in ("backtests", "trainingjobs", "livetradingsessions")
-    }
-    | {("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete", "patch")}
-    | {("", "configmaps", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")}
-    | {("", "pods", verb) for verb in ("get", "list", "watch")}
-    | {("", "persistentvolumeclaims", "get")}
-    | {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
-)
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
 FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "*"}
 # Pod Security Standard "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
@@ -240,9 +222,10 @@ def test_default_operator_configuration() -> None:
     assert env["KUBEQUANT_HEALTH_PORT"] == "8081"
     assert env["KUBEQUANT_PEERING"] == "kubequant"
     assert env["KUBEQUANT_WORKLOAD_IMAGE"] == "ghcr.io/kubequant/kubequant:0.1.0"
-    assert env["KUBEQUANT_WORKLOAD_IMAGE_PULL_POLICY"] == "IfNotPresent"
-    # Cluster scope grants no Secret access, so the operator must not try to read pull secrets.
-    assert env["KUBEQUANT_CHECK_IMAGE_PULL_SECRETS"] == "false"
+    # A tag can be moved to other content: pulled every time, never run from a node's stale copy.
+    assert container["imagePullPolicy"] == "Always"
+    assert env["KUBEQUANT_WORKLOAD_IMAGE_PULL_POLICY"] == "Always"
+    assert not [name for name in env if "SECRET" in name]
     assert env["KUBEQUANT_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 9090, "health": 8081}
@@ -428,23 +411,79 @@ def test_rbac_has_no_wildcards_or_privilege_verbs(scenario: str) -> None:
             assert not {"roles", "clusterroles", "rolebindings", "clusterrolebindings"} & set(
                 rule["resources"]
             )
-            if role["kind"] == "ClusterRole":
-                assert "secrets" not in rule["resources"], f"{where}: cluster-wide Secret access: {rule}"
-            elif "secrets" in rule["resources"]:
-                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"], f"{where}: {rule}"
+            # Pods get Secrets by reference; the operator never reads one, in any scope.
+            assert "secrets" not in rule["resources"], f"{where}: Secret access: {rule}"
 
 
-def test_cluster_scope_grants_exactly_what_the_operator_needs() -> None:
-    docs = render()
-    assert not objects(docs, "Role") and not objects(docs, "RoleBinding")
-    role = one(docs, "ClusterRole")
-    expected = (
-        WORKLOAD_GRANTS
-        | CRD_DISCOVERY
-        | {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")}
-        | {("", "namespaces", v) for v in ("list", "watch")}
+RBAC_MODES = {
+    # name: (--set values, rbac.scope, serves all namespaces)
+    "cluster": ((), "cluster", True),
+    "cluster-named-namespaces": (("watchNamespaces={a,b}",), "cluster", False),
+    "namespace": (NAMESPACED, "namespace", False),
+    "namespace-release-only": (("rbac.scope=namespace",), "namespace", False),
+}
+
+
+def rules_yaml(grants: Iterable[tuple[str, str, str]]) -> str:
+    return yaml.safe_dump(rbac.as_rules(grants), default_flow_style=None, sort_keys=False)
+
+
+@pytest.mark.parametrize("mode", RBAC_MODES)
+def test_chart_rbac_is_exactly_the_operators_declarations(mode: str) -> None:
+    """Like CRD drift: the chart grants what operator/rbac.py and the handlers' RBAC declare, no more, no less."""
+    sets, scope, all_namespaces = RBAC_MODES[mode]
+    docs = render(*sets)
+    want = rbac.required_grants(scope, all_namespaces)  # type: ignore[arg-type]
+    (cluster_role,) = objects(docs, "ClusterRole")
+    got = grants(cluster_role["rules"])
+    assert got == want.cluster, (
+        f"ClusterRole ({mode}) differs from the declarations: extra {sorted(got - want.cluster)}, "
+        f"missing {sorted(want.cluster - got)}. It should grant:\n{rules_yaml(want.cluster)}"
     )
-    assert grants(role["rules"]) == expected
+    roles = objects(docs, "Role")
+    if scope == "cluster":
+        assert roles == [] and not objects(docs, "RoleBinding")
+    served = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])[
+        "KUBEQUANT_NAMESPACES"
+    ]
+    # One Role per served namespace, and nowhere else (not even the release namespace).
+    assert sorted(r["metadata"]["namespace"] for r in roles) == (
+        sorted(served.split(",")) if scope == "namespace" else []
+    )
+    for role in roles:
+        got = grants(role["rules"])
+        assert got == want.per_namespace, (
+            f"Role in {role['metadata']['namespace']} ({mode}) differs from the declarations: extra "
+            f"{sorted(got - want.per_namespace)}, missing {sorted(want.per_namespace - got)}. "
+            f"It should grant:\n{rules_yaml(want.per_namespace)}"
+        )
+
+
+def test_the_operator_cannot_delete_or_read_what_it_does_not_need() -> None:
+    """The reductions of issue 18, spelled out: no deletes, no Secrets, no cluster-wide Namespace list."""
+    for mode, (sets, _, _) in RBAC_MODES.items():
+        docs = render(*sets)
+        granted = set().union(
+            *(grants(r["rules"]) for r in objects(docs, "ClusterRole") + objects(docs, "Role"))
+        )
+        assert not {
+            g
+            for g in granted
+            if g[2] in ("delete", "deletecollection", "update") and "finalizers" not in g[1]
+        }, mode
+        assert not {g for g in granted if g[1] in ("secrets", "namespaces")}, mode
+        assert {g[2] for g in granted if g[1] == "configmaps"} == {"create", "get"}, mode
+        assert {g[2] for g in granted if g[1] == "pods"} == {"list"}, mode
+        assert {g[1] for g in granted if g[0] == "kubequant.io"} == {
+            "backtests",
+            "backtests/status",
+            "backtests/finalizers",
+        }, mode
+
+
+def test_cluster_scope_binds_the_cluster_role_to_the_service_account() -> None:
+    docs = render()
+    role = one(docs, "ClusterRole")
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -470,15 +509,8 @@ def test_namespace_scope_grants_roles_in_each_watched_namespace() -> None:
     docs = render(*NAMESPACED)
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     roles = {r["metadata"]["namespace"]: r for r in objects(docs, "Role")}
-    assert set(roles) == {"a", "b", NAMESPACE}
-    for ns in ("a", "b"):
-        assert grants(roles[ns]["rules"]) == (
-            WORKLOAD_GRANTS
-            | {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
-            | {("", "secrets", "get")}
-        ), ns
-    # Its own namespace, not watched: peering and events only.
-    assert {r for _, r, _ in grants(roles[NAMESPACE]["rules"])} == {"kopfpeerings", "events"}
+    # Not in the release namespace: kopf peers and posts Events in the namespaces it serves.
+    assert set(roles) == {"a", "b"}
     bindings = {b["metadata"]["namespace"]: b for b in objects(docs, "RoleBinding")}
     assert set(bindings) == set(roles)
     for ns, binding in bindings.items():
@@ -491,7 +523,6 @@ def test_namespace_scope_grants_roles_in_each_watched_namespace() -> None:
     assert sorted(p["metadata"]["namespace"] for p in objects(docs, "KopfPeering")) == ["a", "b"]
     env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert env["KUBEQUANT_NAMESPACES"] == "a,b"
-    assert env["KUBEQUANT_CHECK_IMAGE_PULL_SECRETS"] == "true"
 
 
 def test_namespace_scope_without_namespaces_watches_the_release_namespace() -> None:
@@ -525,6 +556,10 @@ def test_rbac_create_false_renders_no_rbac() -> None:
         (("serviceAccount.annotations.a=1",), "/serviceAccount/annotations/a"),
         (("metrics.port=8081",), "metrics.port and health.port must differ"),
         (("ha.enabled=true", "pdb.minAvailable=2"), "pdb.minAvailable (2) must be below ha.replicas (2)"),
+        (("image.digest=latest",), "/image/digest"),
+        (("workloadImagePullPolicy=Sometimes",), "/workloadImagePullPolicy"),
+        (("networkPolicy.apiServer.cidrs={10.0.0.1}",), "/networkPolicy/apiServer/cidrs/0"),
+        (("networkPolicy.egress=everything",), "egress"),
     ],
 )
 def test_bad_values_fail_naming_the_value(sets: tuple[str, ...], message: str) -> None:
@@ -538,9 +573,113 @@ def test_bad_values_fail_naming_the_value(sets: tuple[str, ...], message: str) -
 
 def test_dockerfile_runs_as_the_chart_user_and_starts_the_operator() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    # Both stages from the one digest-pinned base (tests/unit/test_supply_chain.py checks the pin).
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim\S*@sha256:[0-9a-f]{64}$", dockerfile, re.M)
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] in ("65532", "65532:65532"), users
     assert 'ENTRYPOINT ["kubequant"]' in dockerfile
     assert 'CMD ["operator"]' in dockerfile
-    assert re.search(r"pip install \.$", dockerfile, re.M)
+    assert re.search(r"pip install --no-deps --no-build-isolation \. ", dockerfile, re.M)
+
+
+# --------------------------------------------------------------------------- images and pull policies
+
+
+def test_a_digest_pins_both_images_and_is_pulled_only_when_missing() -> None:
+    digest = "sha256:" + "a" * 64
+    docs = render(f"image.digest={digest}", "image.tag=ignored")
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert container["image"] == f"ghcr.io/kubequant/kubequant@{digest}"
+    assert env["KUBEQUANT_WORKLOAD_IMAGE"] == f"ghcr.io/kubequant/kubequant@{digest}"
+    # A digest names content that cannot change: the node's copy is the image.
+    assert container["imagePullPolicy"] == env["KUBEQUANT_WORKLOAD_IMAGE_PULL_POLICY"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize(
+    ("sets", "operator_policy", "workload_policy"),
+    [
+        # A tagged workload image is re-pulled even when the operator's is pinned.
+        (
+            ("image.digest=sha256:" + "b" * 64, "workloadImage=registry.example/kq:1"),
+            "IfNotPresent",
+            "Always",
+        ),
+        (("workloadImage=registry.example/kq@sha256:" + "c" * 64,), "Always", "IfNotPresent"),
+        (("image.pullPolicy=Never", "workloadImagePullPolicy=IfNotPresent"), "Never", "IfNotPresent"),
+    ],
+)
+def test_pull_policies_follow_tag_or_digest_unless_set(
+    sets: tuple[str, ...], operator_policy: str, workload_policy: str
+) -> None:
+    (container,) = one(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == operator_policy
+    assert env_of(container)["KUBEQUANT_WORKLOAD_IMAGE_PULL_POLICY"] == workload_policy
+
+
+# --------------------------------------------------------------------------- network policy
+
+
+def network_policy(*sets: str) -> dict[str, Any]:
+    return one(render(*sets), "NetworkPolicy")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_network_policy_isolates_the_operator_pods(scenario: str) -> None:
+    docs = render(*SCENARIOS[scenario])
+    policy = one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    # Selects exactly the operator's pods (Deployment or HA StatefulSet).
+    (workload,) = objects(docs, "Deployment") + objects(docs, "StatefulSet")
+    assert spec["podSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    # Ingress: the metrics port only, from the monitoring namespace only.
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {},
+        }
+    ]
+    # Egress: the API server's ports, and DNS in kube-system; nothing else.
+    api, dns = spec["egress"]
+    assert api == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+
+
+def test_network_policy_pins_the_api_server_and_drops_dns_when_asked() -> None:
+    spec = network_policy(
+        "networkPolicy.apiServer.cidrs={10.0.0.5/32,fd00::1/128}",
+        "networkPolicy.apiServer.ports={6443}",
+        "networkPolicy.dns.enabled=false",
+        "networkPolicy.metrics.namespaceSelector.matchLabels.team=observability",
+        "networkPolicy.metrics.podSelector.matchLabels.app=prometheus",
+    )["spec"]
+    assert spec["egress"] == [
+        {
+            "ports": [{"port": 6443, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}],
+        }
+    ]
+    assert spec["ingress"][0]["from"] == [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "monitoring", "team": "observability"}
+            },
+            "podSelector": {"matchLabels": {"app": "prometheus"}},
+        }
+    ]
+    assert spec["ingress"][0]["ports"][0]["port"] == "metrics"
+
+
+def test_network_policy_can_be_turned_off() -> None:
+    assert not objects(render("networkPolicy.enabled=false"), "NetworkPolicy")

@@ -169,3 +169,17 @@ def test_an_object_without_uid_cannot_own_children() -> None:
     del doc["metadata"]["uid"]
     with pytest.raises(ValueError, match="no uid"):
         build_backtest_job(Backtest.model_validate(doc), OperatorConfig())
+
+
+def test_the_termination_message_is_only_what_the_workload_writes() -> None:
+    """Never the pod's log (FallbackToLogsOnError): status and Events are readable with `view`."""
+    (container,) = build_backtest_job(backtest(), OperatorConfig())["spec"]["template"]["spec"]["containers"]
+    assert container["terminationMessagePolicy"] == "File"
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    args = container["args"]
+    assert args[args.index("--termination-log") + 1] == container["terminationMessagePath"]
+
+
+def test_the_workload_image_is_pulled_always_by_default() -> None:
+    (container,) = build_backtest_job(backtest(), OperatorConfig())["spec"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == "Always"

@@ -140,3 +140,69 @@ def test_conditions_validate_against_the_api() -> None:
     done = job(conditions=[{"type": "Complete", "status": "True"}])
     st = status.backtest_status(1, "j", done, [pod(json.dumps(RESULTS))], None, T1)
     BacktestStatus.model_validate(st)
+
+
+FAILED_JOB = {
+    "conditions": [
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+        }
+    ]
+}
+
+
+def failed_status(message: str, exit_code: int = 1, reason: str = "Error") -> dict[str, Any]:
+    p = pod(message, exit_code)
+    p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = reason
+    return status.backtest_status(1, "lgb-backtest", job(**FAILED_JOB), [p], None, T1)
+
+
+def everything_shown(st: dict[str, Any]) -> str:
+    """Every text of the status that `kubectl get -o yaml` and Events would show."""
+    return json.dumps(st)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        # What FallbackToLogsOnError used to copy from the pod's log into status and Events.
+        "Traceback (most recent call last):\nrequests.exceptions.HTTPError: 401 for https://u:hunter2@broker/v2",
+        "connecting with AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        '{"results": "not an error object"}',
+        "",
+    ],
+)
+def test_anything_but_the_structured_error_is_never_shown(output: str) -> None:
+    st = failed_status(output, exit_code=1)
+    shown = everything_shown(st)
+    for fragment in ("hunter2", "Traceback", "wJalrXUtn", "not an error object"):
+        assert fragment not in shown
+    # What Kubernetes itself says instead: the Job's condition and the container's exit.
+    assert st["message"] == (
+        "Job has reached the specified backoff limit; the container exited with code 1 (Error)"
+    )
+
+
+def test_the_structured_error_is_redacted_in_status_and_conditions() -> None:
+    err = {
+        "error": "DataError: cannot read s3://bucket/bars: token=ghp_abcdefghijklmnopqrstuvwxyz0123456789 refused"
+    }
+    st = failed_status(json.dumps(err))
+    shown = everything_shown(st)
+    assert "ghp_abcdefghijklmnopqrstuvwxyz0123456789" not in shown
+    assert st["message"] == "DataError: cannot read s3://bucket/bars: token=[REDACTED] refused"
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["message"] == st["message"]
+
+
+def test_the_structured_error_is_bounded() -> None:
+    st = failed_status(json.dumps({"error": "ValueError: " + "x" * 3000}))
+    assert len(st["message"]) <= 1024
+
+
+def test_an_oom_kill_says_so() -> None:
+    st = failed_status("", exit_code=137, reason="OOMKilled")
+    assert st["message"].endswith("the container exited with code 137 (OOMKilled)")

@@ -33,7 +33,7 @@ BAD_FILES = sorted(BAD_DIR.glob("*.yaml"))
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
 EXPECT_LINE = re.compile(
-    r"^# expect: (?P<path>[^|]+?) \| (?P<substring>[^|]+?)(?: \| server: (?P<server>yes|no))?$"
+    r"^# expect: (?P<path>[^|]+?) \| (?P<substring>[^|]+?)(?: \| server: (?P<server>yes|no|policy|operator))?$"
 )
 
 # One valid object of each kind, as a user would write it: only the required fields.
@@ -82,6 +82,9 @@ class Expectation:
     path: str
     substring: str
     server: bool
+    # Who refuses it besides `kubequant validate`: yes (the CRDs), no (kubectl, before any validation),
+    # policy (the chart's ValidatingAdmissionPolicy), operator (the operator alone).
+    checker: str = "yes"
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def read_expectation(path: Path) -> Expectation:
     first = path.read_text().splitlines()[0]
     match = EXPECT_LINE.match(first)
     assert match, f"{path.name}: first line must be '# expect: <field path> | <substring>', not {first!r}"
-    return Expectation(match["path"], match["substring"], match["server"] != "no")
+    return Expectation(match["path"], match["substring"], match["server"] != "no", match["server"] or "yes")
 
 
 def kubequant_script() -> str:

@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,11 @@ from typing import Any
 import pandas as pd
 
 from kubequant.api.backtest import Backtest, BacktestSpec
+from kubequant.api.modules import DEFAULT_ALLOWED_MODULES
 from kubequant.api.results import BacktestResults, SingleLevelComparison
 from kubequant.errors import ConfigError
 from kubequant.workloads.backtest import execution, metrics, preflight, report
+from kubequant.workloads.backtest.import_guard import guarded_imports
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
 from kubequant.workloads.backtest.signal import Signal, init_class, read_signal_file, train_and_predict
 
@@ -119,9 +121,20 @@ def recording_strategy(config: dict[str, Any], signal: pd.Series, executed: list
 
 
 def run_backtest(
-    bt: Backtest, report_dir: Path | None = None, progress: Progress = _quiet, data_path: Path | None = None
+    bt: Backtest,
+    report_dir: Path | None = None,
+    progress: Progress = _quiet,
+    data_path: Path | None = None,
+    allowed_modules: Sequence[str] = DEFAULT_ALLOWED_MODULES,
 ) -> BacktestOutcome:
-    """Run one Backtest end to end and write its report."""
+    """Run one Backtest end to end and write its report; qlib loads classes only from ``allowed_modules``."""
+    with guarded_imports(allowed_modules):
+        return _run_backtest(bt, report_dir, progress, data_path)
+
+
+def _run_backtest(
+    bt: Backtest, report_dir: Path | None, progress: Progress, data_path: Path | None
+) -> BacktestOutcome:
     spec = bt.spec
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -42,7 +42,26 @@ namespace, so that releases of the same name in two namespaces never collide.
 {{- end }}
 
 {{- define "kubequant.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "kubequant.workloadImage" -}}
+{{- default (include "kubequant.image" .) .Values.workloadImage }}
+{{- end }}
+
+{{/*
+A pull policy from (list IMAGE POLICY): POLICY when set, else IfNotPresent for an image pinned by
+digest (its content cannot change) and Always for a tag (it can be moved; a node's cached copy
+would be run stale).
+*/}}
+{{- define "kubequant.pullPolicy" -}}
+{{- $image := index . 0 }}
+{{- $policy := index . 1 }}
+{{- if $policy }}{{ $policy }}{{ else if contains "@sha256:" $image }}IfNotPresent{{ else }}Always{{ end }}
 {{- end }}
 
 {{/* Labels ------------------------------------------------------------------------------ */}}
@@ -84,6 +103,72 @@ ClusterKopfPeering; with named namespaces it keeps one KopfPeering per namespace
 */}}
 {{- define "kubequant.clusterwide" -}}
 {{- if eq (include "kubequant.watchNamespaces" . | fromJsonArray | len) 0 }}true{{ end }}
+{{- end }}
+
+{{/* The workload policy -------------------------------------------------------------------- */}}
+
+{{/*
+The repository of an image reference as the container runtime resolves it (the operator's
+image_repository does the same): tag and digest dropped, Docker Hub names qualified.
+  python:3.11 -> docker.io/library/python;  ghcr.io/acme/x@sha256:... -> ghcr.io/acme/x
+*/}}
+{{- define "kubequant.imageRepository" -}}
+{{- $name := index (splitList "@" .) 0 }}
+{{- if contains ":" (last (splitList "/" $name)) }}
+{{- $name = regexReplaceAll ":[^:/]*$" $name "" }}
+{{- end }}
+{{- $parts := splitList "/" $name }}
+{{- $first := first $parts }}
+{{- $domain := "docker.io" }}
+{{- $path := $name }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $domain = ternary "docker.io" $first (eq $first "index.docker.io") }}
+{{- $path = join "/" (rest $parts) }}
+{{- end }}
+{{- if and (eq $domain "docker.io") (not (contains "/" $path)) }}
+{{- $path = printf "library/%s" $path }}
+{{- end }}
+{{- printf "%s/%s" $domain $path }}
+{{- end }}
+
+{{/*
+The effective workload policy, as JSON: values.workloadPolicy with its empty defaults filled in
+(the workload image's repository, the workload ServiceAccount). The operator reads it from
+KUBEQUANT_WORKLOAD_POLICY and the ValidatingAdmissionPolicy renders the same lists, so the two
+always agree.
+*/}}
+{{- define "kubequant.workloadPolicy" -}}
+{{- $p := .Values.workloadPolicy }}
+{{- $images := $p.allowedImages }}
+{{- if not $images }}
+{{- $images = list (include "kubequant.imageRepository" (include "kubequant.workloadImage" .)) }}
+{{- end }}
+{{- $accounts := $p.allowedServiceAccounts }}
+{{- if not $accounts }}
+{{- $accounts = list (default "default" .Values.workloadServiceAccountName) }}
+{{- end }}
+{{- $max := dict }}
+{{- range $name, $quantity := $p.maxResources }}
+{{- $_ := set $max $name (toString $quantity) }}
+{{- end }}
+{{- toJson (dict
+  "allowedImages" $images
+  "allowedServiceAccounts" $accounts
+  "allowedPriorityClasses" (default (list) $p.allowedPriorityClasses)
+  "allowedTolerationKeys" (default (list) $p.allowedTolerationKeys)
+  "allowedNodeSelectorKeys" (default (list) $p.allowedNodeSelectorKeys)
+  "allowedImagePullSecrets" (default (list) $p.allowedImagePullSecrets)
+  "maxResources" $max
+  "allowedModules" (default (list) $p.allowedModules)) }}
+{{- end }}
+
+{{/* "cpu 16, memory 64Gi, ...": a maxResources map for messages. */}}
+{{- define "kubequant.ceilings" -}}
+{{- $out := list }}
+{{- range $name, $quantity := . }}
+{{- $out = append $out (printf "%s %v" $name $quantity) }}
+{{- end }}
+{{- join ", " $out | default "none" }}
 {{- end }}
 
 {{/* Checks that the schema cannot express ----------------------------------------------- */}}
@@ -136,7 +221,7 @@ spec:
   containers:
     - name: operator
       image: {{ include "kubequant.image" . }}
-      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      imagePullPolicy: {{ include "kubequant.pullPolicy" (list (include "kubequant.image" .) .Values.image.pullPolicy) }}
       args: ["operator"]
       env:
         - name: KUBEQUANT_POD_NAME
@@ -162,17 +247,16 @@ spec:
           value: "true"
         {{- end }}
         - name: KUBEQUANT_WORKLOAD_IMAGE
-          value: {{ default (include "kubequant.image" .) .Values.workloadImage | quote }}
+          value: {{ include "kubequant.workloadImage" . | quote }}
         - name: KUBEQUANT_WORKLOAD_IMAGE_PULL_POLICY
-          value: {{ .Values.image.pullPolicy | quote }}
-        # Checking that a Job's image pull secrets exist needs `get` on Secrets, which only the
-        # namespace-scoped Roles grant.
-        - name: KUBEQUANT_CHECK_IMAGE_PULL_SECRETS
-          value: {{ eq .Values.rbac.scope "namespace" | quote }}
+          value: {{ include "kubequant.pullPolicy" (list (include "kubequant.workloadImage" .) .Values.workloadImagePullPolicy) | quote }}
         {{- with .Values.workloadServiceAccountName }}
         - name: KUBEQUANT_WORKLOAD_SERVICE_ACCOUNT
           value: {{ . | quote }}
         {{- end }}
+        # What a spec's pod may ask for and where its classes may come from (workloadPolicy).
+        - name: KUBEQUANT_WORKLOAD_POLICY
+          value: {{ include "kubequant.workloadPolicy" . | toJson }}
         - name: KUBEQUANT_LOG_LEVEL
           value: {{ .Values.logLevel | quote }}
         # Read-only root filesystem: whatever caches under $HOME writes to the /tmp emptyDir.
