@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint typecheck unit integration e2e crds lock k8s-binaries dev-cluster dev-cluster-down clean
+.PHONY: demo cluster-demo test venv lint typecheck unit integration e2e crds lock k8s-binaries dev-cluster dev-cluster-down clean
 
 $(STAMP): pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -20,6 +20,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kubequant run -f examples/backtest.yaml
 
+## The cluster path in one command: dev cluster, CRDs, the operator with the chart's RBAC, and
+## examples/backtest.yaml run for real on a local node (hack/local_kubelet.py); ends with `kubectl get bt`.
+cluster-demo: $(STAMP)
+	$(BIN)/python hack/cluster_demo.py
+
 ## Set up and run every test: lint, types, CRD drift, unit, integration, e2e on the dev cluster.
 test: $(STAMP)
 	$(MAKE) lint typecheck
@@ -29,9 +34,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	hack/import-lint.sh
 
 typecheck: $(STAMP)
-	hack/typecheck.sh kubequant/api kubequant/crdgen.py kubequant/manifests.py kubequant/operator/builders kubequant/operator/status.py kubequant/operator/config.py kubequant/operator/rbac.py kubequant/redaction.py
+	hack/typecheck.sh kubequant/api kubequant/crdgen.py kubequant/manifests.py kubequant/operator/builders kubequant/operator/status kubequant/operator/config.py kubequant/operator/rbac.py kubequant/redaction.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
@@ -57,7 +63,8 @@ lock: $(STAMP)
 k8s-binaries:
 	hack/build-k8s.sh
 
-## A local Kubernetes control plane; kubeconfig in .dev-cluster/kubeconfig.
+## A local Kubernetes control plane; kubeconfig in .dev-cluster/kubeconfig. Waits for the API
+## server's /readyz and restarts kwok's controller if it gave up (KUBEQUANT_DEV_CLUSTER_TIMEOUT, 300 s).
 dev-cluster:
 	hack/dev-cluster.sh up
 

@@ -17,8 +17,18 @@
 #   kubeconfig   self-contained admin kubeconfig (export KUBECONFIG=... to use it)
 #   kwok/        kwokctl's workdir: pki, etcd data, logs, pid files
 #
+# On a loaded machine the API server can take minutes to become ready, and kwok's
+# controller gives up after ~30 s of "connection refused" (kwok's waitForReady) while
+# kwokctl still reports the cluster ready. So `up` waits for the API server's /readyz
+# itself (KUBEQUANT_DEV_CLUSTER_TIMEOUT), then checks that kwok's controller is alive
+# before the nodes need it, restarting it (`kwokctl start cluster` starts only the
+# components that are down) whenever it finds it dead until the nodes are Ready.
+#
 # Env: KUBEQUANT_CACHE_DIR (binary cache, see build-k8s.sh),
 #      KUBEQUANT_DEV_CLUSTER_RUNTIME=kwok (default) | kind (needs docker + kind; untested here)
+#      KUBEQUANT_DEV_CLUSTER_NAME (default kubequant-dev), KUBEQUANT_DEV_CLUSTER_DIR (default
+#        <repo>/.dev-cluster): a second, separate cluster (kwokctl picks free ports)
+#      KUBEQUANT_DEV_CLUSTER_TIMEOUT: seconds to wait for /readyz and for Ready nodes (300)
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,8 +36,11 @@ REPO_ROOT="$(cd "${HACK_DIR}/.." && pwd)"
 # shellcheck source=hack/versions.env
 source "${HACK_DIR}/versions.env"
 
-CLUSTER_NAME="kubequant-dev"
-STATE_DIR="${REPO_ROOT}/.dev-cluster"
+CLUSTER_NAME="${KUBEQUANT_DEV_CLUSTER_NAME:-kubequant-dev}"
+STATE_DIR="${KUBEQUANT_DEV_CLUSTER_DIR:-${REPO_ROOT}/.dev-cluster}"
+READY_TIMEOUT="${KUBEQUANT_DEV_CLUSTER_TIMEOUT:-300}"
+# How often a dead kwok controller is restarted before `up` gives up.
+KWOK_RESTARTS=5
 KUBECONFIG_OUT="${STATE_DIR}/kubeconfig"
 KWOKCTL_KUBECONFIG="${STATE_DIR}/kwokctl-kubeconfig"
 KWOKCTL_CONFIG="${STATE_DIR}/kwokctl.yaml"
@@ -115,7 +128,49 @@ EOF
     --raw --flatten --minify --context "kwok-${CLUSTER_NAME}" >"${KUBECONFIG_OUT}.tmp" || return 1
   chmod 0600 "${KUBECONFIG_OUT}.tmp" && mv -f "${KUBECONFIG_OUT}.tmp" "${KUBECONFIG_OUT}" || return 1
   # kwokctl logs a failed readiness wait but still exits 0: check for ourselves.
-  wait_for 30 "the API server to be ready" is_up
+  log "waiting for the API server's /readyz (up to ${READY_TIMEOUT}s)"
+  wait_for "${READY_TIMEOUT}" "the API server's /readyz" is_up || return 1
+  # kwok's controller may have given up while the API server was starting: it must be
+  # up before the nodes are added, or nothing ever marks them Ready.
+  ensure_kwok || return 1
+}
+
+# kwok's controller, as kwokctl started it (its pid file), is running.
+kwok_alive() {
+  local pid_file="${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pids/kwok-controller.pid"
+  [[ -f "${pid_file}" ]] && [[ -n "$(alive "$(cat "${pid_file}")")" ]]
+}
+
+# Restart kwok's controller if it is not running (at most KWOK_RESTARTS times per `up`).
+kwok_restarts=0
+ensure_kwok() {
+  kwok_alive && return 0
+  local log_file="${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/logs/kwok-controller.log"
+  if ((kwok_restarts >= KWOK_RESTARTS)); then
+    log "kwok's controller died ${kwok_restarts} times; giving up. Its log: ${log_file}"
+    return 1
+  fi
+  kwok_restarts=$((kwok_restarts + 1))
+  log "kwok's controller is not running (restart ${kwok_restarts}/${KWOK_RESTARTS}); its last words:"
+  tail -n 3 "${log_file}" 2>/dev/null | cut -c1-300 | sed 's/^/    /' >&2 || true
+  # kwokctl counts a process as running while kill -0 reaches it, a zombie included (the dead
+  # controller stays one until kwokctl create, its parent, exits and init reaps it): without
+  # its pid file kwokctl starts it anew. `start cluster` starts only the components that are
+  # down, then waits until the API server answers.
+  rm -f "${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pids/kwok-controller.pid"
+  PATH="${BIN_DIR}:${PATH}" KWOK_KUBECTL_BINARY="${BIN_DIR}/kubectl" \
+    kwokctl_ start cluster --name "${CLUSTER_NAME}" || return 1
+  wait_for 10 "kwok's controller to start" kwok_alive
+}
+
+# Nodes Ready, restarting kwok's controller whenever it is found dead meanwhile.
+wait_nodes_ready() {
+  local deadline=$((SECONDS + $1))
+  while ! kubectl_ wait --for=condition=Ready nodes -l kubequant.io/pool --timeout=5s >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { log "timed out waiting for Ready nodes"; kubectl_ get nodes >&2 || true; return 1; }
+    ensure_kwok || return 1
+    sleep 1
+  done
 }
 
 # Those of the given PIDs that are still running (a zombie has exited: it only
@@ -202,6 +257,8 @@ down_kind() { kind delete cluster --name "${CLUSTER_NAME}" >&2 || true; }
 cmd_up() {
   local start="${SECONDS}" runtime="${KUBEQUANT_DEV_CLUSTER_RUNTIME:-kwok}"
   if is_up; then
+    # An up cluster whose kwok controller died (nodes go NotReady): bring it back.
+    if [[ "$(cat "${RUNTIME_FILE}" 2>/dev/null)" == kwok ]] && ! kwok_alive; then ensure_kwok; fi
     log "${CLUSTER_NAME} is already up: export KUBECONFIG=${KUBECONFIG_OUT}"
     return 0
   fi
@@ -231,8 +288,12 @@ cmd_up() {
     *) die "unknown KUBEQUANT_DEV_CLUSTER_RUNTIME=${runtime} (kwok or kind)" ;;
   esac
   log "waiting for nodes to be Ready and the default ServiceAccount"
-  kubectl_ wait --for=condition=Ready nodes -l kubequant.io/pool --timeout=120s >&2
-  wait_for 120 "the default ServiceAccount" default_sa_exists
+  if [[ "${runtime}" == kwok ]]; then
+    wait_nodes_ready "${READY_TIMEOUT}"
+  else
+    kubectl_ wait --for=condition=Ready nodes -l kubequant.io/pool --timeout="${READY_TIMEOUT}s" >&2
+  fi
+  wait_for "${READY_TIMEOUT}" "the default ServiceAccount" default_sa_exists
   log "${CLUSTER_NAME} is up in $((SECONDS - start))s ($(kubectl_ version -o json 2>/dev/null |
     sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | tail -1)); export KUBECONFIG=${KUBECONFIG_OUT}"
 }
@@ -263,12 +324,12 @@ cmd_status() {
   return 1
 }
 
-# Serialize up/down of this checkout's cluster (e.g. two `make test` at once). The
-# lock lives outside .dev-cluster/, which `down` removes.
+# Serialize up/down of one cluster (e.g. two `make test` at once in one checkout). The
+# lock lives outside its state folder, which `down` removes.
 lock() {
   command -v flock >/dev/null || return 0
   local key
-  key="$(printf '%s' "${REPO_ROOT}" | cksum | cut -d' ' -f1)"
+  key="$(printf '%s' "${STATE_DIR}" | cksum | cut -d' ' -f1)"
   exec 8>"${TMPDIR:-/tmp}/kubequant-dev-cluster-${key}.lock"
   flock -n 8 || { log "waiting for another dev-cluster.sh of this checkout"; flock 8; }
 }
@@ -286,4 +347,5 @@ main() {
 }
 
 # One line, parsed before it runs: editing this file during a run cannot derail it.
-main "$@"; exit $?
+# Sourced (tests/unit/test_dev_cluster_script.py), it only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; exit $?; fi

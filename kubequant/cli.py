@@ -567,6 +567,19 @@ def workload_backtest(
     click.echo(payload)
 
 
+@workload.command(
+    "trading",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.pass_context
+def workload_trading(ctx: click.Context) -> None:
+    """The trading pod: `python -m kubequant.workloads.trading.runtime` with the same flags (see docs/trading.md)."""
+    from kubequant.workloads.trading.runtime import main as runtime_main
+
+    sys.exit(runtime_main(list(ctx.args)))
+
+
 # --- operator -------------------------------------------------------------------------------
 
 

@@ -125,7 +125,7 @@ def load_resources(
 
 def _dedupe(errors: list[ValidationError]) -> list[ValidationError]:
     """A union (an int or a quantity string) reports every branch: keep the specific error of a field."""
-    type_only = ("is not a valid int", "is not a valid float")
+    type_only = ("is not a valid int", "is not a valid float", "is not a valid string")
     specific = {e.where for e in errors if not e.message.endswith(type_only)}
     kept: list[ValidationError] = []
     for err in errors:
@@ -205,6 +205,12 @@ def _translate(err: Any, body: Any) -> ValidationError:
         expected = kind.split("_")[0]
         return ValidationError(
             f"{err['input']!r} is not a valid {expected}", where=where, fix=f"write a {expected}"
+        )
+    if kind == "finite_number":
+        return ValidationError(
+            f"{err['input']!r} is not a finite number",
+            where=where,
+            fix="write a finite number (JSON, and so the API server, has no NaN or infinity)",
         )
     if kind in ("too_long", "too_short"):
         return ValidationError(msg, where=where, fix="change the number of items")

@@ -39,6 +39,12 @@ class OperatorConfig(BaseSettings):
         le=3600,
         description="How long a replica's peering record lives; a killed leader is replaced after it.",
     )
+    peering_warning_seconds: float = Field(
+        60,
+        gt=0,
+        description="While kopf waits for a missing peering object (no chart, no --standalone), repeat the "
+        "WARNING that says so this often.",
+    )
     priority: int = Field(0, description="kopf peering priority; the highest-priority replica is active.")
     priority_from_ordinal: bool = Field(
         False, description="Derive the priority from the pod name's StatefulSet ordinal: 1000 - ordinal."
@@ -63,6 +69,15 @@ class OperatorConfig(BaseSettings):
         "KUBEQUANT_WORKLOAD_POLICY (the chart's workloadPolicy); unset lists default to the workload "
         "image's repository and the workload ServiceAccount.",
     )
+    api_server_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses of the API server as pods reach it, as CIDRs (comma-separated in env): the "
+        "trading pods' NetworkPolicy lets them reach only these (on api_server_ports). Empty: any address.",
+    )
+    api_server_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [443, 6443],
+        description="Ports of the API server (comma-separated in env), for the trading pods' NetworkPolicy.",
+    )
     retry_delay_seconds: float = Field(
         30,
         gt=0,
@@ -71,9 +86,11 @@ class OperatorConfig(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_namespaces(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("namespaces"), str):
-            data = {**data, "namespaces": [n for n in re.split(r"[,\s]+", data["namespaces"]) if n]}
+    def _split_lists(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in ("namespaces", "api_server_cidrs", "api_server_ports"):
+                if isinstance(data.get(key), str):
+                    data = {**data, key: [n for n in re.split(r"[,\s]+", data[key]) if n]}
         return data
 
     @model_validator(mode="after")

@@ -12,11 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kubequant.operator.builders.common import converge_patch
 from kubequant.version import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,25 @@ class CreateRefused(Exception):
     """
 
     def __init__(
-        self, kind: str, namespace: str, name: str, code: int, api_reason: str, message: str
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        code: int,
+        api_reason: str,
+        message: str,
+        verb: str = "create",
     ) -> None:
         self.kind, self.code = kind, code
         self.retriable = code == 403 and "exceeded quota" in message
         self.reason = "QuotaExceeded" if self.retriable else f"{kind}Rejected"
-        text = f"the API server refused to create {kind} {namespace}/{name} ({code} {api_reason}): {message}"
+        text = f"the API server refused to {verb} {kind} {namespace}/{name} ({code} {api_reason}): {message}"
         super().__init__(text[:2048])
 
 
-def _create_refused(kind: str, namespace: str, name: str, err: ApiException) -> CreateRefused | None:
+def _create_refused(
+    kind: str, namespace: str, name: str, err: ApiException, verb: str = "create"
+) -> CreateRefused | None:
     """The refusal an error on create means, or None when retrying may help (409, 429, 5xx, no answer)."""
     code = int(err.status or 0)
     if not 400 <= code < 500 or code in (409, 429):
@@ -87,29 +99,64 @@ def _create_refused(kind: str, namespace: str, name: str, err: ApiException) -> 
         body = {}
     body = body if isinstance(body, dict) else {}
     message = str(body.get("message") or err.reason or "no message")
-    return CreateRefused(kind, namespace, name, code, str(body.get("reason") or err.reason or ""), message)
+    return CreateRefused(
+        kind, namespace, name, code, str(body.get("reason") or err.reason or ""), message, verb
+    )
 
 
-def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
-    """Create a child; if one with its name exists and is ours (our controller reference), use it."""
-    kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-    if kind == "Job":
-        batch = client.BatchV1Api(api())
-        create, read = batch.create_namespaced_job, batch.read_namespaced_job
-    elif kind == "ConfigMap":
-        core = client.CoreV1Api(api())
-        create, read = core.create_namespaced_config_map, core.read_namespaced_config_map
-    else:
-        raise ValueError(f"no create/read for {kind}")
+@dataclass(frozen=True)
+class KindApi:
+    """How to create, read and patch one kind of child, through the official client."""
+
+    api: str  # the client's API class, e.g. AppsV1Api
+    suffix: str  # its method names: create_namespaced_<suffix>, read_..., patch_...
+
+    def call(self, verb: str) -> Callable[..., Any]:
+        return getattr(getattr(client, self.api)(api()), f"{verb}_namespaced_{self.suffix}")  # type: ignore[no-any-return]
+
+
+# Every kind of child the operator makes. Which verbs each handler may use is its RBAC declaration.
+KINDS: dict[str, KindApi] = {
+    "ConfigMap": KindApi("CoreV1Api", "config_map"),
+    "Job": KindApi("BatchV1Api", "job"),
+    "Service": KindApi("CoreV1Api", "service"),
+    "ServiceAccount": KindApi("CoreV1Api", "service_account"),
+    "StatefulSet": KindApi("AppsV1Api", "stateful_set"),
+    "NetworkPolicy": KindApi("NetworkingV1Api", "network_policy"),
+    "Role": KindApi("RbacAuthorizationV1Api", "role"),
+    "RoleBinding": KindApi("RbacAuthorizationV1Api", "role_binding"),
+}
+
+
+def _kind_api(kind: str) -> KindApi:
     try:
-        return _json(create(ns, obj, **RAW))
-    except ApiException as err:
-        if err.status != 409:
-            refused = _create_refused(kind, ns, name, err)
-            if refused is not None:
-                raise refused from err
-            raise
-    existing = _json(read(name, ns, **RAW))
+        return KINDS[kind]
+    except KeyError:
+        raise ValueError(f"no create/read/patch for {kind}") from None
+
+
+def apply(obj: dict[str, Any], *, converge: bool = False, recorded_uid: str | None = None) -> dict[str, Any]:
+    """Create a child, or adopt the one of its name if it is ours; with ``converge``, patch it to the built object.
+
+    Ours means our controller reference and, once recorded in the owner's status, the uid the
+    operator created it with: a look-alike (a child deleted and recreated by someone else) is an
+    AdoptionConflict. A converged child is patched only when the hash of the built object in its
+    annotation differs (so an unchanged child costs no write), by a JSON patch that first tests its uid.
+    """
+    kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    kapi = _kind_api(kind)
+    # A child the operator already made is most likely still there: read it first (one call, not two).
+    existing = _absent(lambda: kapi.call("read")(name, ns, **RAW)) if recorded_uid is not None else None
+    if existing is None:
+        try:
+            return _json(kapi.call("create")(ns, obj, **RAW))
+        except ApiException as err:
+            if err.status != 409:
+                refused = _create_refused(kind, ns, name, err)
+                if refused is not None:
+                    raise refused from err
+                raise
+        existing = _json(kapi.call("read")(name, ns, **RAW))
     want = obj["metadata"]["ownerReferences"][0]
     # Someone else's object that merely names the owner (any user can copy a uid) is not adopted.
     ours = [
@@ -120,7 +167,31 @@ def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
     ]
     if not ours:
         raise AdoptionConflict(f"{kind} {ns}/{name} exists and is not controlled by this object")
+    uid = existing["metadata"].get("uid")
+    if recorded_uid is not None and uid != recorded_uid:
+        raise AdoptionConflict(
+            f"{kind} {ns}/{name} is not the one the operator created (uid {uid}, created as {recorded_uid}): "
+            "it was deleted and replaced by someone else"
+        )
+    if converge:
+        ops = converge_patch(existing, obj)
+        if ops:
+            log.info("%s %s/%s differs from its spec: patching", kind, ns, name)
+            try:
+                return _json(kapi.call("patch")(name, ns, ops, **RAW))
+            except ApiException as err:
+                # e.g. a StatefulSet's volumeClaimTemplates (spec.journal) cannot change: the same patch
+                # would be refused again, until the spec changes back.
+                refused = _create_refused(kind, ns, name, err, "update")
+                if refused is not None:
+                    raise refused from err
+                raise
     return existing
+
+
+def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
+    """Create a child; if one with its name exists and is ours (our controller reference), use it."""
+    return apply(obj)
 
 
 def job_pods(namespace: str, job_name: str, not_older_than: str | None = None) -> list[dict[str, Any]]:
@@ -136,6 +207,12 @@ def job_pods(namespace: str, job_name: str, not_older_than: str | None = None) -
     pods = client.CoreV1Api(api()).list_namespaced_pod(
         namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", **extra, **RAW
     )
+    return _json(pods)["items"]  # type: ignore[no-any-return]
+
+
+def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """The pods of a namespace that match a label selector."""
+    pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=label_selector, **RAW)
     return _json(pods)["items"]  # type: ignore[no-any-return]
 
 

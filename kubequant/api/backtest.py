@@ -22,7 +22,7 @@ from kubequant.api.common import (
     PodOptions,
     exactly_one_rule,
 )
-from kubequant.api.resource import Resource, StatusBase
+from kubequant.api.resource import Resource, WorkloadStatus
 from kubequant.api.results import BacktestResults
 
 Frequency = Annotated[str, StringConstraints(pattern=r"^(day|[1-9][0-9]*min)$", max_length=16)]
@@ -431,8 +431,13 @@ class BacktestPhase(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
 
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run is over: a finished Backtest keeps its outcome."""
+        return self in (BacktestPhase.SUCCEEDED, BacktestPhase.FAILED)
 
-class BacktestStatus(StatusBase):
+
+class BacktestStatus(WorkloadStatus):
     """Observed state of a Backtest."""
 
     phase: BacktestPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")

@@ -43,7 +43,7 @@ def _add_rules_to_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
 
 
 class ApiModel(BaseModel):
-    """Base of every API type: camelCase on the wire, unknown fields refused, rules enforced."""
+    """Base of every API type: camelCase on the wire, unknown fields and non-finite numbers refused, rules enforced."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -51,6 +51,9 @@ class ApiModel(BaseModel):
         extra="forbid",
         json_schema_extra=_add_rules_to_schema,
         use_enum_values=True,
+        # JSON has no NaN or infinity: the API server could never store one, and no limit, cost or
+        # cash amount means anything as one.
+        allow_inf_nan=False,
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = ()

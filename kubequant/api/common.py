@@ -18,10 +18,19 @@ from kubequant.api.modules import (
     kwargs_depth,
     module_allowed,
     nested_class_modules,
+    non_finite_numbers,
+)
+from kubequant.api.quantity import (
+    QUALIFIED_RESOURCE_PATTERN,
+    QUANTITY_PATTERN,
+    is_extended,
+    is_hugepages,
+    overcommit_allowed,
+    quantity_or_none,
+    valid_container_resource_name,
 )
 
 # Kubernetes quantity ("500m", "2Gi", 4): an int or a string in the API server's quantity grammar.
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 Quantity = Annotated[
     int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN, max_length=64)],
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
@@ -129,16 +138,143 @@ class Toleration(ApiModel):
     )
 
 
+def _q(value: str) -> str:
+    """CEL: the quantity of an int-or-string value (the API server's quantity library).
+
+    The type test spares ``string()``: the API server estimates an int-or-string value at the whole
+    request's size, and every conversion or parse of it counts that size against the CRD's CEL budget.
+    """
+    return f"(type({value}) == int ? quantity('0').add({value}) : quantity({value}))"
+
+
+def _cel_string(text: str) -> str:
+    """``text`` inside a single-quoted CEL string literal (regex backslashes doubled)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# CEL twins of kubequant.api.quantity's name classes; k is a resource name.
+_CEL_EXTENDED = "(k.contains('/') && !k.contains('kubernetes.io/'))"
+_CEL_NO_OVERCOMMIT = f"(k.startsWith('hugepages-') || {_CEL_EXTENDED})"
+# Resources per map: each quantity the rules parse costs CEL budget per entry (see _q); 8 is more
+# than a container uses (cpu, memory, ephemeral-storage, a device, two huge page sizes).
+MAX_RESOURCES = 8
+
+
+def _negative(quantity: int | str) -> bool:
+    # Textual for strings, as the CEL twin (a sign test that needs no parse): "-0" counts as negative.
+    return quantity < 0 if isinstance(quantity, int) else quantity.startswith("-")
+
+
+def _whole(quantity: int | str) -> bool:
+    """Whether the quantity is an int64 integer (CEL's isInteger); True when it is no quantity at all."""
+    value = quantity_or_none(quantity)
+    return value is None or (value == value.to_integral_value() and abs(value) < 2**63)
+
+
+def _resource_map_rules(name: str) -> tuple[Rule, ...]:
+    """Rules on one map of ResourceRequirements (requests or limits), as the API server checks a pod's."""
+    m = f"self.{name}"
+    v = f"{m}[k]"
+
+    def entries(r: ResourceRequirements) -> dict[str, int | str]:
+        return getattr(r, name) or {}
+
+    return (
+        Rule(
+            cel=f"!has({m}) || {m}.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || "
+            f"k.startsWith('hugepages-') || (k.matches('{_cel_string(QUALIFIED_RESOURCE_PATTERN)}') && "
+            f"k.indexOf('/') <= 253 && k.size() - k.indexOf('/') <= 64 && "
+            f"!(k.startsWith('requests.') && {_CEL_EXTENDED})))",
+            message="not a container resource; use cpu, memory, ephemeral-storage, hugepages-<size> or a "
+            "domain-qualified name such as nvidia.com/gpu",
+            field=name,
+            check=lambda r: all(valid_container_resource_name(k) for k in entries(r)),
+        ),
+        Rule(
+            cel=f"!has({m}) || {m}.all(k, type({v}) == int ? {v} >= 0 : !{v}.startsWith('-'))",
+            message="a resource quantity cannot be negative; use 0 or more (nvidia.com/gpu: 1 is one GPU)",
+            field=name,
+            check=lambda r: not any(_negative(q) for q in entries(r).values()),
+        ),
+        Rule(
+            cel=f"!has({m}) || {m}.all(k, type({v}) == int || !{_CEL_EXTENDED} || quantity({v}).isInteger())",
+            message="an extended resource such as nvidia.com/gpu is counted in whole units; use an integer",
+            field=name,
+            check=lambda r: all(not is_extended(k) or _whole(q) for k, q in entries(r).items()),
+        ),
+    )
+
+
+def _compare(r: ResourceRequirements, key: str) -> int | None:
+    """requests[key] compared with limits[key] (-1, 0, 1), or None if either is missing or no quantity."""
+    pair = [(part or {}).get(key) for part in (r.requests, r.limits)]
+    req, lim = (None if q is None else quantity_or_none(q) for q in pair)
+    if req is None or lim is None:
+        return None
+    return (req > lim) - (req < lim)
+
+
+def _uses_hugepages(r: ResourceRequirements) -> bool:
+    return any(is_hugepages(k) for k in (*(r.requests or {}), *(r.limits or {})))
+
+
+def _has_cpu_or_memory(r: ResourceRequirements) -> bool:
+    return any(k in ("cpu", "memory") for k in (*(r.requests or {}), *(r.limits or {})))
+
+
 class ResourceRequirements(ApiModel):
-    """Compute resources for the workload's container, as in core/v1 (cpu, memory, nvidia.com/gpu, …)."""
+    """Compute resources for the workload's container, as in core/v1 (cpu, memory, nvidia.com/gpu, …).
+
+    Checked as the API server checks a pod's, so that a bad value is refused when the object is
+    applied, not when the operator creates its pod.
+    """
 
     requests: dict[str, Quantity] | None = Field(
         None,
-        max_length=16,
-        description="Minimum resources the scheduler reserves, e.g. {cpu: '2', memory: 4Gi}.",
+        max_length=MAX_RESOURCES,
+        description="Minimum resources the scheduler reserves, e.g. {cpu: '2', memory: 4Gi}; at most the "
+        "limit; for an extended resource (nvidia.com/gpu) or hugepages, equal to the limit (a request alone "
+        "becomes the limit too).",
     )
     limits: dict[str, Quantity] | None = Field(
-        None, max_length=16, description="Maximum resources; nvidia.com/gpu must be set here to get a GPU."
+        None,
+        max_length=MAX_RESOURCES,
+        description="Maximum resources; nvidia.com/gpu must be set here (a whole number) to get a GPU.",
+    )
+
+    __rules__ = (
+        *_resource_map_rules("requests"),
+        *_resource_map_rules("limits"),
+        Rule(
+            cel="!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+            f"{_CEL_NO_OVERCOMMIT} || !(k in self.limits) || "
+            f"{_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) <= 0)",
+            message="a request cannot exceed its limit; lower the request or raise the limit",
+            field="requests",
+            check=lambda r: all(
+                not overcommit_allowed(k) or (_compare(r, k) or 0) <= 0 for k in r.requests or {}
+            ),
+        ),
+        # A request alone is fine: the operator copies it into limits, as Kubernetes requires
+        # (kubequant.operator.builders.common.resources_dict).
+        Rule(
+            cel=f"!has(self.requests) || !has(self.limits) || self.requests.all(k, !{_CEL_NO_OVERCOMMIT} || "
+            f"!(k in self.limits) || {_q('self.requests[k]')}.compareTo({_q('self.limits[k]')}) == 0)",
+            message="an extended resource (nvidia.com/gpu) or hugepages cannot be overcommitted: its request "
+            "must equal its limit; set the same value in both, or only one of them",
+            field="requests",
+            check=lambda r: all(
+                overcommit_allowed(k) or _compare(r, k) in (0, None) for k in r.requests or {}
+            ),
+        ),
+        Rule(
+            cel="!((has(self.requests) && self.requests.exists(k, k.startsWith('hugepages-'))) || "
+            "(has(self.limits) && self.limits.exists(k, k.startsWith('hugepages-')))) || "
+            "(has(self.requests) && ('cpu' in self.requests || 'memory' in self.requests)) || "
+            "(has(self.limits) && ('cpu' in self.limits || 'memory' in self.limits))",
+            message="hugepages need cpu or memory too; add a cpu or memory request or limit",
+            check=lambda r: not _uses_hugepages(r) or _has_cpu_or_memory(r),
+        ),
     )
 
 
@@ -344,6 +480,12 @@ class ClassReference(ApiModel):
                 "",
                 f"kwargs are nested more than {MAX_KWARGS_DEPTH} levels deep; "
                 "flatten them (a class config needs a few levels at most)",
+            )
+        for where in non_finite_numbers(value, ""):
+            raise _refusal(
+                where.lstrip("."),
+                "NaN and infinity cannot travel in a manifest (JSON, and so the API server, has neither); "
+                "write a finite number, or leave the argument out for the class's default",
             )
         return value
 

@@ -17,8 +17,9 @@ from kubequant.api.common import (
     Quantity,
     SecretKeyReference,
 )
-from kubequant.api.resource import Resource, StatusBase
-from kubequant.api.risk import TimeZone
+from kubequant.api.quantity import quantity_or_none
+from kubequant.api.resource import Resource, WorkloadStatus
+from kubequant.api.timezones import TimeZone
 
 
 class SessionMode(StrEnum):
@@ -112,6 +113,59 @@ class Journal(ApiModel):
 
     size: Quantity = Field("1Gi", description="Size of the journal's PersistentVolumeClaim.")
     storage_class_name: str | None = Field(None, max_length=253, description="StorageClass of the volume.")
+    delete_with_session: bool = Field(
+        False,
+        description="Delete the journal's PersistentVolumeClaim with the session. Off by default: the "
+        "journal is the session's audit trail and outlives it until deleted by hand.",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="type(self.size) == int ? self.size > 0 : (!isQuantity(self.size) || sign(quantity(self.size)) > 0)",
+            message="a volume's size must be above zero; use e.g. 1Gi",
+            field="size",
+            check=lambda j: (v := quantity_or_none(j.size)) is None or v > 0,
+        ),
+    )
+
+
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+Cidr = Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$", max_length=64)]
+
+
+class LabelSelector(ApiModel):
+    """Objects whose labels include all of these."""
+
+    match_labels: dict[str, LabelValue] | None = Field(
+        None, max_length=16, description="Labels the object must carry; empty selects every object."
+    )
+
+
+class NetworkPeer(ApiModel):
+    """Pods allowed to call the session's signal API and scrape its metrics."""
+
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces the pods may be in; unset: the session's own namespace."
+    )
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods allowed within those namespaces; unset: every pod there."
+    )
+
+
+class SessionNetwork(ApiModel):
+    """Who may reach the trading pod, and where it may connect (a NetworkPolicy)."""
+
+    ingress_from: list[NetworkPeer] | None = Field(
+        None,
+        max_length=16,
+        description="Callers of the signal API and metrics port; unset: pods of the session's namespace.",
+    )
+    broker_cidrs: list[Cidr] | None = Field(
+        None,
+        max_length=32,
+        description="Addresses of a real broker's API (HTTPS, port 443); unset: any address on port 443. "
+        "The paper broker needs none.",
+    )
 
 
 class ReplayOptions(ApiModel):
@@ -154,6 +208,9 @@ class LiveTradingSessionSpec(ApiModel):
     halted: bool = Field(False, description="Kill switch: true cancels open orders and stops all trading.")
     journal: Journal = Field(default_factory=Journal, description="The order journal's storage.")
     replay: ReplayOptions | None = Field(None, description="Paper replay over historical bars.")
+    network: SessionNetwork = Field(
+        default_factory=SessionNetwork, description="The trading pod's NetworkPolicy (cluster only)."
+    )
     pod: PodOptions = Field(default_factory=PodOptions, description="Pod placement (cluster only).")
 
     __rules__ = (
@@ -197,8 +254,13 @@ class SessionPhase(StrEnum):
     FAILED = "Failed"
     STOPPED = "Stopped"
 
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the operator has given up on the session until its spec changes."""
+        return self is SessionPhase.FAILED
 
-class LiveTradingSessionStatus(StatusBase):
+
+class LiveTradingSessionStatus(WorkloadStatus):
     """Observed state of a session."""
 
     phase: SessionPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
@@ -238,6 +300,7 @@ class LiveTradingSession(Resource):
         description="One broker-connected trading pod guarded by a RiskPolicy.",
         columns=(
             PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("State", ".status.tradingState", description="ACTIVE, REDUCING or HALTED"),
             PrinterColumn("Mode", ".spec.mode"),
             PrinterColumn("Broker", ".spec.broker.type"),
             PrinterColumn("PnL", ".status.pnl", "number"),

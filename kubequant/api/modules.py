@@ -15,6 +15,7 @@ without such a mapping are refused at run time by the workload's import guard.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -81,6 +82,19 @@ def kwargs_depth(value: Any) -> int:
             return depth  # deep enough to refuse; no need to walk a crafted 10,000-level tower
         stack.extend((child, depth) for child in children)
     return deepest
+
+
+def non_finite_numbers(kwargs: Any, path: str = "kwargs") -> Iterator[str]:
+    """Field paths of the NaN and infinite floats inside ``kwargs`` (JSON, and a cluster, cannot carry them)."""
+    stack: list[tuple[Any, str]] = [(kwargs, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yield where
+        elif isinstance(node, dict):
+            stack.extend((child, f"{where}.{key}") for key, child in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(node))
 
 
 def nested_class_modules(kwargs: Any, path: str = "kwargs") -> Iterator[tuple[str, str]]:

@@ -65,6 +65,25 @@ class StatusBase(ApiModel):
     message: str | None = Field(None, max_length=4096, description="Last notable event, for humans.")
 
 
+class ChildReference(ApiModel):
+    """An object the operator created for this one, as the API server named it at creation."""
+
+    kind: str = Field(max_length=63, description="Kind of the child, e.g. Job or StatefulSet.")
+    name: str = Field(max_length=253, description="Name of the child.")
+    uid: str = Field(max_length=64, description="uid of the child the operator created.")
+
+
+class WorkloadStatus(StatusBase):
+    """Status of a kind whose operator creates child objects (a Job, a StatefulSet, ...)."""
+
+    children: list[ChildReference] | None = Field(
+        None,
+        max_length=16,
+        description="The objects the operator created, with their uids: only these speak for this object. "
+        "A look-alike with the same name (a child deleted and recreated by someone else) is not adopted.",
+    )
+
+
 class Resource(ApiModel):
     """A kubequant custom resource; subclasses set ``spec``, ``status`` and ``__crd__``."""
 

@@ -10,9 +10,9 @@ from pydantic import Field, StringConstraints
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
 from kubequant.api.common import InstrumentCode
 from kubequant.api.resource import Resource, StatusBase
+from kubequant.api.timezones import TimeZone
 
 ClockTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-TimeZone = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$", max_length=64)]
 
 
 class Weekday(StrEnum):

@@ -11,7 +11,7 @@ from pydantic import Field, StringConstraints
 from kubequant.api.backtest import Output, Segments, Universe
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
 from kubequant.api.common import ClassReference, DataSource, JobOptions, PodOptions, ResourceRequirements
-from kubequant.api.resource import Resource, StatusBase
+from kubequant.api.resource import Resource, WorkloadStatus
 
 
 class Dataset(ApiModel):
@@ -165,8 +165,13 @@ class TrainingPhase(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
 
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run is over."""
+        return self in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
 
-class TrainingJobStatus(StatusBase):
+
+class TrainingJobStatus(WorkloadStatus):
     """Observed state of a TrainingJob."""
 
     phase: TrainingPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from kubequant.api.common import PodOptions, ResourceRequirements, Toleration
+from kubequant.api.quantity import overcommit_allowed
 from kubequant.api.resource import Resource
 from kubequant.operator.config import OperatorConfig
 from kubequant.version import API_GROUP, API_VERSION
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The hash of the object as built, on every child the operator keeps converged (KubeRay keeps one too).
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+# What the operator owns in a long-lived child, by kind: patched to the built object when its hash changes.
+MANAGED_FIELDS: dict[str, tuple[str, ...]] = {
+    "ConfigMap": ("data",),
+    "Service": ("spec",),
+    "ServiceAccount": ("automountServiceAccountToken",),
+    "StatefulSet": ("spec",),
+    "NetworkPolicy": ("spec",),
+    "Role": ("rules",),
+    "RoleBinding": ("subjects",),
+}
 # Kubernetes names of Jobs become label values (job-name), so they must fit in 63 characters.
 MAX_NAME = 63
 NONROOT_UID = 65532
@@ -121,7 +135,8 @@ def requests_gpu(resources: ResourceRequirements | None) -> bool:
 
 
 def resources_dict(resources: ResourceRequirements | None) -> dict[str, Any]:
-    """core/v1 ResourceRequirements; a GPU request is mirrored into limits as Kubernetes requires."""
+    """core/v1 ResourceRequirements; a request of what cannot be overcommitted (nvidia.com/gpu,
+    hugepages) is mirrored into limits, as Kubernetes requires (the API checks they agree when both are set)."""
     if resources is None:
         return {}
     out: dict[str, Any] = {}
@@ -129,9 +144,9 @@ def resources_dict(resources: ResourceRequirements | None) -> dict[str, Any]:
         out["requests"] = {k: str(v) for k, v in resources.requests.items()}
     if resources.limits:
         out["limits"] = {k: str(v) for k, v in resources.limits.items()}
-    gpu = (resources.requests or {}).get(GPU_RESOURCE)
-    if gpu is not None and GPU_RESOURCE not in out.get("limits", {}):
-        out.setdefault("limits", {})[GPU_RESOURCE] = str(gpu)
+    for name, quantity in (resources.requests or {}).items():
+        if not overcommit_allowed(name) and name not in out.get("limits", {}):
+            out.setdefault("limits", {})[name] = str(quantity)
     return out
 
 
@@ -160,3 +175,59 @@ def pod_placement(pod: PodOptions, cfg: OperatorConfig) -> dict[str, Any]:
     if pod.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
     return spec
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """A short hash of a built object (its hash annotation left out)."""
+    meta = dict(obj.get("metadata") or {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SPEC_HASH_ANNOTATION}
+    meta["annotations"] = annotations or None
+    text = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_spec_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of itself in its annotation."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), SPEC_HASH_ANNOTATION: spec_hash(obj)}
+    return {**obj, "metadata": meta}
+
+
+def _pointer(*parts: str) -> str:
+    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def converge_patch(existing: dict[str, Any], desired: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The JSON patch that makes ``existing`` what was built (``desired``, hash annotated), or None when
+    its hash annotation already matches.
+
+    It first tests the uid, so it patches only the object whose ownership was checked; then replaces
+    the fields the operator owns (``MANAGED_FIELDS``: the whole spec of a StatefulSet, so a removed
+    field goes too) and the labels, and sets the hash. Fields the API server fills in (a Service's
+    clusterIP, defaults) are filled in again; other annotations are kept.
+    """
+    want = ((desired.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    meta = existing.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if want is None or annotations.get(SPEC_HASH_ANNOTATION) == want:
+        return None
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta.get("uid")}]
+    for field in MANAGED_FIELDS.get(desired["kind"], ()):
+        if field in desired:
+            ops.append(
+                {
+                    "op": "add" if field not in existing else "replace",
+                    "path": _pointer(field),
+                    "value": desired[field],
+                }
+            )
+        elif field in existing:
+            ops.append({"op": "remove", "path": _pointer(field)})
+    ops.append({"op": "add", "path": "/metadata/labels", "value": desired["metadata"].get("labels") or {}})
+    if annotations:
+        ops.append(
+            {"op": "add", "path": _pointer("metadata", "annotations", SPEC_HASH_ANNOTATION), "value": want}
+        )
+    else:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {SPEC_HASH_ANNOTATION: want}})
+    return ops

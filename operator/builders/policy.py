@@ -15,17 +15,16 @@ Pure: no Kubernetes client, no kopf; every kind calls it with its own ``PodOptio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from kubequant.api.base import ApiModel
-from kubequant.api.common import QUANTITY_PATTERN, PodOptions, Quantity
+from kubequant.api.common import PodOptions, Quantity
 from kubequant.api.modules import check_prefix
+from kubequant.api.quantity import parse_quantity
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # The dev cluster's and the usual cloud GPU pool: nodes labelled kubequant.io/pool=gpu, tainted
@@ -151,45 +150,6 @@ def image_allowed(reference: str, entries: list[str]) -> bool:
     """Whether the image's repository is an entry, or lies under an entry ending in '/'."""
     repository = image_repository(reference)
     return any(repository.startswith(e) if e.endswith("/") else repository == e for e in entries)
-
-
-# --------------------------------------------------------------------------- quantities
-
-_SUFFIXES: dict[str, int | Decimal] = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-}
-_QUANTITY = re.compile(QUANTITY_PATTERN)
-
-
-def parse_quantity(value: int | str, where: str = "quantity") -> Decimal:
-    """A Kubernetes quantity ("500m", "4Gi", 2, "1e3") as an exact Decimal."""
-    text = str(value).strip()
-    if not _QUANTITY.match(text):
-        raise ValueError(f"{where}: {value!r} is not a Kubernetes quantity such as 500m, 2, 4Gi")
-    match = re.match(r"^([+-]?[0-9.]+)(.*)$", text)
-    assert match is not None  # the pattern above admits only a number and a suffix
-    number, suffix = match.groups()
-    try:
-        if suffix in _SUFFIXES:
-            return Decimal(number) * Decimal(_SUFFIXES[suffix])
-        return Decimal(number) * Decimal(10) ** int(suffix[1:])  # an exponent: 1e3, 5E-2
-    except (InvalidOperation, KeyError, ValueError) as err:
-        raise ValueError(f"{where}: {value!r} is not a Kubernetes quantity such as 500m, 2, 4Gi") from err
 
 
 # --------------------------------------------------------------------------- the check

@@ -5,4 +5,8 @@ registers its handlers with kopf), and each module's ``RBAC`` declares the API a
 need (``kubequant.operator.rbac``; the chart's RBAC is tested against the union).
 """
 
-HANDLER_MODULES: tuple[str, ...] = ("kubequant.operator.handlers.backtest",)
+HANDLER_MODULES: tuple[str, ...] = (
+    "kubequant.operator.handlers.backtest",
+    "kubequant.operator.handlers.session",
+    "kubequant.operator.handlers.policy",
+)

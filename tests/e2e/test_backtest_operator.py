@@ -1,7 +1,7 @@
 """The operator on a real API server: Backtests become Jobs, Jobs become results, failures become reasons.
 
 The operator runs as a process with the Helm chart's ServiceAccount token; pods that must really
-work run on a LocalKubelet node (tests/e2e/local_kubelet.py), the rest on kwok's simulated nodes.
+work run on a LocalKubelet node (hack/local_kubelet.py), the rest on kwok's simulated nodes.
 """
 
 from __future__ import annotations
@@ -476,9 +476,67 @@ def test_a_pod_the_workload_policy_refuses_fails_for_good(
 def test_a_child_the_api_server_refuses_fails_for_good_with_its_reason(
     operator: OperatorProcess, restricted_ns: str, batch: client.BatchV1Api, custom: client.CustomObjectsApi
 ) -> None:
-    """A 4xx on create would be the same on every retry: the Backtest fails with the server's reason."""
-    apply(restricted_ns, backtest("negative", suspend=True, pod={"resources": {"requests": {"cpu": "-1"}}}))
-    failed = _failed_for_good(custom, restricted_ns, "negative")
-    assert failed["reason"] == "JobRejected", failed
-    assert "(422 Invalid)" in failed["message"] and "must be greater than or equal to 0" in failed["message"]
-    assert not batch.list_namespaced_job(restricted_ns).items
+    """A 4xx on create would be the same on every retry: the Backtest fails with the server's reason.
+
+    The refusal comes from an admission policy of the cluster (nothing the CRDs could know: what they
+    can check, such as a negative cpu request, is refused when the Backtest is applied)."""
+    name = f"e2e-no-jobs-{restricted_ns}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["batch"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["jobs"],
+                    }
+                ]
+            },
+            "validations": [{"expression": "false", "message": "no Jobs in this namespace today"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": restricted_ns}}
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([policy, binding]), check=True)
+    try:
+        # A valid Job (admission runs after validation), sent until the API server enforces the policy.
+        template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}
+        probe = json.dumps(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "probe"},
+                "spec": {"template": template},
+            }
+        )
+        deadline = time.monotonic() + 30
+        while (
+            "no Jobs in this namespace"
+            not in kubectl("create", "--dry-run=server", "-n", restricted_ns, "-f", "-", stdin=probe).stderr
+        ):
+            assert time.monotonic() < deadline, "the admission policy is not enforced"
+            time.sleep(0.5)
+        apply(restricted_ns, backtest("refused", suspend=True))
+        failed = _failed_for_good(custom, restricted_ns, "refused")
+        assert failed["reason"] == "JobRejected", failed
+        assert "(422 Invalid)" in failed["message"] and "no Jobs in this namespace today" in failed["message"]
+        assert not batch.list_namespaced_job(restricted_ns).items
+    finally:
+        kubectl(
+            "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--ignore-not-found"
+        )

@@ -263,6 +263,27 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("patch", "clusterkopfpeerings.kopf.dev"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        # LiveTradingSessions and RiskPolicies (issue 9): watched, indexed, read, their status written;
+        # the trading pod's children created, adopted and converged (patch); trading pods watched.
+        *((verb, "livetradingsessions.kubequant.io", "-n", ns) for verb in ("get", "list", "watch", "patch")),
+        *((verb, "riskpolicies.kubequant.io", "-n", ns) for verb in ("get", "list", "watch", "patch")),
+        ("patch", "livetradingsessions.kubequant.io", "--subresource=status", "-n", ns),
+        ("patch", "riskpolicies.kubequant.io", "--subresource=status", "-n", ns),
+        ("update", "livetradingsessions.kubequant.io", "--subresource=finalizers", "-n", ns),
+        *(
+            (verb, resource, "-n", ns)
+            for resource in (
+                "statefulsets.apps",
+                "services",
+                "serviceaccounts",
+                "networkpolicies.networking.k8s.io",
+                "roles.rbac.authorization.k8s.io",
+                "rolebindings.rbac.authorization.k8s.io",
+            )
+            for verb in ("create", "get", "patch")
+        ),
+        ("patch", "configmaps", "-n", ns),
+        ("watch", "pods", "-n", ns),
     ]
     # ...and not one more: what the chart used to grant, what no handler calls, and the dangerous.
     denied = [
@@ -273,10 +294,8 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("update", "jobs.batch", "-n", ns),
         ("list", "configmaps", "-n", ns),
         ("watch", "configmaps", "-n", ns),
-        ("patch", "configmaps", "-n", ns),
         ("delete", "configmaps", "-n", ns),
         ("get", "pods", "-n", ns),
-        ("watch", "pods", "-n", ns),
         ("create", "pods", "-n", ns),
         ("delete", "pods", "-n", ns),
         ("create", "pods", "--subresource=exec", "-n", ns),
@@ -287,8 +306,6 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("delete", "backtests.kubequant.io", "-n", ns),
         ("update", "backtests.kubequant.io", "-n", ns),
         ("list", "trainingjobs.kubequant.io", "-n", ns),
-        ("patch", "livetradingsessions.kubequant.io", "-n", ns),
-        ("watch", "riskpolicies.kubequant.io", "-n", "default"),
         ("patch", "events", "-n", ns),
         ("create", "events.events.k8s.io", "-n", ns),
         ("get", "clusterkopfpeerings.kopf.dev"),
@@ -298,14 +315,28 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "persistentvolumeclaims", "-n", ns),
+        # Never delete, update or read beyond what the sessions need, and no cluster-wide RBAC.
+        ("delete", "statefulsets.apps", "-n", ns),
+        ("update", "statefulsets.apps", "-n", ns),
+        ("delete", "livetradingsessions.kubequant.io", "-n", ns),
+        ("update", "livetradingsessions.kubequant.io", "-n", ns),
+        ("delete", "riskpolicies.kubequant.io", "-n", ns),
+        ("create", "riskpolicies.kubequant.io", "-n", ns),
+        ("update", "riskpolicies.kubequant.io", "--subresource=finalizers", "-n", ns),
+        ("delete", "roles.rbac.authorization.k8s.io", "-n", ns),
+        ("update", "rolebindings.rbac.authorization.k8s.io", "-n", ns),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("delete", "networkpolicies.networking.k8s.io", "-n", ns),
+        ("delete", "persistentvolumeclaims", "-n", ns),
+        ("list", "services", "-n", ns),
         ("escalate", "clusterroles.rbac.authorization.k8s.io"),
         ("escalate", "roles.rbac.authorization.k8s.io", "-n", ns),
         ("bind", "clusterroles.rbac.authorization.k8s.io"),
-        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", ns),
         ("impersonate", "users"),
         ("impersonate", "serviceaccounts", "-n", ns),
-        ("create", "serviceaccounts/token", "-n", ns),
-        ("create", "networkpolicies.networking.k8s.io", "-n", ns),
+        # (The TokenRequest subresource: "serviceaccounts/token" alone would mean a ServiceAccount named token.)
+        ("create", "serviceaccounts", "--subresource=token", "-n", ns),
     ]
     wrong = [f"can {' '.join(c)}" for c in denied if tools.can_i(sa, *c)]
     wrong += [f"cannot {' '.join(c)}" for c in allowed if not tools.can_i(sa, *c)]

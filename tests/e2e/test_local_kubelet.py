@@ -1,4 +1,4 @@
-"""LocalKubelet (tests/e2e/local_kubelet.py) really runs the pods bound to its node:
+"""LocalKubelet (hack/local_kubelet.py) really runs the pods bound to its node:
 Jobs complete or fail by what their process did, and the pod status carries what a
 kubelet would report (exit code, termination message, deadline, restarts).
 """

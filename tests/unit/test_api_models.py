@@ -15,6 +15,7 @@ import yaml
 from kubequant.api import KINDS, Resource
 from kubequant.api.base import ApiModel, Rule
 from kubequant.api.common import Condition
+from kubequant.api.resource import ChildReference
 
 pytestmark = pytest.mark.unit
 
@@ -314,14 +315,15 @@ def status_models(cls: type[Resource]) -> list[type[pydantic.BaseModel]]:
 def test_status_is_optional_all_the_way_down(kind: str) -> None:
     """Only the operator writes status, in pieces: no status field may be required.
 
-    Condition is the exception: an entry of ``conditions`` is complete by the API conventions.
+    Condition and ChildReference are the exceptions: an entry of ``conditions`` is complete by the
+    API conventions, and the operator records each child whole (kind, name, uid).
     """
     cls = KINDS[kind]
     assert not cls.model_fields["status"].is_required()
     required = [
         f"{model.__name__}.{name}"
         for model in status_models(cls)
-        if model is not Condition
+        if model not in (Condition, ChildReference)
         for name, info in model.model_fields.items()
         if info.is_required()
     ]

@@ -221,6 +221,8 @@ def test_default_operator_configuration() -> None:
     assert env["KUBEQUANT_METRICS_PORT"] == "9090"
     assert env["KUBEQUANT_HEALTH_PORT"] == "8081"
     assert env["KUBEQUANT_PEERING"] == "kubequant"
+    # The trading pods' NetworkPolicy reaches the API server where the operator's does.
+    assert (env["KUBEQUANT_API_SERVER_CIDRS"], env["KUBEQUANT_API_SERVER_PORTS"]) == ("", "443,6443")
     assert env["KUBEQUANT_WORKLOAD_IMAGE"] == "ghcr.io/kubequant/kubequant:0.1.0"
     # A tag can be moved to other content: pulled every time, never run from a node's stale copy.
     assert container["imagePullPolicy"] == "Always"
@@ -408,9 +410,11 @@ def test_rbac_has_no_wildcards_or_privilege_verbs(scenario: str) -> None:
                 )
             assert not set(rule["verbs"]) & FORBIDDEN_VERBS, f"{where}: {rule}"
             assert "nonResourceURLs" not in rule and "resourceNames" not in rule, where
-            assert not {"roles", "clusterroles", "rolebindings", "clusterrolebindings"} & set(
-                rule["resources"]
-            )
+            # Cluster-wide RBAC objects never; namespaced Roles and RoleBindings only to give each
+            # trading pod its own (the API server refuses a Role granting more than the operator has).
+            assert not {"clusterroles", "clusterrolebindings"} & set(rule["resources"]), where
+            if {"roles", "rolebindings"} & set(rule["resources"]):
+                assert set(rule["verbs"]) == {"get", "create", "patch"}, f"{where}: {rule}"
             # Pods get Secrets by reference; the operator never reads one, in any scope.
             assert "secrets" not in rule["resources"], f"{where}: Secret access: {rule}"
 
@@ -472,13 +476,15 @@ def test_the_operator_cannot_delete_or_read_what_it_does_not_need() -> None:
             if g[2] in ("delete", "deletecollection", "update") and "finalizers" not in g[1]
         }, mode
         assert not {g for g in granted if g[1] in ("secrets", "namespaces")}, mode
-        assert {g[2] for g in granted if g[1] == "configmaps"} == {"create", "get"}, mode
-        assert {g[2] for g in granted if g[1] == "pods"} == {"list"}, mode
+        # Children are created, read back to adopt them, and patched to converge: never updated or deleted.
+        for resource in ("configmaps", "services", "serviceaccounts", "statefulsets", "networkpolicies"):
+            assert {g[2] for g in granted if g[1] == resource} == {"create", "get", "patch"}, (mode, resource)
+        assert {g[2] for g in granted if g[1] == "pods"} == {"list", "watch"}, mode
         assert {g[1] for g in granted if g[0] == "kubequant.io"} == {
-            "backtests",
-            "backtests/status",
-            "backtests/finalizers",
-        }, mode
+            f"{plural}{sub}"
+            for plural in ("backtests", "livetradingsessions", "riskpolicies")
+            for sub in ("", "/status", "/finalizers")
+        } - {"riskpolicies/finalizers"}, mode
 
 
 def test_cluster_scope_binds_the_cluster_role_to_the_service_account() -> None:

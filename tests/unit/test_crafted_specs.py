@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.builders import backtest as builders
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import backtest as handler
@@ -39,7 +40,7 @@ BODY: dict[str, Any] = {
     "spec": {"period": {"start": "2022-01-04", "end": "2022-06-30"}, "signal": {"file": {"path": "/s.csv"}}},
 }
 # The real create_or_adopt, for the tests that fake the API client underneath it.
-_real_create_or_adopt = kube.create_or_adopt
+_real_apply = kube.apply
 
 
 class Recorder:
@@ -52,11 +53,11 @@ class Recorder:
 def calls(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder()
 
-    def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(obj: dict[str, Any], **_: Any) -> dict[str, Any]:
         rec.created.append(obj)
         return obj
 
-    monkeypatch.setattr(kube, "create_or_adopt", create_or_adopt)
+    monkeypatch.setattr(kube, "apply", apply)
     monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: True)
     monkeypatch.setattr(
@@ -73,7 +74,7 @@ def reconcile(body: dict[str, Any], cfg: OperatorConfig | None = None) -> kopf.P
         body=kopf.Body(body),
         patch=patch,
         memo=kopf.Memo(config=cfg or OperatorConfig()),
-        logger=handler.logging.getLogger(),
+        logger=logging.getLogger(),
     )
     return patch
 
@@ -86,7 +87,7 @@ def refused(body: dict[str, Any], cfg: OperatorConfig | None = None) -> tuple[st
             body=kopf.Body(body),
             patch=patch,
             memo=kopf.Memo(config=cfg or OperatorConfig()),
-            logger=handler.logging.getLogger(),
+            logger=logging.getLogger(),
         )
     status = patch["status"]
     assert status["phase"] == "Failed"
@@ -257,7 +258,7 @@ def test_a_spec_with_hundreds_of_mistakes_still_fits_in_status(calls: Recorder) 
     body = crafted(universe={"instruments": [f"bad code {i}" for i in range(500)]})
     reason, message, _ = refused(body)
     assert reason == "InvalidSpec" and message.startswith("spec.universe.instruments[0]")
-    assert len(message) <= handler.MAX_REJECTION < 4096  # status.message's limit in the CRD
+    assert len(message) <= reconciler.MAX_REJECTION < 4096  # status.message's limit in the CRD
 
 
 def test_a_builder_that_fails_fails_the_object_for_good(
@@ -316,7 +317,7 @@ class _FakeApi:
 def test_a_4xx_on_create_is_a_permanent_failure_with_the_server_s_reason(
     calls: Recorder, monkeypatch: pytest.MonkeyPatch, status: int, api_reason: str, text: str
 ) -> None:
-    monkeypatch.setattr(kube, "create_or_adopt", _real_create_or_adopt)
+    monkeypatch.setattr(kube, "apply", _real_apply)
     _FakeApi.error = _api_error(status, api_reason, text)
     monkeypatch.setattr(kube.client, "BatchV1Api", _FakeApi)
     monkeypatch.setattr(kube.client, "CoreV1Api", _FakeApi)
@@ -327,7 +328,7 @@ def test_a_4xx_on_create_is_a_permanent_failure_with_the_server_s_reason(
 
 
 def test_a_full_quota_is_waited_for_not_a_failure(calls: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kube, "create_or_adopt", _real_create_or_adopt)
+    monkeypatch.setattr(kube, "apply", _real_apply)
     _FakeApi.error = _api_error(
         403, "Forbidden", 'jobs "x" is forbidden: exceeded quota: research, requested: count/jobs.batch=1'
     )
@@ -340,7 +341,7 @@ def test_a_full_quota_is_waited_for_not_a_failure(calls: Recorder, monkeypatch: 
             body=kopf.Body(crafted()),
             patch=patch,
             memo=kopf.Memo(config=OperatorConfig(retry_delay_seconds=9)),
-            logger=handler.logging.getLogger(),
+            logger=logging.getLogger(),
         )
     assert raised.value.delay == 9
     assert patch["status"]["phase"] == "Pending"
@@ -354,7 +355,7 @@ def test_a_full_quota_is_waited_for_not_a_failure(calls: Recorder, monkeypatch: 
 def test_throttling_and_server_errors_are_left_to_kopf_s_retries(
     calls: Recorder, monkeypatch: pytest.MonkeyPatch, status: int, api_reason: str
 ) -> None:
-    monkeypatch.setattr(kube, "create_or_adopt", _real_create_or_adopt)
+    monkeypatch.setattr(kube, "apply", _real_apply)
     _FakeApi.error = _api_error(status, api_reason, "try again")
     monkeypatch.setattr(kube.client, "BatchV1Api", _FakeApi)
     monkeypatch.setattr(kube.client, "CoreV1Api", _FakeApi)
@@ -372,7 +373,7 @@ def test_suspending_a_backtest_that_has_no_job_does_not_retry(monkeypatch: pytes
 
     monkeypatch.setattr(kube, "patch_job_suspend", patch_job_suspend)
     body = crafted(pod={"image": "evil.example.com/miner"})
-    handler.suspend_backtest(body=kopf.Body(body), new=True, old=False, logger=handler.logging.getLogger())
+    handler.suspend_backtest(body=kopf.Body(body), new=True, old=False, logger=logging.getLogger())
     assert patched == [("research", "crafted-backtest", True)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,10 +33,21 @@ BACKTEST: dict[str, Any] = {
 RESULTS = {"annualizedReturn": 9.99, "sharpe": 42.0, "maxDrawdown": 0.0, "trades": 1}
 
 
+JOB_UID = "u-job-1"
+# The Backtest as the operator left it: the uid of the Job it created recorded in status.
+RECORDED = {
+    **BACKTEST,
+    "status": {"children": [{"kind": "Job", "name": "victim-backtest", "uid": JOB_UID}]},
+}
+
+
 def genuine_job() -> dict[str, Any]:
+    """The operator's Job as the API server returns it (kind and uid set)."""
     bt = parse_resource(copy.deepcopy(BACKTEST))
     assert isinstance(bt, Backtest)
-    return build_backtest_job(bt, OperatorConfig())
+    job = build_backtest_job(bt, OperatorConfig())
+    job["metadata"]["uid"] = JOB_UID
+    return job
 
 
 def completed(job: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +112,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
 
     def read_custom(plural: str, ns: str, name: str) -> dict[str, Any] | None:
         rec.reads.append(name)
-        return copy.deepcopy(BACKTEST) if name == "victim" else None
+        return copy.deepcopy(RECORDED) if name == "victim" else None
 
     def pods(ns: str, job_name: str, rv: str | None = None) -> list[dict[str, Any]]:
         term = {"exitCode": 0, "message": json.dumps(RESULTS), "finishedAt": "2026-01-02T03:09:00Z"}
@@ -116,7 +128,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
 
 
 def job_event(job: dict[str, Any]) -> None:
-    handler.backtest_job_changed(body=kopf.Body(job), type="MODIFIED", logger=handler.logging.getLogger())
+    handler.backtest_job_changed(body=kopf.Body(job), type="MODIFIED", logger=logging.getLogger())
 
 
 @pytest.mark.parametrize(
@@ -141,6 +153,15 @@ def test_a_look_alike_job_does_not_touch_the_backtest(cluster: Cluster, job: dic
 
 def test_a_look_alike_with_another_owner_uid_is_ignored(cluster: Cluster) -> None:
     job_event(forged(uid="u-someone-else"))
+    assert cluster.status_patches == []
+
+
+def test_a_replaced_job_with_the_operators_name_and_reference_is_ignored(cluster: Cluster) -> None:
+    """Where owner references are not enforced, a user who deleted the Job can recreate one exactly
+    like it; its uid is not the one recorded when the operator created the Job."""
+    job = completed(genuine_job())
+    job["metadata"]["uid"] = "u-recreated"
+    job_event(job)
     assert cluster.status_patches == []
 
 
@@ -194,3 +215,14 @@ def test_a_pre_created_look_alike_is_not_adopted(existing: dict[str, Any]) -> No
 def test_the_operators_own_child_is_adopted_after_a_restart(existing: dict[str, Any]) -> None:
     existing["object"] = completed(genuine_job())
     assert kube.create_or_adopt(genuine_job())["metadata"]["name"] == "victim-backtest"
+
+
+def test_a_replaced_child_is_not_adopted(existing: dict[str, Any]) -> None:
+    """Its controller reference is right, but its uid is not the one the operator recorded."""
+    existing["object"] = {
+        **completed(genuine_job()),
+        "metadata": {**genuine_job()["metadata"], "uid": "u-new"},
+    }
+    with pytest.raises(kube.AdoptionConflict, match="deleted and replaced"):
+        kube.apply(genuine_job(), recorded_uid=JOB_UID)
+    assert kube.apply(genuine_job(), recorded_uid="u-new")["metadata"]["uid"] == "u-new"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import kopf
@@ -32,11 +33,11 @@ class Calls:
 def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     rec = Calls()
 
-    def create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(obj: dict[str, Any], **_: Any) -> dict[str, Any]:
         rec.created.append(obj)
         return obj
 
-    monkeypatch.setattr(kube, "create_or_adopt", create_or_adopt)
+    monkeypatch.setattr(kube, "apply", apply)
     monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: name == "present")
     monkeypatch.setattr(
@@ -51,7 +52,7 @@ def run(body: dict[str, Any], cfg: OperatorConfig | None = None) -> kopf.Patch:
         body=kopf.Body(body),
         patch=patch,
         memo=kopf.Memo(config=cfg or OperatorConfig()),
-        logger=handler.logging.getLogger(),
+        logger=logging.getLogger(),
     )
     return patch
 
@@ -82,7 +83,7 @@ def run_status_of_failure(body: dict[str, Any]) -> dict[str, Any]:
             body=kopf.Body(body),
             patch=patch,
             memo=kopf.Memo(config=OperatorConfig()),
-            logger=handler.logging.getLogger(),
+            logger=logging.getLogger(),
         )
     return dict(patch["status"])
 
@@ -96,7 +97,7 @@ def test_missing_volume_is_temporary_with_the_configured_delay(calls: Calls) -> 
             body=kopf.Body(body),
             patch=patch,
             memo=kopf.Memo(config=OperatorConfig(retry_delay_seconds=7)),
-            logger=handler.logging.getLogger(),
+            logger=logging.getLogger(),
         )
     assert err.value.delay == 7
     assert calls.created == []
@@ -114,9 +115,9 @@ def test_present_volume_proceeds(calls: Calls) -> None:
 def test_a_foreign_object_with_the_childs_name_is_a_permanent_conflict(
     calls: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def conflict(obj: dict[str, Any]) -> dict[str, Any]:
+    def conflict(obj: dict[str, Any], **_: Any) -> dict[str, Any]:
         raise kube.AdoptionConflict("Job research/lgb-backtest exists and is not owned by this object")
 
-    monkeypatch.setattr(kube, "create_or_adopt", conflict)
+    monkeypatch.setattr(kube, "apply", conflict)
     with pytest.raises(kopf.PermanentError, match="not owned"):
         run(copy.deepcopy(BODY))

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from kubequant.operator import status
+from kubequant.operator.status import backtest as status
+from kubequant.operator.status import conditions as core
+from kubequant.operator.status import pods as pod_state
 
 pytestmark = pytest.mark.unit
 
@@ -113,8 +115,8 @@ def test_transition_time_moves_only_on_change() -> None:
     done = job(conditions=[{"type": "Complete", "status": "True"}])
     later = status.backtest_status(1, "j", done, [pod(json.dumps(RESULTS))], first, T1)
     by_type = {c["type"]: c for c in later["conditions"]}
-    assert by_type["Accepted"]["lastTransitionTime"] == status.timestamp(T0)
-    assert by_type["Running"]["lastTransitionTime"] == status.timestamp(T1)
+    assert by_type["Accepted"]["lastTransitionTime"] == core.timestamp(T0)
+    assert by_type["Running"]["lastTransitionTime"] == core.timestamp(T1)
 
 
 def test_latest_pod_wins() -> None:
@@ -122,7 +124,7 @@ def test_latest_pod_wins() -> None:
         pod('{"error": "old"}', 1, "2026-01-02T03:05:00Z"),
         pod(json.dumps(RESULTS), 0, "2026-01-02T03:08:00Z"),
     ]
-    term = status.latest_termination(pods)
+    term = pod_state.latest_termination(pods)
     assert term is not None and term.exit_code == 0
 
 

@@ -33,7 +33,7 @@ BAD_FILES = sorted(BAD_DIR.glob("*.yaml"))
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
 EXPECT_LINE = re.compile(
-    r"^# expect: (?P<path>[^|]+?) \| (?P<substring>[^|]+?)(?: \| server: (?P<server>yes|no|policy|operator))?$"
+    r"^# expect: (?P<path>[^|]+?) \| (?P<substring>[^|]+?)(?: \| server: (?P<server>yes|no|policy|operator|json))?$"
 )
 
 # One valid object of each kind, as a user would write it: only the required fields.
@@ -83,7 +83,8 @@ class Expectation:
     substring: str
     server: bool
     # Who refuses it besides `kubequant validate`: yes (the CRDs), no (kubectl, before any validation),
-    # policy (the chart's ValidatingAdmissionPolicy), operator (the operator alone).
+    # policy (the chart's ValidatingAdmissionPolicy), operator (the operator alone), json (NaN or
+    # infinity: kubectl cannot encode it, the API server refuses any body carrying it).
     checker: str = "yes"
 
 

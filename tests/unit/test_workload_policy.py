@@ -76,7 +76,10 @@ def test_defaults_allow_the_workload_image_account_and_gpu_pool() -> None:
             serviceAccountName="default",
             nodeSelector={"kubequant.io/pool": "gpu"},
             tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            resources={"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}},
+            resources={
+                "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4},
+                "limits": {"nvidia.com/gpu": 4},
+            },
         )
         == []
     )
@@ -227,7 +230,7 @@ def test_node_selector_key_outside_the_list_is_refused() -> None:
     ("part", "name", "quantity"),
     [
         ("limits", "nvidia.com/gpu", 8),
-        ("requests", "nvidia.com/gpu", "5"),
+        ("limits", "nvidia.com/gpu", "5"),
         ("requests", "cpu", "16500m"),
         ("limits", "cpu", 17),
         ("requests", "memory", "65Gi"),

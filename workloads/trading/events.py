@@ -208,15 +208,29 @@ def _encode(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _encode(getattr(value, name)) for name in _field_names(kind)}
+        return _encode_fields(value)
     if isinstance(value, dict):
         return {k: _encode(v) for k, v in value.items()}
     return value
 
 
+def _encode_fields(value: Any) -> dict[str, Any]:
+    out = {}
+    for name in _field_names(type(value)):
+        field_value = getattr(value, name)
+        kind = type(field_value)
+        # Most fields are text or absent: taken as they are, without a call per field.
+        out[name] = field_value if kind is str or field_value is None else _encode(field_value)
+    return out
+
+
+# One encoder for every event: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def encode(event: Event) -> str:
     """The event's JSON body (Decimals as strings, so nothing is rounded)."""
-    return json.dumps(_encode(event), separators=(",", ":"), sort_keys=True)
+    return _JSON.encode(_encode_fields(event))
 
 
 @cache
@@ -247,7 +261,11 @@ def _decode(tp: Any, raw: Any) -> Any:
 
 
 # Events defined next to the code that writes them register themselves when their module is imported.
-EXTENSION_MODULES = ("kubequant.workloads.trading.scheduled", "kubequant.workloads.trading.trading_state")
+EXTENSION_MODULES = (
+    "kubequant.workloads.trading.scheduled",
+    "kubequant.workloads.trading.trading_state",
+    "kubequant.workloads.trading.control",
+)
 
 
 def decode(kind: str, body: str) -> Event:

@@ -13,6 +13,13 @@ pages into the database and fsyncs it, ms during which every event queued behind
 commits never checkpoint; a ``Checkpointer`` thread with a connection of its own does, every so
 many commits (a passive checkpoint: writers go on appending to the WAL meanwhile). Durability is
 the WAL's fsync at each commit either way.
+
+A passive checkpoint beside a steady stream of commits never catches up with it, and SQLite starts
+the WAL over only once one has: the WAL grew without end (48 MB for 3,000 signals), every commit
+wrote past its end, and the fsync of a file that grows also commits the file system's journal
+(with whatever else was written meanwhile): 4x the fsync's p99 on the benchmark's disk. So after
+each pass of the checkpointer, the writer catches up between two of its transactions (the few
+commits made during the pass: one fsync of the database), and its next commit starts the WAL over.
 """
 
 from __future__ import annotations
@@ -80,15 +87,18 @@ class Checkpointer:
     The owner turns SQLite's automatic checkpoint off on its connection (``PRAGMA
     wal_autocheckpoint=0``) and calls ``committed`` after each commit. A checkpoint that fails
     (say, the database is busy) is simply tried again after the next ``every`` commits; it never
-    affects what is committed.
+    affects what is committed. An owner that writes from one thread of its own calls ``catch_up``
+    between its transactions, so that the WAL is wholly checkpointed and starts over.
     """
 
     def __init__(self, path: Path, every: int = CHECKPOINT_EVERY) -> None:
         self.path = Path(path)
         self.every = every
         self.checkpoints = 0  # passive checkpoints run
+        self.caught_up = 0  # catch-ups after which the whole WAL was in the database
         self._commits = 0
         self._due = threading.Event()
+        self._behind = threading.Event()  # a pass finished: what was committed meanwhile is left
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -105,6 +115,16 @@ class Checkpointer:
             self._thread.start()
         self._due.set()
 
+    def catch_up(self, db: sqlite3.Connection) -> None:
+        """After a pass, checkpoint the few frames committed during it, on the owner's connection between
+        two of its transactions: the WAL is then wholly in the database and the next commit starts it over."""
+        if not self._behind.is_set():
+            return
+        self._behind.clear()
+        with contextlib.suppress(sqlite3.Error):
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.caught_up += frames == copied
+
     def _run(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -116,6 +136,7 @@ class Checkpointer:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    self._behind.set()
         finally:
             db.close()
 
@@ -125,6 +146,21 @@ class Checkpointer:
         self._due.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+
+
+class Written(asyncio.Future[int]):
+    """The outcome of queued events: the last sequence number once on disk, or JournalError.
+
+    It cannot be cancelled: queued events are written whatever becomes of a waiter, and the future
+    is shared (the OMS's ``settled`` waits on the newest one), so a cancelled waiter must not cancel
+    it for the others. A task cancelled while it waits is cancelled once the write is done. (The
+    alternative, ``asyncio.shield``, costs a future, two callbacks and one more turn of the event
+    loop per wait, on the path from the journal to the broker call.)
+    """
+
+    def cancel(self, msg: object = None) -> bool:
+        """Refuse: see the class."""
+        return False
 
 
 @dataclass(slots=True)
@@ -147,7 +183,7 @@ def _rows(events: tuple[Event, ...]) -> list[Row]:
 
 def _settle(done: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
     for future, outcome in done:
-        if future.done():  # its waiter was cancelled; the events are on disk all the same
+        if future.done():  # settled once only (it refuses cancellation, so nothing else settles it)
             continue
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
@@ -192,14 +228,14 @@ class Journal:
         with self._db_lock:
             return self._flush(rows)
 
-    def append_async(self, *events: Event) -> asyncio.Future[int]:
+    def append_async(self, *events: Event) -> Written:
         """Queue ``events`` for the next group transaction; the future gets the last sequence number once on disk.
 
         Call it from the event loop; the future fails with JournalError if the write does.
         """
         rows = _rows(events)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
+        future = Written(loop=loop)
         with self._wake:
             if self._closed:
                 raise JournalError(f"the journal {self.path} is closed")
@@ -246,6 +282,7 @@ class Journal:
             ends.append(end)
             end -= len(queued.rows)
         self._hand_back(batch, ends[::-1])
+        self.checkpointer.catch_up(self._db)  # once its waiters have their answer
         return last
 
     def _refuse_if_broken(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 ORDER_TRANSITIONS = Counter("kubequant_order_transitions_total", "Orders entering each state.", ["status"])
@@ -19,3 +22,9 @@ EQUITY = Gauge("kubequant_equity", "Account equity reported by the broker.")
 RECONCILIATION_ANOMALIES = Counter(
     "kubequant_reconciliation_anomalies_total", "Broker facts the OMS could not explain."
 )
+
+
+@cache
+def order_transitions(status: str) -> Any:
+    """The transitions counter of one status (``labels`` takes a lock and builds a key per call: once per status)."""
+    return ORDER_TRANSITIONS.labels(status)

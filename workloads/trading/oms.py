@@ -170,8 +170,9 @@ class OrderManager:
             if written.done():
                 written.result()
             else:
-                # Shielded: the future is shared (``settled``) and must outlive a cancelled waiter.
-                await asyncio.shield(written)
+                # Shared (``settled``), and safe to await as it is: the journal's futures refuse
+                # cancellation, so a cancelled waiter leaves it to the others.
+                await written
         except JournalError as err:
             self._fail(err)
             raise
@@ -198,7 +199,7 @@ class OrderManager:
     def _count_transitions(self, events: tuple[Event, ...]) -> None:
         for event in events:
             if isinstance(event, OrderEvent) and (order := self.state.orders.get(event.client_order_id)):
-                metrics.ORDER_TRANSITIONS.labels(order.status.value).inc()
+                metrics.order_transitions(order.status.value).inc()
 
     def try_commit(self, event: Event) -> bool:
         """Commit a broker-driven event if the state machine allows it; else record an anomaly and halt."""

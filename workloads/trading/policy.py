@@ -81,19 +81,26 @@ class PolicyWatcher(FileWatcher):
         super().__init__(path)
         self.engine = engine
 
-    def poll(self) -> bool:
-        """Reload if the file changed; True when a new policy took effect."""
+    def changed_policy(self) -> RiskPolicySpec | None:
+        """The policy in the file if the file changed since the last call and holds a valid one, else None."""
         if not self.changed():
-            return False
+            return None
         try:
             policy = load_policy(self.path)
         except ValidationError as err:
             POLICY_RELOADS.labels("error").inc()
             log.error("keeping the current risk policy: %s", err.one_line())
-            return False
-        self.engine.update_policy(policy)
+            return None
         POLICY_RELOADS.labels("ok").inc()
         log.info("risk policy reloaded from %s", self.path)
+        return policy
+
+    def poll(self) -> bool:
+        """Reload if the file changed; True when a new policy took effect (not journaled: see control.py)."""
+        policy = self.changed_policy()
+        if policy is None:
+            return False
+        self.engine.update_policy(policy)
         return True
 
     async def run(self, interval: float = 1.0) -> None:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
+import json
 import logging
 import secrets
 import signal
@@ -30,6 +31,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
+
 from kubequant.api.live import BrokerType, LiveTradingSession, TradingState
 from kubequant.api.risk import RiskPolicy
 from kubequant.errors import BrokerError, ConfigError, KubequantError
@@ -38,6 +41,7 @@ from kubequant.workloads.trading.brokers.base import Broker
 from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
 from kubequant.workloads.trading.brokers.paper import PaperBroker
 from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
+from kubequant.workloads.trading.control import PolicyTracker, document_generation, set_kill_switch
 from kubequant.workloads.trading.journal import Journal
 from kubequant.workloads.trading.oms import OrderManager
 from kubequant.workloads.trading.policy import FileWatcher, PolicyWatcher, load_policy
@@ -51,6 +55,11 @@ from kubequant.workloads.trading.trading_state import RuntimeLock
 log = logging.getLogger(__name__)
 EXIT_HALTED = 3  # recovery failed closed: no strategy may start
 DEFAULT_SECRETS_DIR = Path("/var/run/secrets/kubequant/broker")  # the credentials Secret, one file per key
+# The interpreter's switch interval while the runtime runs (seconds; Python's default is 5 ms). The
+# journal's writer needs the GIL between its fsyncs, beside the event loop and the paper venue's
+# worker; a thread that waits for it waits up to this long per hand-over, and with three threads
+# those waits queued up: 20-30 ms gaps between two group commits while a bar was dealt.
+SWITCH_INTERVAL = 0.0005
 
 
 class RefreshedPrices(Protocol):
@@ -89,6 +98,12 @@ class RuntimeConfig:
     bar_seconds: float | None = None  # the paper market moves one bar every this many seconds; 0 never
     # The broker's credentials Secret, mounted as a folder (one file per key); None: the environment.
     secrets_dir: Path | None = None
+    # On a cluster: the pod's API credentials (projected token, CA, namespace); the runtime then follows
+    # its session (kill switch) and RiskPolicy through the API and reports status (cluster.py).
+    api_dir: Path | None = None
+    termination_log: Path | None = None  # where a failed start leaves its structured error for the operator
+    status_seconds: float = 5.0  # the status report: changes at most this often (the trading state at once)
+    heartbeat_seconds: float = 60.0  # an unchanged status is written this often
 
     @property
     def paper(self) -> bool:
@@ -133,6 +148,28 @@ def read_session(path: Path) -> tuple[LiveTradingSession, RiskPolicy | None]:
     if session is None:
         raise ConfigError("no LiveTradingSession in the file", where=str(path), fix="add one")
     return session, policy
+
+
+def session_document(path: Path | None) -> dict[str, Any] | None:
+    """The first LiveTradingSession document of a manifest file, as plain data (None if unreadable)."""
+    return _document(path, "LiveTradingSession")
+
+
+def policy_identity(path: Path, default_name: str) -> tuple[str, int | None]:
+    """The name and generation of the RiskPolicy in a policy file (the operator writes both)."""
+    doc = _document(path, "RiskPolicy")
+    meta = (doc or {}).get("metadata") or {}
+    return str(meta.get("name") or default_name), document_generation(doc)
+
+
+def _document(path: Path | None, kind: str) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        docs = list(yaml.safe_load_all(Path(path).read_text()))
+    except (OSError, yaml.YAMLError):
+        return None
+    return next((d for d in docs if isinstance(d, dict) and d.get("kind") == kind), None)
 
 
 def bundle_path(session: LiveTradingSession, override: Path | None = None) -> Path:
@@ -225,11 +262,16 @@ class TradingRuntime:
         self.oms = OrderManager(cfg.session.metadata.name, self.journal, self.broker, self.risk, self.prices)
         self.policy_watcher = PolicyWatcher(cfg.policy_path, self.risk)
         self.session_watcher = FileWatcher(cfg.session_path) if cfg.session_path else None
+        name, generation = policy_identity(cfg.policy_path, spec.risk_policy_ref.name)
+        self.policy = PolicyTracker(self.oms, name, generation)
+        # The newest session generation applied (the API may be ahead of the mounted file).
+        self.session_generation: int | None = document_generation(session_document(cfg.session_path))
         self.connected_equity: Decimal | None = None  # a real broker's equity when this process connected
         self.listed: frozenset[str] | None = None  # what a real broker lets the account trade (read at start)
 
     async def start(self) -> RecoveryReport:
         """Connect to the broker, replay the journal and reconcile; ``oms.ready`` says whether to trade."""
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         await self.connect()
         if self.feed is not None:
             await self.feed.refresh()  # the universe's prices, before the first signal can ask
@@ -316,19 +358,43 @@ class TradingRuntime:
 
     async def tick(self) -> None:
         """The periodic housekeeping: policy and kill switch, fills, in-flight orders, account, trading state."""
-        self.policy_watcher.poll()
+        changed = self.policy_watcher.changed_policy()
+        if changed is not None:
+            name, generation = policy_identity(self.cfg.policy_path, self.policy.name)
+            if generation is None or self.policy.generation is None or generation >= self.policy.generation:
+                await self.policy.apply(changed, source="file", generation=generation, name=name)
         if self.session_watcher is not None and self.session_watcher.changed():
             try:
                 session, _ = read_session(self.session_watcher.path)
             except KubequantError as err:
                 log.error("ignoring the changed session file: %s", err.one_line())
             else:
-                self.risk.set_kill_switch(session.spec.halted)
+                generation = document_generation(session_document(self.session_watcher.path))
+                if self.saw_session(generation):  # not older than what the API delivered
+                    await set_kill_switch(self.oms, session.spec.halted, source="file", generation=generation)
         if self.feed is not None:
             # Held names keep their prices; the refresh runs on a worker thread, never on this loop.
             self.feed.watch(*self.oms.state.position_quantities())
             self.feed.refresh_soon()
         await poll(self.oms)  # journals the new state, and a halt cancels the open orders
+        # What survived until now is the session's state (orders, fills, positions), kept for the
+        # session's life: frozen, the collector's full collections walk only what came since the
+        # last tick. Unfrozen they walked every order of the session, holding the loop longer as it
+        # grew (~5-20 ms at 20k orders). A cycle that becomes garbage after it was frozen is never
+        # collected; the trading path makes next to none.
+        gc.freeze()
+
+    def saw_session(self, generation: int | None) -> bool:
+        """Record the session generation a change came from; False when it is older than one already applied."""
+        if (
+            generation is not None
+            and self.session_generation is not None
+            and generation < self.session_generation
+        ):
+            return False
+        if generation is not None:
+            self.session_generation = generation
+        return True
 
     def close(self) -> None:
         """Close the journal, the broker (its record or its connections) and the market data feed."""
@@ -398,6 +464,7 @@ class Pod:
         self.scores = scores
         self.stopping = asyncio.Event()
         self.exit_code = 0
+        self.failure: str | None = None  # why the start failed closed (for the termination message)
         self._bar: tuple[int, dt.datetime] | None = None  # the paper bar in trade and when it opened
 
     async def run(self, token: str, on_listening: Callable[[int], None] | None = None) -> int:
@@ -419,9 +486,14 @@ class Pod:
             report = await runtime.start()
             if not runtime.oms.ready:
                 log.error("recovery failed closed, no strategy starts: %s", report.halted)
+                self.failure = f"recovery failed closed, no strategy starts: {report.halted}"
                 return EXIT_HALTED
             if runtime.connected_equity is not None:
                 service.starting_equity = runtime.connected_equity  # a real account's pnl: since this start
+            await runtime.policy.started()
+            if cfg.api_dir is not None:
+                link = self.cluster_link(service)
+                tasks.append(asyncio.create_task(link.run(self.stopping), name="cluster link"))
             rebalancer = runtime.rebalancer(self.scores) if self.scores is not None else None
             tasks.append(asyncio.create_task(self._every(cfg.tick_seconds, runtime.tick, "housekeeping")))
             if runtime.paper is not None and cfg.bar_interval > 0:
@@ -446,6 +518,28 @@ class Pod:
             runtime.close()
             log.info("stopped; journal closed")
         return self.exit_code
+
+    def cluster_link(self, service: Any) -> Any:
+        """The link that follows the session and its RiskPolicy through the API and reports status."""
+        from kubequant.workloads.trading.cluster import ApiCredentials, ClusterLink, KubeApi
+
+        cfg, runtime = self.cfg, self.runtime
+        assert cfg.api_dir is not None
+        return ClusterLink(
+            KubeApi(ApiCredentials.from_dir(cfg.api_dir)),
+            runtime.oms,
+            runtime.policy,
+            lambda: self._durable_status(service),
+            cfg.session.metadata.name,
+            runtime.policy.name,
+            on_session=runtime.saw_session,
+            status_seconds=cfg.status_seconds,
+            heartbeat_seconds=cfg.heartbeat_seconds,
+        )
+
+    async def _durable_status(self, service: Any) -> dict[str, Any]:
+        body, _ = await self.runtime.oms.read_durable(service.status)
+        return body  # type: ignore[no-any-return]
 
     def stop(self, why: str = "stop", code: int = 0) -> None:
         """Begin a graceful stop."""
@@ -547,6 +641,27 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
         type=float,
         help="seconds per paper bar; 0 never advances (default 86400 / spec.replay.speed, else 86400)",
     )
+    p.add_argument(
+        "--api-dir",
+        type=Path,
+        help="on a cluster: the pod's API credentials (token, ca.crt, namespace); the runtime then follows "
+        "its session and RiskPolicy through the API and reports its status",
+    )
+    p.add_argument(
+        "--termination-log", type=Path, help="where a failed start leaves its error for the operator"
+    )
+    p.add_argument(
+        "--status-seconds",
+        type=float,
+        default=5.0,
+        help="status report: changes at most this often (default 5)",
+    )
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=60.0,
+        help="status report: unchanged, this often (default 60)",
+    )
     p.add_argument("--signals", type=int, default=0, help="send N synthetic signals and exit (no API)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic signals")
     p.add_argument("--advance-every", type=int, default=5, help="synthetic signals per paper bar")
@@ -583,6 +698,10 @@ def parse_args(argv: list[str] | None) -> RuntimeConfig:
         tick_seconds=a.tick_seconds,
         bar_seconds=a.bar_seconds,
         secrets_dir=a.secrets_dir,
+        api_dir=a.api_dir,
+        termination_log=a.termination_log,
+        status_seconds=a.status_seconds,
+        heartbeat_seconds=a.heartbeat_seconds,
     )
 
 
@@ -595,9 +714,33 @@ def session_scores(cfg: RuntimeConfig, market: QlibMarket) -> ScoreBook | None:
     return load_scores(strategy.signal, market.instruments, period, lambda stage, msg: log.info("%s", msg))
 
 
+def termination_writer(argv: list[str]) -> Callable[[str], None]:
+    """Writes a failed start's reason where the operator reads it (--termination-log), redacted; never logs."""
+    path: Path | None = None
+    for i, arg in enumerate(argv):
+        if arg == "--termination-log" and i + 1 < len(argv):
+            path = Path(argv[i + 1])
+        elif arg.startswith("--termination-log="):
+            path = Path(arg.partition("=")[2])
+
+    def leave(text: str) -> None:
+        if path is None or not path.parent.exists():
+            return
+        from kubequant.redaction import redact
+
+        try:
+            path.write_text(json.dumps({"error": redact(text, limit=2048)}))
+        except OSError as err:
+            log.warning("cannot write the termination message: %s", err)
+
+    return leave
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the trading process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    leave = termination_writer(argv)
     try:
         cfg = parse_args(argv)
         with RuntimeLock(cfg.state_dir):
@@ -613,9 +756,14 @@ def main(argv: list[str] | None = None) -> int:
             # walks them (it paused the signal path ~100 ms at a time).
             gc.collect()
             gc.freeze()
-            return asyncio.run(Pod(cfg, market, scores).run(token))
+            pod = Pod(cfg, market, scores)
+            code = asyncio.run(pod.run(token))
+            if code == EXIT_HALTED and pod.failure:
+                leave(pod.failure)
+            return code
     except KubequantError as err:
         log.error("%s", err.one_line())
+        leave(err.one_line())
         return err.exit_code
 
 

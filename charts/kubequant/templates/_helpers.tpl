@@ -257,6 +257,12 @@ spec:
         # What a spec's pod may ask for and where its classes may come from (workloadPolicy).
         - name: KUBEQUANT_WORKLOAD_POLICY
           value: {{ include "kubequant.workloadPolicy" . | toJson }}
+        # The API server as pods reach it (networkPolicy.apiServer): trading pods follow their own
+        # session through it, and their NetworkPolicy lets them reach only that.
+        - name: KUBEQUANT_API_SERVER_CIDRS
+          value: {{ join "," .Values.networkPolicy.apiServer.cidrs | quote }}
+        - name: KUBEQUANT_API_SERVER_PORTS
+          value: {{ join "," .Values.networkPolicy.apiServer.ports | quote }}
         - name: KUBEQUANT_LOG_LEVEL
           value: {{ .Values.logLevel | quote }}
         # Read-only root filesystem: whatever caches under $HOME writes to the /tmp emptyDir.

@@ -202,6 +202,33 @@ def test_a_duplicate_arriving_while_the_original_is_being_written_waits_for_the_
     assert s.broker.record_submissions() == {cid: 1}
 
 
+def test_a_waiter_cancelled_during_a_group_write_leaves_the_shared_write_to_the_others(
+    open_session: Any,
+) -> None:
+    """The OMS awaits the journal's futures as they are (no shield): a cancelled submit must not cancel
+    the write that ``settled`` (every later acknowledgement) waits on."""
+    s = open_session()
+    asyncio.run(recover(s.oms))
+    intent = OrderIntent("SYN0003", Side.BUY, Decimal(100), "sig-shared", "SYN0003")
+
+    async def main() -> None:
+        with s.journal._db_lock:  # the group is being written
+            submit = asyncio.create_task(s.oms.submit(intent))
+            await asyncio.sleep(0)
+            settled = asyncio.create_task(s.oms.settled())  # waits on the same write
+            await asyncio.sleep(0)
+            submit.cancel()
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await submit
+        await settled  # the write, not a CancelledError
+
+    asyncio.run(main())
+    cid = client_order_id("s1", "sig-shared", "SYN0003")
+    assert s.oms.state.orders[cid].status is OrderStatus.SUBMITTED and not s.oms.failed
+    assert s.broker.record_submissions() == {}
+
+
 def test_a_submit_cancelled_while_its_events_are_written_leaves_them_on_disk_and_sends_nothing(
     open_session: Any, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kubequant.workloads.trading.brokers.base import BrokerAck, SubmitRequest
+from kubequant.workloads.trading.control import KillSwitchSet, RiskPolicyApplied
 from kubequant.workloads.trading.domain import Fill, OrderIntent, Side
 from kubequant.workloads.trading.events import (
     EVENT_TYPES,
@@ -70,6 +71,9 @@ ONE_OF_EACH = [
     TradingStateSet(
         T0, "REDUCING", "loss reviewed", "cli", "HALTED", {"max_drawdown": "HALTED: dd"}, Decimal("9.5")
     ),
+    # The kill switch and a RiskPolicy reaching a running session (control.py).
+    KillSwitchSet(T0, True, "api", "kubectl-patch (Update) at 2024-03-04T01:02:03Z", "drill", 4),
+    RiskPolicyApplied(T0, "limits", 7, "0123456789abcdef", "api"),
 ]
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
+import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -132,6 +135,58 @@ def test_an_order_placed_while_a_bar_is_dealt_trades_at_the_next_bar_and_a_cance
     broker.close()
 
 
+def test_a_bars_outcome_is_written_off_the_loop_and_requests_meanwhile_see_the_whole_bar(
+    tmp_path: Path, market: QlibMarket
+) -> None:
+    """Writing a bar's outcome (one transaction: fills, statuses, holdings) held the loop 5-20 ms."""
+    at_once = PaperBroker(market, tmp_path / "a.sqlite", starting_cash=CASH)
+    broker = PaperBroker(market, tmp_path / "b.sqlite", starting_cash=CASH)
+    on_loop: list[str] = []  # statements run on the loop's connection while the bar is dealt
+    release = threading.Event()
+    record_bar = broker._record_bar
+
+    def held_record_bar(*args: Any) -> Any:
+        release.wait(10)  # the write takes as long as the test wants
+        return record_bar(*args)
+
+    broker._record_bar = held_record_bar  # type: ignore[method-assign]
+    ticker = Ticker()
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        for venue in (at_once, broker):
+            await submit_all(venue, ORDERS[:30])
+        at_once.advance()
+        broker._db.set_trace_callback(on_loop.append)
+        dealing = asyncio.create_task(broker.advance_async())
+        while broker._recording is None:  # dealt; the outcome is being written
+            await asyncio.sleep(0)
+        ticking = asyncio.create_task(ticker.run())
+        asks = asyncio.gather(broker.get_order("o0"), broker.fills_since(None), broker.account())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        seen["waited"], seen["turns"] = not asks.done(), ticker.turns
+        release.set()
+        seen["fills"] = await dealing
+        broker._db.set_trace_callback(None)
+        seen["o0"], seen["since"], seen["account"] = await asks
+        ticker.stop()
+        await ticking
+
+    asyncio.run(main())
+    assert seen["turns"] >= 20  # the loop ran on while the outcome was written
+    assert seen["waited"]  # and the venue answered nothing meanwhile ...
+    # ... then answered from the whole bar: the order dealt, its fills, the cash after them.
+    assert seen["o0"].status is not OrderStatus.ACCEPTED and seen["o0"].filled_quantity > 0
+    assert [bf.fill for bf in seen["since"]] == seen["fills"] and len(seen["fills"]) > 20
+    assert seen["account"].cash == asyncio.run(at_once.account()).cash
+    writes = [s for s in on_loop if s.split()[0].upper() in {"BEGIN", "INSERT", "UPDATE", "COMMIT"}]
+    assert writes == []  # the record changed on the worker's connection only ...
+    assert record(broker) == record(at_once)  # ... exactly as when dealt at once
+    for venue in (at_once, broker):
+        venue.close()
+
+
 def test_fills_served_from_memory_equal_the_record_and_a_reopened_venue_refuses_known_ids(
     tmp_path: Path, market: QlibMarket
 ) -> None:
@@ -212,6 +267,54 @@ def test_housekeeping_stages_its_facts_in_shared_transactions_and_never_fsyncs_o
     assert rebuilt.account == state.account
 
 
+SESSION = """\
+apiVersion: kubequant.io/v1alpha1
+kind: LiveTradingSession
+metadata: {name: latency}
+spec: {account: a, riskPolicyRef: {name: p}}
+---
+apiVersion: kubequant.io/v1alpha1
+kind: RiskPolicy
+metadata: {name: p}
+spec: {}
+"""
+
+
+def test_the_runtime_bounds_gil_hand_overs_and_its_tick_puts_the_state_out_of_the_collectors_reach(
+    tmp_path: Path, market: QlibMarket
+) -> None:
+    """With Python's 5 ms switch interval the journal's writer waited 20-30 ms for the GIL while a bar
+    was dealt; a full collection walked every order of the session (~5-20 ms at 20k orders)."""
+    from kubequant.workloads.trading.runtime import (
+        SWITCH_INTERVAL,
+        RuntimeConfig,
+        TradingRuntime,
+        read_session,
+    )
+
+    path = tmp_path / "session.yaml"
+    path.write_text(SESSION)
+    session, _ = read_session(path)
+    runtime = TradingRuntime(RuntimeConfig(session=session, policy_path=path, state_dir=tmp_path), market)
+    interval = sys.getswitchinterval()
+    try:
+        asyncio.run(runtime.start())
+        assert sys.getswitchinterval() <= SWITCH_INTERVAL
+        outcomes = [asyncio.run(runtime.oms.submit(buy(k))) for k in range(6)]
+        assert all(o.accepted for o in outcomes)
+        runtime.broker.advance()  # type: ignore[attr-defined]
+        asyncio.run(runtime.tick())
+        collectable = {id(o) for o in gc.get_objects()}
+        state = runtime.oms.state
+        assert all(id(o) not in collectable for o in state.orders.values())
+        assert id(state.orders) not in collectable and id(state.positions) not in collectable
+        assert all(o.fills for o in state.orders.values())  # frozen as they are: filled, not copied
+    finally:
+        runtime.close()
+        gc.unfreeze()
+        sys.setswitchinterval(interval)
+
+
 def test_an_order_cancelled_on_halt_is_journaled_before_the_broker_hears_of_it(open_session: Any) -> None:
     s = open_session()
     asyncio.run(recover(s.oms))
@@ -254,6 +357,35 @@ def test_the_journal_checkpoints_on_a_thread_of_its_own_never_in_a_commit(tmp_pa
     journal.close()
     with Journal(tmp_path / "journal.sqlite") as reopened:
         assert [e.cash for e in reopened.events()] == list(range(2 * CHECKPOINT_EVERY))  # type: ignore[attr-defined]
+
+
+def test_under_a_steady_stream_of_commits_the_journals_wal_starts_over(tmp_path: Path) -> None:
+    """A pass beside the commits never caught up, so the WAL grew without end (48 MB for 3,000
+    signals) and every commit's fsync also committed the file system's journal."""
+    from kubequant.workloads.trading.domain import utcnow
+    from kubequant.workloads.trading.events import AccountSnapshot
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    n = 0
+
+    def commit() -> None:
+        nonlocal n
+        journal.append(AccountSnapshot(utcnow(), Decimal(n), Decimal(n)))
+        n += 1
+
+    deadline = time.monotonic() + 30
+    while journal.checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        commit()  # commits go on while the checkpointer's pass runs
+    assert journal.checkpointer.checkpoints >= 1 and n >= CHECKPOINT_EVERY
+    commit()  # the writer catches up after this one, between two transactions ...
+    commit()  # ... and this one starts the WAL over
+    with sqlite3.connect(tmp_path / "journal.sqlite") as other:
+        _, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert journal.checkpointer.caught_up >= 1
+    assert 0 < frames <= 8  # the last commit's pages, not every page since the first
+    journal.close()
+    with Journal(tmp_path / "journal.sqlite") as reopened:
+        assert [e.cash for e in reopened.events()] == list(range(n))  # type: ignore[attr-defined]
 
 
 def test_the_paper_venue_checkpoints_off_the_event_loop(tmp_path: Path, market: QlibMarket) -> None:

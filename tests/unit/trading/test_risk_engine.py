@@ -207,7 +207,13 @@ def test_the_kill_switch_in_the_session_file_halts_a_running_session_at_once(tmp
     os.utime(path, ns=(1, 10**18))
     asyncio.run(runtime.tick())
     assert runtime.risk.state is TradingState.HALTED
-    assert runtime.oms.state.orders[out.order.client_order_id].status is OrderStatus.PENDING_CANCEL
+    # Cancelled at once (the paper venue confirms within the same tick), journaled with its source.
+    assert runtime.oms.state.orders[out.order.client_order_id].status in (
+        OrderStatus.PENDING_CANCEL,
+        OrderStatus.CANCELED,
+    )
+    switched = [e for _, e in runtime.journal.replay() if e.kind == "KillSwitchSet"]
+    assert [(e.on, e.source) for e in switched] == [(True, "file")]  # type: ignore[attr-defined]
     refused = asyncio.run(runtime.oms.submit(OrderIntent("SYN0001", Side.BUY, Decimal(100), "s2", "SYN0001")))
     assert not refused.accepted and refused.reason.startswith("KILL_SWITCH")
     runtime.close()

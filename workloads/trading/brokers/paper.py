@@ -58,6 +58,17 @@ OPEN = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
 DEAL_CHUNK = 8
 
 
+@dataclass(frozen=True)
+class _Bar:
+    """A bar dealt but not yet written: its index, time, the orders with their deals, and the cash and holdings after."""
+
+    bar: int
+    now: dt.datetime
+    orders: list[tuple[int, str, str, Side, Decimal, Decimal, Deal | None]]
+    cash: Decimal
+    holdings: dict[str, Decimal]
+
+
 @dataclass
 class Faults:
     """Faults to inject: each counter applies to that many of the next calls."""
@@ -118,23 +129,31 @@ class PaperBroker:
         self._dealing: set[int] | None = None
         self._fills: list[tuple[int, Fill]] = []
         self._fills_from = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM fills").fetchone()[0])
+        # While a bar's outcome is written (on a worker thread, by a connection of its own), every
+        # request waits on this future: the venue answers once the bar is wholly dealt.
+        self._recording: asyncio.Future[None] | None = None
+        self._bar_db: sqlite3.Connection | None = None
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        db = self._db if db is None else db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
-        self._checkpointer.committed()
+        db.execute("COMMIT")
+        if db is self._db:  # the worker thread's commits are counted on the loop
+            self._checkpointer.committed()
+
+    async def _idle(self) -> None:
+        """Wait while a bar's outcome is being written (a request is answered after the whole bar)."""
+        while (recording := self._recording) is not None:
+            await asyncio.wait((recording,))  # never cancels the shared future
 
     def _meta(self, key: str) -> str:
         return str(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
-
-    def _set_meta(self, key: str, value: object) -> None:
-        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(value), key))
 
     def _guard(self, query: bool = False) -> None:
         if not self.faults.connected:
@@ -185,39 +204,73 @@ class PaperBroker:
 
     def advance(self) -> list[Fill]:
         """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""
-        steps = self._deal_bar(DEAL_CHUNK)
+        steps = self._deal_orders(DEAL_CHUNK)
         while True:
             try:
                 next(steps)
             except StopIteration as done:
-                return list(done.value)
+                bar = done.value
+                break
+        if bar is None:
+            return []
+        try:
+            fills = self._record_bar(self._db, bar)
+        finally:
+            self._dealing = None
+        return self._close_bar(bar, fills)
 
     async def advance_async(self, chunk: int = DEAL_CHUNK) -> list[Fill]:
-        """``advance``, giving the event loop back every ``chunk`` orders dealt.
+        """``advance``, giving the event loop back every ``chunk`` orders dealt and while the outcome is written.
 
         qlib's deal takes ~70 µs an order, so a bar of 500 orders dealt in one go held the loop
-        (and every signal behind it) ~35 ms. The outcome is the same as ``advance``: the open
-        orders are taken when the bar starts dealing, and the record changes in one transaction at
-        the end; an order placed meanwhile trades at the next bar, and a cancel of one being dealt
-        is refused (too late, as at a closing auction).
+        (and every signal behind it) ~35 ms; writing its outcome (fills, order statuses, holdings:
+        one transaction) held it another 5-20 ms, so a worker thread writes it, with a connection of
+        its own. The outcome is the same as ``advance``: the open orders are taken when the bar
+        starts dealing, and the record changes in one transaction at the end; an order placed
+        meanwhile trades at the next bar, a cancel of one being dealt is refused (too late, as at a
+        closing auction), and while the outcome is written every request waits for it.
         """
-        steps = self._deal_bar(chunk)
+        steps = self._deal_orders(chunk)
         while True:
             try:
                 next(steps)
             except StopIteration as done:
-                return list(done.value)
+                bar = done.value
+                break
             await asyncio.sleep(0)
+        if bar is None:
+            return []
+        loop = asyncio.get_running_loop()
+        self._recording = recording = loop.create_future()
+        outcome: asyncio.Future[list[Fill]] = loop.create_future()
+        if self._bar_db is None:
+            self._bar_db = self._connect()
+        written = loop.run_in_executor(None, self._record_bar, self._bar_db, bar)
 
-    def _deal_bar(self, chunk: int) -> Generator[None, None, list[Fill]]:
-        """Deal the bar, yielding every ``chunk`` orders; write the outcome in one transaction; the fills."""
+        def close(written: asyncio.Future[list[tuple[int, Fill]]]) -> None:
+            # On the loop, whether or not the caller still waits: the memory follows the record.
+            self._dealing = self._recording = None
+            recording.set_result(None)
+            try:
+                outcome.set_result(self._close_bar(bar, written.result()))
+            except BaseException as err:  # the write failed: nothing changed
+                outcome.set_exception(err)
+            self._checkpointer.committed()
+
+        written.add_done_callback(close)
+        return await asyncio.shield(outcome)
+
+    def _deal_orders(self, chunk: int) -> Generator[None, None, _Bar | None]:
+        """Take the open orders and deal them at the bar, yielding every ``chunk`` orders; writes nothing.
+
+        None when every bar has been dealt. Marks the orders as being dealt until the bar is closed.
+        """
         if self._dealing is not None:
             raise RuntimeError("the paper broker is already dealing a bar")
         bar = self.bar
         if bar >= len(self.market.calendar):
-            return []
+            return None
         now = self.clock.now()
-        ts = now.isoformat()
         rows = self._db.execute(
             "SELECT seq, client_order_id, instrument, side, quantity, limit_price, filled FROM orders"
             " WHERE status IN (?, ?) ORDER BY seq",
@@ -228,8 +281,8 @@ class PaperBroker:
             inst: Decimal(q) for inst, q in self._db.execute("SELECT instrument, quantity FROM positions")
         }
         self._dealing = {int(row[0]) for row in rows}
+        dealt: list[tuple[int, str, str, Side, Decimal, Decimal, Deal | None]] = []
         try:
-            dealt: list[tuple[int, str, str, Side, Decimal, Decimal, Deal | None]] = []
             for i, (seq, cid, inst, side_s, qty_s, limit_s, filled_s) in enumerate(rows):
                 if i and i % chunk == 0:
                     yield
@@ -242,64 +295,82 @@ class PaperBroker:
                     cash += -signed * deal.price - deal.fee  # Fill.cash_delta
                     holdings[inst] = held + signed
                 dealt.append((seq, cid, inst, side, quantity, filled, deal))
-            # The outcome, all at once: a crash leaves the bar either wholly dealt or not at all.
-            with self._tx() as db:
-                last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM fills").fetchone()[0]
-                fills: list[tuple[int, Fill]] = []
-                fill_rows, updates, moved = [], [], set()
-                for seq, cid, inst, side, quantity, filled, deal in dealt:
-                    if deal is not None:
-                        last += 1
-                        fill = Fill(
-                            _fill_id(last),
-                            cid,
-                            _broker_id(seq),
-                            inst,
-                            side,
-                            deal.quantity,
-                            deal.price,
-                            deal.fee,
-                            now,
-                        )
-                        fills.append((last, fill))
-                        fill_rows.append(
-                            (
-                                last,
-                                seq,
-                                cid,
-                                inst,
-                                side.value,
-                                str(deal.quantity),
-                                str(deal.price),
-                                str(deal.fee),
-                                ts,
-                            )
-                        )
-                        moved.add(inst)
-                        filled += deal.quantity
-                    done = filled >= quantity
-                    status = OrderStatus.FILLED if done else OrderStatus.EXPIRED
-                    reason = (
-                        "" if done else ("not tradable at the bar" if deal is None else "rest of a day order")
-                    )
-                    updates.append((str(filled), status.value, reason, seq))
-                db.executemany(
-                    "INSERT INTO fills (seq, order_seq, client_order_id, instrument, side, quantity, price, fee, ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    fill_rows,
-                )
-                db.executemany("UPDATE orders SET filled = ?, status = ?, reason = ? WHERE seq = ?", updates)
-                db.executemany(
-                    "INSERT OR REPLACE INTO positions VALUES (?, ?)",
-                    [(i, str(holdings[i])) for i in sorted(moved)],
-                )
-                self._set_meta("cash", cash)
-                self._set_meta("bar", bar + 1)
-        finally:
+        except BaseException:
             self._dealing = None
-        self._bar, self._last_prices = bar + 1, {}
+            raise
+        return _Bar(bar, now, dealt, cash, holdings)
+
+    def _record_bar(self, db: sqlite3.Connection, dealt: _Bar) -> list[tuple[int, Fill]]:
+        """Write a dealt bar's outcome in one transaction on ``db``: a crash leaves it wholly dealt or not at all.
+
+        Touches nothing in memory (it may run on a worker thread); the fills with their sequence numbers.
+        """
+        now, ts = dealt.now, dealt.now.isoformat()
+        with self._tx(db):
+            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM fills").fetchone()[0]
+            fills: list[tuple[int, Fill]] = []
+            fill_rows, updates, moved = [], [], set()
+            for seq, cid, inst, side, quantity, filled, deal in dealt.orders:
+                if deal is not None:
+                    last += 1
+                    fill = Fill(
+                        _fill_id(last),
+                        cid,
+                        _broker_id(seq),
+                        inst,
+                        side,
+                        deal.quantity,
+                        deal.price,
+                        deal.fee,
+                        now,
+                    )
+                    fills.append((last, fill))
+                    fill_rows.append(
+                        (
+                            last,
+                            seq,
+                            cid,
+                            inst,
+                            side.value,
+                            str(deal.quantity),
+                            str(deal.price),
+                            str(deal.fee),
+                            ts,
+                        )
+                    )
+                    moved.add(inst)
+                    filled += deal.quantity
+                done = filled >= quantity
+                status = OrderStatus.FILLED if done else OrderStatus.EXPIRED
+                reason = (
+                    "" if done else ("not tradable at the bar" if deal is None else "rest of a day order")
+                )
+                updates.append((str(filled), status.value, reason, seq))
+            db.executemany(
+                "INSERT INTO fills (seq, order_seq, client_order_id, instrument, side, quantity, price, fee, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                fill_rows,
+            )
+            db.executemany("UPDATE orders SET filled = ?, status = ?, reason = ? WHERE seq = ?", updates)
+            db.executemany(
+                "INSERT OR REPLACE INTO positions VALUES (?, ?)",
+                [(i, str(dealt.holdings[i])) for i in sorted(moved)],
+            )
+            db.execute("UPDATE meta SET value = ? WHERE key = 'cash'", (str(dealt.cash),))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'bar'", (str(dealt.bar + 1),))
+        return fills
+
+    def _close_bar(self, dealt: _Bar, fills: list[tuple[int, Fill]]) -> list[Fill]:
+        """Move to the next bar in memory once its outcome is in the record."""
+        self._bar, self._last_prices = dealt.bar + 1, {}
         self._fills.extend(fills)
         return [fill for _, fill in fills]
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        return db
 
     # --- the Broker protocol ---------------------------------------------------------------
     def is_connected(self) -> bool:
@@ -308,6 +379,8 @@ class PaperBroker:
 
     async def submit(self, request: SubmitRequest) -> BrokerAck:
         """Place an order; the attempt is recorded even when refused, so duplicates can be counted."""
+        if self._recording is not None:
+            await self._idle()
         self._guard()
         if self.faults.lose_submits > 0:
             self.faults.lose_submits -= 1
@@ -355,6 +428,8 @@ class PaperBroker:
 
     async def cancel(self, broker_order_id: str) -> None:
         """Cancel an open order."""
+        if self._recording is not None:
+            await self._idle()
         self._guard()
         seq = int(broker_order_id.removeprefix("P"))
         if self._dealing is not None and seq in self._dealing:
@@ -385,6 +460,8 @@ class PaperBroker:
 
     async def get_order(self, client_order_id: str) -> BrokerOrder | None:
         """One order by client order id; None if it never arrived."""
+        if self._recording is not None:
+            await self._idle()
         self._guard(query=True)
         row = self._db.execute(
             f"SELECT {self._COLUMNS} FROM orders WHERE client_order_id = ?", (client_order_id,)
@@ -393,6 +470,8 @@ class PaperBroker:
 
     async def open_orders(self) -> list[BrokerOrder]:
         """Orders that may still fill."""
+        if self._recording is not None:
+            await self._idle()
         self._guard(query=True)
         rows = self._db.execute(
             f"SELECT {self._COLUMNS} FROM orders WHERE status IN (?, ?) ORDER BY seq", OPEN
@@ -401,6 +480,8 @@ class PaperBroker:
 
     async def fills_since(self, cursor: str | None) -> list[BrokerFill]:
         """Fills after ``cursor``, oldest first."""
+        if self._recording is not None:
+            await self._idle()
         self._guard(query=True)
         after = int((cursor or "PF0")[2:])
         if after >= self._fills_from:  # every fill after the cursor was made by this object
@@ -434,11 +515,15 @@ class PaperBroker:
 
     async def positions(self) -> dict[str, Decimal]:
         """Non-zero holdings."""
+        if self._recording is not None:
+            await self._idle()
         self._guard(query=True)
         return self.record_positions()
 
     async def account(self) -> BrokerAccount:
         """Cash, and equity at the last completed bar's closes."""
+        if self._recording is not None:
+            await self._idle()
         self._guard(query=True)
         cash = Decimal(self._meta("cash"))
         value = ZERO
@@ -470,4 +555,6 @@ class PaperBroker:
     def close(self) -> None:
         """Close the record."""
         self._checkpointer.close()
+        if self._bar_db is not None:
+            self._bar_db.close()
         self._db.close()

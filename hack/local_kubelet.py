@@ -1,5 +1,6 @@
-"""LocalKubelet: a test helper that stands in for a kubelet, for e2e tests that must
-prove that a pod really did its work.
+"""LocalKubelet: a development helper that stands in for a kubelet, for e2e tests that must
+prove that a pod really did its work and for ``make cluster-demo`` (hack/cluster_demo.py).
+It lives in hack/ (on pytest's pythonpath, see pyproject.toml) so that neither imports the other.
 
 The dev cluster's worker nodes are simulated by kwok: a pod bound to one of them is
 reported Running (and Succeeded, for Job pods) but nothing ever executes. A

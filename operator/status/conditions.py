@@ -1,0 +1,92 @@
+"""The conditions core every kind's status shares: conditions, timestamps, refused and waiting states."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Display order of condition types in status (then alphabetical).
+ORDER = {
+    "Accepted": 0,
+    "Running": 1,
+    "Succeeded": 2,
+    "Failed": 3,
+    "Ready": 4,
+    "Trading": 5,
+    "Halted": 6,
+    "Degraded": 7,
+}
+
+
+def timestamp(moment: dt.datetime) -> str:
+    """RFC 3339 in UTC with second precision, as the API server writes times."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Conditions with one set; lastTransitionTime moves only when the status changes."""
+    out = [dict(c) for c in conditions or [] if c.get("type") != type_]
+    previous = next((c for c in conditions or [] if c.get("type") == type_), None)
+    changed = previous is None or previous.get("status") != status
+    condition = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp(now) if changed else previous["lastTransitionTime"],  # type: ignore[index]
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    out.append(condition)
+    return sorted(out, key=lambda c: (ORDER.get(c["type"], 99), c["type"]))
+
+
+def set_conditions(
+    conditions: list[dict[str, Any]] | None,
+    values: Iterable[tuple[str, str, str, str]],
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Several conditions at once, each (type, status, reason, message)."""
+    out = conditions
+    for type_, status, reason, message in values:
+        out = set_condition(out, type_, status, reason, message, generation, now)
+    return out or []
+
+
+def condition(status: Mapping[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of ``type_`` in a status, or None."""
+    return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def unchanged(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` (a merge patch of status) would change nothing."""
+    previous = previous or {}
+    return all(previous.get(k) == v for k, v in new.items())
+
+
+def not_accepted(
+    generation: int | None,
+    reason: str,
+    message: str,
+    previous: Mapping[str, Any] | None,
+    now: dt.datetime,
+    phase: str,
+    others: Iterable[tuple[str, str]],
+) -> dict[str, Any]:
+    """Status of an object the operator does not run: Accepted False, and ``others`` (type, status)
+    with the same reason and message."""
+    conds = set_condition(
+        (previous or {}).get("conditions"), "Accepted", "False", reason, message, generation, now
+    )
+    conds = set_conditions(conds, ((t, s, reason, message) for t, s in others), generation, now)
+    return {"observedGeneration": generation, "phase": phase, "conditions": conds, "message": message}

@@ -1,0 +1,184 @@
+"""hack/dev-cluster.sh on a loaded machine: a kwok controller that gave up is found dead and restarted.
+
+kwok's controller exits after ~30 s of "connection refused" from a slow API server while kwokctl
+still reports the cluster ready; `up` then waited for nodes nobody marked Ready. The script's
+functions run here, sourced, against a fake kwokctl and kubectl and real short-lived processes in
+place of the controller (a real second cluster is measured by hand, see the issue).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(not shutil.which("setsid"), reason="needs setsid")]
+
+SCRIPT = Path(__file__).resolve().parents[2] / "hack" / "dev-cluster.sh"
+NAME = "kq-fake"
+
+# kwokctl as the binary runtime behaves: `start cluster` starts the components that are down (here:
+# the controller, a real process) and writes its pid file; "down" is its ForkExecIsRunning: no pid
+# file, or kill -0 fails (so a zombie counts as running).
+FAKE_KWOKCTL = """#!/usr/bin/env bash
+echo "kwokctl $*" >>"$CALLS"
+if [[ "$1 $2" == "start cluster" ]]; then
+  dir="$KWOK_WORKDIR/clusters/$4"
+  mkdir -p "$dir/pids"
+  [[ -f "$dir/pids/kwok-controller.pid" ]] && kill -0 "$(cat "$dir/pids/kwok-controller.pid")" && exit 0
+  setsid sleep 60 >/dev/null 2>&1 </dev/null &
+  echo $! >"$dir/pids/kwok-controller.pid"
+  echo "$!" >>"$STARTED"
+fi
+"""
+# kubectl: nodes are Ready once the controller has been running for one `wait`.
+FAKE_KUBECTL = """#!/usr/bin/env bash
+echo "kubectl $*" >>"$CALLS"
+if [[ " $* " == *" wait "* ]]; then
+  pid_file="$KWOK_WORKDIR/clusters/kq-fake/pids/kwok-controller.pid"
+  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    [[ -f "$STATE/seen" ]] && exit 0
+    touch "$STATE/seen"
+  fi
+  exit 1
+fi
+exit 0
+"""
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("kwokctl", FAKE_KWOKCTL), ("kubectl", FAKE_KUBECTL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    pid_dir = tmp_path / "cluster" / "kwok" / "clusters" / NAME / "pids"
+    pid_dir.mkdir(parents=True)
+    (pid_dir.parent / "logs").mkdir()
+    (pid_dir.parent / "logs" / "kwok-controller.log").write_text(
+        'E1202 "Failed to list nodes" err="connection refused"\n'
+    )
+    yield tmp_path, bin_dir, pid_dir
+    started = tmp_path / "started"
+    for pid in started.read_text().split() if started.exists() else []:
+        subprocess.run(["kill", pid], stderr=subprocess.DEVNULL, check=False)
+
+
+def run(tmp_path: Path, bin_dir: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """Source the script with the fakes, then run ``body`` (bash)."""
+    env = {
+        **os.environ,
+        "KUBEQUANT_DEV_CLUSTER_NAME": NAME,
+        "KUBEQUANT_DEV_CLUSTER_DIR": str(tmp_path / "cluster"),
+        "CALLS": str(tmp_path / "calls"),
+        "STARTED": str(tmp_path / "started"),
+        "STATE": str(tmp_path / "state"),
+    }
+    script = f'source "{SCRIPT}"\nBIN_DIR="{bin_dir}"\n{body}\n'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_dead_controller_is_restarted_and_its_last_words_shown(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, pid_dir = sandbox
+    (pid_dir / "kwok-controller.pid").write_text(str(dead_pid()))
+    done = run(tmp_path, bin_dir, "ensure_kwok && kwok_alive && echo ALIVE")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ALIVE"
+    assert calls(tmp_path) == [f"kwokctl start cluster --name {NAME}"]
+    assert "not running (restart 1/5)" in done.stderr and "connection refused" in done.stderr
+
+
+def test_a_controller_left_a_zombie_is_restarted_all_the_same(sandbox) -> None:  # type: ignore[no-untyped-def]
+    """Its parent (kwokctl create) has not reaped it: kwokctl alone would think it still runs."""
+    tmp_path, bin_dir, pid_dir = sandbox
+    pid_file = pid_dir / "kwok-controller.pid"
+    parent = subprocess.Popen(["bash", "-c", f"sleep 0 & echo $! >{pid_file}; exec sleep 20"])
+    try:
+        time.sleep(0.5)  # the child has exited; its parent (now `sleep 20`) never reaps it
+        zombie = pid_file.read_text().strip()
+        state = subprocess.run(["ps", "-o", "stat=", "-p", zombie], capture_output=True, text=True).stdout
+        assert state.startswith("Z"), state
+        done = run(tmp_path, bin_dir, "ensure_kwok && kwok_alive && echo ALIVE")
+        assert done.stdout.strip() == "ALIVE", done.stderr
+        assert pid_file.read_text().strip() != zombie
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_live_controller_is_left_alone(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, pid_dir = sandbox
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (pid_dir / "kwok-controller.pid").write_text(str(live.pid))
+        done = run(tmp_path, bin_dir, "ensure_kwok")
+        assert done.returncode == 0, done.stderr
+        assert calls(tmp_path) == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_controller_that_keeps_dying_is_given_up_on_naming_its_log(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, pid_dir = sandbox
+    (pid_dir / "kwok-controller.pid").write_text(str(dead_pid()))
+    kill_it = 'kill "$(cat "$KWOK_WORKDIR/clusters/kq-fake/pids/kwok-controller.pid")"; sleep 0.2'
+    body = f"for i in 1 2 3 4 5; do ensure_kwok || exit 9; {kill_it}; done; ensure_kwok && rc=0 || rc=$?; echo rc=$rc"
+    done = run(tmp_path, bin_dir, body)
+    assert done.stdout.strip() == "rc=1", done.stderr
+    assert len(calls(tmp_path)) == 5
+    assert "died 5 times; giving up" in done.stderr and "kwok-controller.log" in done.stderr
+
+
+def test_nodes_are_waited_for_while_the_controller_is_revived(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, pid_dir = sandbox
+    (pid_dir / "kwok-controller.pid").write_text(str(dead_pid()))
+    done = run(tmp_path, bin_dir, "wait_nodes_ready 30 && echo READY")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "READY"
+    made = calls(tmp_path)
+    assert made.count(f"kwokctl start cluster --name {NAME}") == 1
+    assert sum("wait --for=condition=Ready nodes" in c for c in made) >= 2
+
+
+def test_nodes_that_never_get_ready_time_out(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, pid_dir = sandbox
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (pid_dir / "kwok-controller.pid").write_text(str(live.pid))
+        (bin_dir / "kubectl").write_text('#!/usr/bin/env bash\necho "kubectl $*" >>"$CALLS"\nexit 1\n')
+        done = run(tmp_path, bin_dir, "wait_nodes_ready 2 && rc=0 || rc=$?; echo rc=$rc")
+        assert done.stdout.strip() == "rc=1"
+        assert "timed out waiting for Ready nodes" in done.stderr
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_name_and_folder_are_overridable_for_a_second_cluster(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, _ = sandbox
+    done = run(tmp_path, bin_dir, 'echo "$CLUSTER_NAME|$STATE_DIR|$KWOK_WORKDIR|$KUBECONFIG_OUT"')
+    assert done.stdout.strip().split("|") == [
+        NAME,
+        str(tmp_path / "cluster"),
+        str(tmp_path / "cluster" / "kwok"),
+        str(tmp_path / "cluster" / "kubeconfig"),
+    ]
