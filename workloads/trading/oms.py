@@ -265,8 +265,9 @@ class OrderManager:
         state = self.state
         projected = state.projected()
         marks = {}
+        last_price = self.prices.last_price  # ``mark``, without a call per instrument (twice per signal)
         for inst in {*projected, *instruments}:
-            if (price := self.mark(inst)) is not None:
+            if (price := last_price(inst)) is not None:
                 marks[inst] = price
         ages: dict[str, float] = {}
         if self._price_age is not None:

@@ -12,9 +12,10 @@ import asyncio
 import bisect
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from kubequant.workloads.trading.brokers.base import (
     DuplicateOrder,
     SubmitRequest,
 )
-from kubequant.workloads.trading.brokers.qlib_market import Deal, QlibMarket
+from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
 from kubequant.workloads.trading.domain import ZERO, Clock, Fill, Side, WallClock, as_money
 from kubequant.workloads.trading.journal import Checkpointer
 from kubequant.workloads.trading.orders import OrderStatus
@@ -54,19 +55,23 @@ CREATE TABLE IF NOT EXISTS positions (instrument TEXT PRIMARY KEY, quantity TEXT
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 OPEN = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
-# Orders dealt between two returns of the event loop by ``advance_async`` (~70 µs each through qlib).
-DEAL_CHUNK = 8
+# Orders dealt between two returns of the event loop by ``advance_async`` (25-70 µs each through qlib).
+DEAL_CHUNK = 4
+# Order reports built between two returns of the event loop by ``open_orders`` (~10 µs each).
+REPORT_CHUNK = 64
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Bar:
-    """A bar dealt but not yet written: its index, time, the orders with their deals, and the cash and holdings after."""
+    """A bar being dealt, not yet written: its index, the last fill before it, and the record's rows."""
 
     bar: int
-    now: dt.datetime
-    orders: list[tuple[int, str, str, Side, Decimal, Decimal, Deal | None]]
-    cash: Decimal
-    holdings: dict[str, Decimal]
+    after_fill: int  # the sequence number of the last fill before this bar's
+    fills: list[tuple[int, Fill]]
+    fill_rows: list[tuple[object, ...]]
+    updates: list[tuple[str, str, str, int]]  # filled, status, reason, seq of each order dealt
+    holdings: list[tuple[str, str]] = field(default_factory=list)  # the holdings that changed
+    meta: list[tuple[str, str]] = field(default_factory=list)  # cash and bar after it
 
 
 @dataclass
@@ -222,22 +227,28 @@ class PaperBroker:
     async def advance_async(self, chunk: int = DEAL_CHUNK) -> list[Fill]:
         """``advance``, giving the event loop back every ``chunk`` orders dealt and while the outcome is written.
 
-        qlib's deal takes ~70 µs an order, so a bar of 500 orders dealt in one go held the loop
-        (and every signal behind it) ~35 ms; writing its outcome (fills, order statuses, holdings:
-        one transaction) held it another 5-20 ms, so a worker thread writes it, with a connection of
-        its own. The outcome is the same as ``advance``: the open orders are taken when the bar
-        starts dealing, and the record changes in one transaction at the end; an order placed
-        meanwhile trades at the next bar, a cancel of one being dealt is refused (too late, as at a
-        closing auction), and while the outcome is written every request waits for it.
+        qlib's deal takes 25-70 µs an order, so a bar of 500 orders dealt in one go held the loop
+        (and every signal behind it) ~35 ms; after each chunk the venue pauses as long as the chunk
+        took, so a bar takes at most half of the loop while it is dealt. Writing its outcome (fills,
+        order statuses, holdings: one transaction) held the loop another 5-20 ms, so a worker thread
+        writes it, with a connection of its own. The outcome is the same as ``advance``: the open
+        orders are taken when the bar starts dealing, and the record changes in one transaction at
+        the end; an order placed meanwhile trades at the next bar, a cancel of one being dealt is
+        refused (too late, as at a closing auction), and while the outcome is written every request
+        waits for it.
         """
         steps = self._deal_orders(chunk)
         while True:
+            started = time.perf_counter()
             try:
                 next(steps)
             except StopIteration as done:
                 bar = done.value
                 break
-            await asyncio.sleep(0)
+            # As long again with the loop given back: while it deals, the venue takes at most half of
+            # the loop, and the loop goes idle between chunks, so the journal's writer gets the GIL
+            # (with back-to-back chunks it waited for it up to 30 ms).
+            await asyncio.sleep(time.perf_counter() - started)
         if bar is None:
             return []
         loop = asyncio.get_running_loop()
@@ -263,7 +274,9 @@ class PaperBroker:
     def _deal_orders(self, chunk: int) -> Generator[None, None, _Bar | None]:
         """Take the open orders and deal them at the bar, yielding every ``chunk`` orders; writes nothing.
 
-        None when every bar has been dealt. Marks the orders as being dealt until the bar is closed.
+        Also prepares the record's rows, so that writing them (perhaps on a worker thread) runs no
+        Python beside the loop. None when every bar has been dealt. Marks the orders as being dealt
+        until the bar is closed.
         """
         if self._dealing is not None:
             raise RuntimeError("the paper broker is already dealing a bar")
@@ -271,6 +284,7 @@ class PaperBroker:
         if bar >= len(self.market.calendar):
             return None
         now = self.clock.now()
+        ts = now.isoformat()
         rows = self._db.execute(
             "SELECT seq, client_order_id, instrument, side, quantity, limit_price, filled FROM orders"
             " WHERE status IN (?, ?) ORDER BY seq",
@@ -281,7 +295,9 @@ class PaperBroker:
             inst: Decimal(q) for inst, q in self._db.execute("SELECT instrument, quantity FROM positions")
         }
         self._dealing = {int(row[0]) for row in rows}
-        dealt: list[tuple[int, str, str, Side, Decimal, Decimal, Deal | None]] = []
+        out = _Bar(bar, self._last_fill, [], [], [])
+        moved: set[str] = set()
+        last = out.after_fill
         try:
             for i, (seq, cid, inst, side_s, qty_s, limit_s, filled_s) in enumerate(rows):
                 if i and i % chunk == 0:
@@ -294,24 +310,6 @@ class PaperBroker:
                     signed = deal.quantity * side.sign
                     cash += -signed * deal.price - deal.fee  # Fill.cash_delta
                     holdings[inst] = held + signed
-                dealt.append((seq, cid, inst, side, quantity, filled, deal))
-        except BaseException:
-            self._dealing = None
-            raise
-        return _Bar(bar, now, dealt, cash, holdings)
-
-    def _record_bar(self, db: sqlite3.Connection, dealt: _Bar) -> list[tuple[int, Fill]]:
-        """Write a dealt bar's outcome in one transaction on ``db``: a crash leaves it wholly dealt or not at all.
-
-        Touches nothing in memory (it may run on a worker thread); the fills with their sequence numbers.
-        """
-        now, ts = dealt.now, dealt.now.isoformat()
-        with self._tx(db):
-            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM fills").fetchone()[0]
-            fills: list[tuple[int, Fill]] = []
-            fill_rows, updates, moved = [], [], set()
-            for seq, cid, inst, side, quantity, filled, deal in dealt.orders:
-                if deal is not None:
                     last += 1
                     fill = Fill(
                         _fill_id(last),
@@ -324,8 +322,8 @@ class PaperBroker:
                         deal.fee,
                         now,
                     )
-                    fills.append((last, fill))
-                    fill_rows.append(
+                    out.fills.append((last, fill))
+                    out.fill_rows.append(
                         (
                             last,
                             seq,
@@ -345,20 +343,41 @@ class PaperBroker:
                 reason = (
                     "" if done else ("not tradable at the bar" if deal is None else "rest of a day order")
                 )
-                updates.append((str(filled), status.value, reason, seq))
+                out.updates.append((str(filled), status.value, reason, seq))
+        except BaseException:
+            self._dealing = None
+            raise
+        out.meta.extend([(str(cash), "cash"), (str(bar + 1), "bar")])
+        out.holdings.extend((inst, str(holdings[inst])) for inst in sorted(moved))
+        return out
+
+    def _record_bar(self, db: sqlite3.Connection, dealt: _Bar) -> list[tuple[int, Fill]]:
+        """Write a dealt bar's outcome in one transaction on ``db``: a crash leaves it wholly dealt or not at all.
+
+        Touches nothing in memory (it may run on a worker thread); the fills with their sequence numbers.
+        """
+        with self._tx(db):
+            # The fills were numbered from memory: this object is the record's only writer.
+            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM fills").fetchone()[0]
+            if last != dealt.after_fill:
+                raise RuntimeError(
+                    f"the venue's record has fills up to {last}, this object knew {dealt.after_fill}"
+                )
             db.executemany(
                 "INSERT INTO fills (seq, order_seq, client_order_id, instrument, side, quantity, price, fee, ts)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                fill_rows,
+                dealt.fill_rows,
             )
-            db.executemany("UPDATE orders SET filled = ?, status = ?, reason = ? WHERE seq = ?", updates)
             db.executemany(
-                "INSERT OR REPLACE INTO positions VALUES (?, ?)",
-                [(i, str(dealt.holdings[i])) for i in sorted(moved)],
+                "UPDATE orders SET filled = ?, status = ?, reason = ? WHERE seq = ?", dealt.updates
             )
-            db.execute("UPDATE meta SET value = ? WHERE key = 'cash'", (str(dealt.cash),))
-            db.execute("UPDATE meta SET value = ? WHERE key = 'bar'", (str(dealt.bar + 1),))
-        return fills
+            db.executemany("INSERT OR REPLACE INTO positions VALUES (?, ?)", dealt.holdings)
+            db.executemany("UPDATE meta SET value = ? WHERE key = ?", dealt.meta)
+        return dealt.fills
+
+    @property
+    def _last_fill(self) -> int:
+        return self._fills[-1][0] if self._fills else self._fills_from
 
     def _close_bar(self, dealt: _Bar, fills: list[tuple[int, Fill]]) -> list[Fill]:
         """Move to the next bar in memory once its outcome is in the record."""
@@ -476,7 +495,12 @@ class PaperBroker:
         rows = self._db.execute(
             f"SELECT {self._COLUMNS} FROM orders WHERE status IN (?, ?) ORDER BY seq", OPEN
         ).fetchall()
-        return [self._report(r) for r in rows]
+        reports = []
+        for i, row in enumerate(rows):
+            if i and i % REPORT_CHUNK == 0:
+                await asyncio.sleep(0)  # hundreds of orders are ms of parsing: the loop gets turns
+            reports.append(self._report(row))
+        return reports
 
     async def fills_since(self, cursor: str | None) -> list[BrokerFill]:
         """Fills after ``cursor``, oldest first."""
