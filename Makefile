@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(BIN)/kubequant run -f examples/backtest.yaml
 
 ## The cluster path in one command: dev cluster, CRDs, the operator with the chart's RBAC, and
-## examples/backtest.yaml run for real on a local node (hack/local_kubelet.py); ends with `kubectl get bt`.
+## examples/backtest.yaml and examples/live-paper.yaml run for real on a local node
+## (hack/local_kubelet.py); ends with `kubectl get bt,lts`.
 cluster-demo: $(STAMP)
 	$(BIN)/python hack/cluster_demo.py
 

@@ -7,11 +7,14 @@
 4. a node served by the local kubelet helper (``hack/local_kubelet.py``): kwok's simulated nodes
    complete pods without running them, this one runs them as local processes,
 5. ``examples/backtest.yaml``, placed on that node, executed for real by the operator's Job,
-6. ``kubectl get bt`` with its numbers.
+6. ``examples/live-paper.yaml`` (a RiskPolicy and a paper LiveTradingSession replaying bars at one
+   a second): the operator's trading pod on that node, its journal claim bound to a volume the
+   node serves from ``.dev-cluster/demo/journal/``, one signal sent to its signal API,
+7. ``kubectl get bt,lts`` with their numbers (``--no-session``: the Backtest only).
 
-The operator and the local node stop when the demo ends; the Backtest stays in namespace
-``kubequant-demo`` with its status (``kubectl get bt -n kubequant-demo``). Run it again to run the
-Backtest again. Logs: ``.dev-cluster/demo/``.
+The operator and the local node stop when the demo ends; the Backtest and the session stay in
+namespace ``kubequant-demo`` with their last status (``kubectl get bt,lts -n kubequant-demo``). Run
+it again to run both again (the demo's journal is reset). Logs: ``.dev-cluster/demo/``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ import base64
 import json
 import logging
 import os
+import secrets
+import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -184,20 +191,182 @@ def rerun(custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
         time.sleep(0.5)
 
 
-# --------------------------------------------------------------------------- HOOK: paper session
-# HOOK(issue 9, the LiveTradingSession operator): once the operator runs trading pods, this step
-# applies examples/live-paper.yaml (RiskPolicy + paper LiveTradingSession with a replay, its signal
-# token Secret, the pod on the local node, the journal PVC mapped to a local folder through
-# LocalKubelet(path_map=...)), waits for the session to reach Trading/Succeeded with equity and PnL
-# in its status, and the final table becomes `kubectl get bt,lts`. Until then `--with-session`
-# says so and the demo shows the Backtest only. Do not build the session operator here.
-def run_paper_session(namespace: str, kubelet: LocalKubelet) -> bool:
-    """The paper LiveTradingSession part of the demo; False while the session operator is missing."""
-    say(
-        "paper LiveTradingSession: not in this demo yet — it needs the session operator of issue 9 "
-        "(hack/cluster_demo.py, HOOK(issue 9))"
+# --------------------------------------------------------------------------- the paper session
+
+SESSION_MANIFEST = REPO / "examples" / "live-paper.yaml"
+SIGNAL_TARGETS = [{"instrument": f"SYN{i:04d}", "quantity": 2000} for i in range(1, 6)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def session_docs(kubelet: LocalKubelet, port: int) -> list[dict[str, Any]]:
+    """examples/live-paper.yaml for the demo: the pod on the local node, the signal API on a free
+    host port (local pods share the host's network), one bar a second so PnL moves while you look."""
+    docs = [d for d in yaml.safe_load_all(SESSION_MANIFEST.read_text()) if d]
+    for doc in docs:
+        if doc["kind"] == "LiveTradingSession":
+            on_local_node(doc, kubelet)
+            doc["spec"]["strategy"]["signalApi"]["port"] = port
+            doc["spec"]["replay"]["speed"] = 86400
+    return docs
+
+
+def token_secret(core: client.CoreV1Api, namespace: str, name: str) -> str:
+    """The signal token Secret the example names (kept across demos), and its token."""
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+        return base64.b64decode(secret.data["token"]).decode()
+    except ApiException as err:
+        if err.status != 404:
+            raise
+    token = secrets.token_hex(16)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": {"token": token}})
+    return token
+
+
+def fresh_journal(core: client.CoreV1Api, namespace: str, claim: str, local: Path) -> None:
+    """A PersistentVolume bound to the session's journal claim, served by the local node from
+    ``local`` (a folder that outlives the pod, as a real volume does). A demo's journal is
+    disposable: an earlier demo's claim, volume and folder are removed first."""
+    pv = f"kq-demo-{namespace}-{claim}"[:63]
+    steps: list[tuple[Any, Any]] = [
+        (
+            lambda: core.delete_namespaced_persistent_volume_claim(claim, namespace),
+            lambda: core.read_namespaced_persistent_volume_claim(claim, namespace),
+        ),
+        (lambda: core.delete_persistent_volume(pv), lambda: core.read_persistent_volume(pv)),
+    ]
+    for delete, read in steps:  # the claim first: a bound volume waits for its claim to go
+        try:
+            delete()
+            for _ in range(240):
+                read()
+                time.sleep(0.5)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv, "labels": {"app.kubernetes.io/part-of": "kubequant-demo"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(local)},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
     )
-    return False
+
+
+def session_name() -> str:
+    docs = yaml.safe_load_all(SESSION_MANIFEST.read_text())
+    return str(next(d for d in docs if d and d["kind"] == "LiveTradingSession")["metadata"]["name"])
+
+
+def journal_claim(name: str) -> str:
+    """The journal claim the session's StatefulSet makes (its volumeClaimTemplate, pod 0)."""
+    return f"journal-{name}-trading-0"
+
+
+def reset_session(api: client.ApiClient, namespace: str, name: str, local: Path) -> None:
+    """Delete the session an earlier demo left, wait for its pod to go, and give the next one a
+    fresh journal volume (a demo's journal is disposable)."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    steps: list[tuple[Any, Any]] = [
+        (
+            lambda: custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, "livetradingsessions", name
+            ),
+            lambda: custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "livetradingsessions", name
+            ),
+        ),
+        (lambda: None, lambda: core.read_namespaced_pod(f"{name}-trading-0", namespace)),
+    ]
+    for delete, read in steps:
+        try:
+            delete()
+            for _ in range(240):
+                read()
+                time.sleep(0.5)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    fresh_journal(core, namespace, journal_claim(name), local)
+
+
+def send_signal(port: int, token: str) -> dict[str, Any]:
+    """One target portfolio to the session's signal API, as a strategy would send it."""
+    body = json.dumps({"id": f"demo-{int(time.time())}", "targets": SIGNAL_TARGETS}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/signals", data=body, method="POST")
+    req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
+
+
+def session_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    lts = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "livetradingsessions", name)
+    return lts.get("status") or {}  # type: ignore[no-any-return]
+
+
+def wait_session(
+    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float, done: Any
+) -> dict[str, Any] | None:
+    """Poll the session until ``done(status)``; says each new phase/condition. The status, or None."""
+    deadline, said = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        st = session_status(custom, namespace, name)
+        now = (st.get("phase"), st.get("tradingState"), st.get("message"))
+        if now != said:
+            said = now
+            state = " ".join(str(part) for part in now[:2] if part) or "no status yet"
+            say(f"LiveTradingSession {name}: {state}" + (f" ({now[2]})" if now[2] else ""))
+        if done(st):
+            return st
+        time.sleep(2)
+    return None
+
+
+def run_paper_session(api: client.ApiClient, namespace: str, kubelet: LocalKubelet, timeout: float) -> bool:
+    """examples/live-paper.yaml run for real by the operator: the trading pod on the local node, its
+    journal on a volume, a replay at one bar a second; one signal trades, the status shows PnL."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    port = free_port()
+    docs = session_docs(kubelet, port)
+    lts = next(d for d in docs if d["kind"] == "LiveTradingSession")
+    name = lts["metadata"]["name"]
+    token = token_secret(core, namespace, lts["spec"]["strategy"]["signalApi"]["tokenSecretRef"]["name"])
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+    def trading(st: dict[str, Any]) -> bool:
+        return st.get("phase") == "Trading" or st.get("phase") == "Failed"
+
+    st = wait_session(custom, namespace, name, min(timeout, 600), trading)
+    if st is None or st.get("phase") != "Trading":
+        try:
+            say(f"--- {name}-trading-0 (last lines)\n" + kubelet.logs(f"{name}-trading-0", namespace)[-3000:])
+        except KeyError:
+            say(f"pod {name}-trading-0 never ran on {NODE}")
+        return False
+    answer = send_signal(port, token)
+    accepted = sum(1 for o in answer.get("orders") or [] if o.get("accepted"))
+    say(f"signal API: {accepted} of {len(SIGNAL_TARGETS)} orders accepted by the risk engine")
+
+    def priced(st: dict[str, Any]) -> bool:
+        return st.get("pnl") is not None and (st.get("positions") or 0) > 0 and st.get("phase") == "Trading"
+
+    if wait_session(custom, namespace, name, 120, priced) is None:
+        return False
+    time.sleep(12)  # a dozen bars, so PnL is the market's and not only the costs of the fills
+    return True
 
 
 def main() -> int:
@@ -207,24 +376,26 @@ def main() -> int:
     parser.add_argument("--namespace", default="kubequant-demo")
     parser.add_argument("-f", "--manifest", type=Path, default=REPO / "examples" / "backtest.yaml")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the Backtest")
-    parser.add_argument("--with-session", action="store_true", help="also a paper LiveTradingSession (HOOK)")
+    parser.add_argument(
+        "--no-session", action="store_true", help="the Backtest only, without the paper LiveTradingSession"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
     workdir = kubeconfig().parent / "demo"
 
-    say("1/6 dev cluster (hack/dev-cluster.sh up)")
+    say("1/7 dev cluster (hack/dev-cluster.sh up)")
     subprocess.run([str(REPO / "hack" / "dev-cluster.sh"), "up"], check=True)
     workdir.mkdir(parents=True, exist_ok=True)
     config.load_kube_config(str(kubeconfig()))
     api = client.ApiClient()
     custom = client.CustomObjectsApi(api)
 
-    say("2/6 CRDs (kubectl apply --server-side -f crds/)")
+    say("2/7 CRDs (kubectl apply --server-side -f crds/)")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
 
-    say(f"3/6 the chart's ServiceAccount and RBAC in {OPERATOR_NS}; namespace {args.namespace} (restricted)")
+    say(f"3/7 the chart's ServiceAccount and RBAC in {OPERATOR_NS}; namespace {args.namespace} (restricted)")
     namespaces = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": args.namespace, "labels": RESTRICTED}},
@@ -244,29 +415,39 @@ def main() -> int:
     account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
     sa_kubeconfig = service_account_kubeconfig(api, account, workdir / "operator-kubeconfig")
 
-    say(f"4/6 local node {NODE} (hack/local_kubelet.py: runs its pods as local processes)")
+    say(f"4/7 local node {NODE} (hack/local_kubelet.py: runs its pods as local processes)")
     # The pods share the host's sample-data cache, so the market is generated once.
     cache = os.environ.get("KUBEQUANT_CACHE_DIR") or str(Path.home() / ".cache" / "kubequant")
+    session = session_name()
+    journal = workdir / "journal" / session
     kubelet = LocalKubelet(
         api,
         node_name=NODE,
         workdir=workdir / "pods",
         command_map={"kubequant": str(BIN / "kubequant")},
         extra_env={"KUBEQUANT_CACHE_DIR": cache},
+        # The journal claim maps to a folder from the start: a pod an earlier demo left on this
+        # node resumes on its own journal until reset_session removes it.
+        path_map={journal_claim(session): str(journal)},
         max_pods=2,
+        restart_backoff_s=1.0,
     )
     kubelet.start()
     operator = None
     try:
-        say(f"5/6 the operator (log: {workdir / 'operator.log'}), and {args.manifest.relative_to(REPO)}")
+        say(f"5/7 the operator (log: {workdir / 'operator.log'}), and {args.manifest.relative_to(REPO)}")
         operator = start_operator(sa_kubeconfig, args.namespace, workdir / "operator.log")
+        if not args.no_session:
+            reset_session(api, args.namespace, session, journal)
         doc = on_local_node(yaml.safe_load(args.manifest.read_text()), kubelet)
         name = doc["metadata"]["name"]
         rerun(custom, args.namespace, name)
         kubectl("apply", "-n", args.namespace, "-f", "-", stdin=yaml.safe_dump(doc))
         phase = wait_finished(custom, args.namespace, name, args.timeout)
-        kinds = "bt"
-        if args.with_session and run_paper_session(args.namespace, kubelet):
+        kinds, traded = "bt", True
+        if not args.no_session:
+            say("6/7 examples/live-paper.yaml: a paper LiveTradingSession with a replay, on the local node")
+            traded = run_paper_session(api, args.namespace, kubelet, args.timeout)
             kinds = "bt,lts"
         if phase != "Succeeded":
             for pod in client.CoreV1Api(api).list_namespaced_pod(args.namespace).items:
@@ -275,9 +456,9 @@ def main() -> int:
                         f"--- {pod.metadata.name} (last lines)\n"
                         + "\n".join(kubelet.logs(pod.metadata.name, args.namespace).splitlines()[-20:])
                     )
-        say(f"6/6 kubectl get {kinds} -n {args.namespace}")
+        say(f"7/7 kubectl get {kinds} -n {args.namespace}")
         print(kubectl("get", kinds, "-n", args.namespace, check=False).stdout, end="", flush=True)
-        return 0 if phase == "Succeeded" else 1
+        return 0 if phase == "Succeeded" and traded else 1
     finally:
         if operator is not None:
             operator.terminate()

@@ -5,7 +5,7 @@ children, observe them) and one pure function from what the steps saw to the sta
 does what every kind shares: parsing into the API model (an invalid spec fails for good), the
 workload policy of a spec's pod, refusals (``Rejected``: permanent, with a reason) and waits
 (``Waiting``: retried after ``KUBEQUANT_RETRY_DELAY_SECONDS``), create-or-adopt of children with
-their uids recorded in status, the phase gauge, an Event per phase change, and writing status only
+their uids recorded in status, the phase gauge, an Event per phase change and per condition transition, and writing status only
 when it changed. KubeRay's reconcilers run ordered steps and compute status once the same way.
 """
 
@@ -26,7 +26,7 @@ from kubequant.operator.builders.common import controller_reference, with_spec_h
 from kubequant.operator.builders.policy import policy_violations
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.metrics import PHASES, observe_reconcile
-from kubequant.operator.status.conditions import unchanged
+from kubequant.operator.status.conditions import transition_events, unchanged
 
 # Longest refusal written to status (status.message allows 4096 characters; a crafted spec can
 # break hundreds of rules at once).
@@ -215,13 +215,20 @@ def apply_children(build: Callable[[Context], Sequence[dict[str, Any]]], *, conv
 # --------------------------------------------------------------------------- the runner
 
 
-def announce(kind: Kind, body: Any, old_phase: str | None, new: Mapping[str, Any], logger: Logger) -> None:
-    """An Event and a log line when the phase changes."""
+def announce(
+    kind: Kind, body: Any, previous: Mapping[str, Any], new: Mapping[str, Any], logger: Logger
+) -> None:
+    """An Event and a log line when the phase changes, and an Event per condition transition (a
+    session Degraded while still Trading changes no phase)."""
+    old_phase = previous.get("phase")
     phase = new.get("phase")
     if phase and phase != old_phase and phase in kind.phase_events:
         type_, reason = kind.phase_events[phase]
         kopf.event(body, type=type_, reason=reason, message=new.get("message", ""))
         logger.info("phase %s → %s: %s", old_phase, phase, new.get("message", ""))
+    if "conditions" in new:
+        for type_, reason, message in transition_events(previous.get("conditions"), new["conditions"]):
+            kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 
 def _with_children(ctx: Context, new: dict[str, Any]) -> dict[str, Any]:
@@ -268,9 +275,7 @@ def reconcile(
             new = _with_children(
                 ctx, kind.waiting(ctx.generation, err.reason, err.message, previous, ctx.now)
             )
-            changed = _finish(kind, ctx, new, write, logger)
-            if changed and (previous.get("conditions") != new.get("conditions")):
-                kopf.event(body, type="Warning", reason=err.reason, message=err.message)
+            _finish(kind, ctx, new, write, logger)  # Accepted False with the reason is an Event there
             raise kopf.TemporaryError(str(err), delay=cfg.retry_delay_seconds) from err
         _finish(kind, ctx, new, write, logger)
         if old_phase is None and kind.accepted_message is not None:
@@ -286,7 +291,7 @@ def _finish(
     if unchanged(ctx.previous, new):
         return False
     write(new)
-    announce(kind, ctx.body, ctx.previous.get("phase"), new, logger)
+    announce(kind, ctx.body, ctx.previous, new, logger)
     return True
 
 

@@ -31,7 +31,8 @@ class Rule:
         out: dict[str, Any] = {"rule": self.cel, "message": self.message}
         if self.field:
             out["fieldPath"] = "." + self.field
-            out["reason"] = "FieldValueInvalid"
+            # A transition rule refuses a change, not a value: the API's "Forbidden", as for immutability.
+            out["reason"] = "FieldValueForbidden" if self.transition else "FieldValueInvalid"
         return out
 
 

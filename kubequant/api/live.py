@@ -307,4 +307,24 @@ class LiveTradingSession(Resource):
             PrinterColumn("Drawdown", ".status.drawdown", "number"),
             AGE,
         ),
+        # Everything else stays editable while the session runs (halted, image, policy, network):
+        # the operator converges the StatefulSet. Its volume claim cannot change, so the journal's
+        # volume is fixed at creation; deleteWithSession is the StatefulSet's retention policy,
+        # which may change, so a user can still opt in to deleting the journal before deleting it.
+        extra_spec_rules=(
+            Rule(
+                cel=(
+                    "self.journal.size == oldSelf.journal.size"
+                    " && has(self.journal.storageClassName) == has(oldSelf.journal.storageClassName)"
+                    " && (!has(self.journal.storageClassName)"
+                    " || self.journal.storageClassName == oldSelf.journal.storageClassName)"
+                ),
+                message=(
+                    "spec.journal.size and spec.journal.storageClassName are immutable once created (a "
+                    "StatefulSet's volume claim cannot change); set them back, or use a new session"
+                ),
+                field="journal",
+                transition=True,
+            ),
+        ),
     )

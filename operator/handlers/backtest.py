@@ -169,7 +169,7 @@ def backtest_job_changed(body: kopf.Body, type: str | None, logger: Any, **_: An
         PHASES.set(KIND, f"{ns}/{name}", new["phase"])
         # The creation handler announces the first phase; a Job event racing it must not announce it twice.
         if previous.get("phase") is not None:
-            reconciler.announce(BACKTEST, current, previous.get("phase"), new, logger)
+            reconciler.announce(BACKTEST, current, previous, new, logger)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)

@@ -323,7 +323,7 @@ def refresh(body: Mapping[str, Any], pod: dict[str, Any] | None, logger: Any) ->
     if unchanged(previous, new):
         return
     kube.patch_custom_status(PLURAL, ns, name, new)
-    reconciler.announce(SESSION, body, previous.get("phase"), new, logger)
+    reconciler.announce(SESSION, body, previous, new, logger)
 
 
 def _indexed_pod(body: Mapping[str, Any], trading_pods: Any) -> dict[str, Any] | None:

@@ -68,6 +68,54 @@ def condition(status: Mapping[str, Any] | None, type_: str) -> dict[str, Any] | 
     return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == type_), None)
 
 
+# Condition types whose True is trouble; of the others only a refusal (Accepted False) is.
+TROUBLE_WHEN_TRUE = frozenset({"Failed", "Halted", "Degraded"})
+
+
+def is_trouble(cond: Mapping[str, Any]) -> bool:
+    """Whether a condition says something is wrong (its Event is a Warning)."""
+    if cond.get("type") in TROUBLE_WHEN_TRUE:
+        return cond.get("status") == "True"
+    return cond.get("type") == "Accepted" and cond.get("status") == "False"
+
+
+def transitions(
+    previous: Iterable[Mapping[str, Any]] | None, new: Iterable[Mapping[str, Any]] | None
+) -> list[Mapping[str, Any]]:
+    """The conditions of ``new`` that changed status or reason since ``previous``.
+
+    A condition that first appears counts only when it is trouble: an object's first status sets
+    every condition ("not ready yet", "not halted"), and that is no news.
+    """
+    before = {c.get("type"): c for c in previous or []}
+    out = []
+    for cond in new or []:
+        old = before.get(cond.get("type"))
+        if old is None:
+            if is_trouble(cond):
+                out.append(cond)
+        elif (old.get("status"), old.get("reason")) != (cond.get("status"), cond.get("reason")):
+            out.append(cond)
+    return out
+
+
+def transition_events(
+    previous: Iterable[Mapping[str, Any]] | None, new: Iterable[Mapping[str, Any]] | None
+) -> list[tuple[str, str, str]]:
+    """One Event (type, reason, message) per condition transition, e.g. ``("Warning",
+    "BrokerDisconnected", "Degraded=True: ...")``; conditions that changed to the same reason and
+    message (a refusal sets Accepted, Ready and Trading together) share one Event."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for cond in transitions(previous, new):
+        groups.setdefault((str(cond.get("reason") or ""), str(cond.get("message") or "")), []).append(cond)
+    events = []
+    for (reason, message), conds in groups.items():
+        what = ", ".join(f"{c.get('type')}={c.get('status')}" for c in conds)
+        type_ = "Warning" if any(is_trouble(c) for c in conds) else "Normal"
+        events.append((type_, reason or "Unknown", f"{what}: {message}" if message else what))
+    return events
+
+
 def unchanged(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` (a merge patch of status) would change nothing."""
     previous = previous or {}

@@ -111,6 +111,23 @@ def test_backtest_spec_is_immutable_except_suspend(namespace: str) -> None:
     kubectl("patch", "-n", namespace, name, "--type=merge", "-p", '{"spec":{"suspend":true}}', check=True)
 
 
+def test_session_journal_volume_is_immutable(namespace: str) -> None:
+    """The API server refuses a new journal volume; the operator never sees it (no StatefulSetRejected)."""
+    kubectl("create", "-n", namespace, "-f", str(REPO_ROOT / "examples" / "live-paper.yaml"), check=True)
+    name = "lts/paper-momentum"
+    for change in ('{"size":"2Gi"}', '{"storageClassName":"fast"}'):
+        proc = kubectl(
+            "patch", "-n", namespace, name, "--type=merge", "-p", f'{{"spec":{{"journal":{change}}}}}'
+        )
+        assert proc.returncode != 0, f"the API server accepted journal {change}"
+        assert "spec.journal" in proc.stderr and "immutable" in proc.stderr, proc.stderr
+    # The kill switch and the journal's retention stay editable on a session that exists.
+    for change in ('{"halted":true}', '{"journal":{"deleteWithSession":true}}'):
+        kubectl("patch", "-n", namespace, name, "--type=merge", "-p", f'{{"spec":{change}}}', check=True)
+    stored = json.loads(kubectl("get", "-n", namespace, name, "-o", "json", check=True).stdout)["spec"]
+    assert stored["journal"] == {"size": "1Gi", "deleteWithSession": True} and stored["halted"] is True
+
+
 def _pod(name: str, resources: dict[str, Any]) -> str:
     return json.dumps(
         {

@@ -317,9 +317,12 @@ def test_immutable_spec_fields_have_transition_rules(kind: str) -> None:
     transition = [r for r in spec.get("x-kubernetes-validations", []) if "oldSelf" in r["rule"]]
     mutable = KINDS[kind].__crd__.mutable_spec_fields
     if mutable is None:
-        # Sessions must stay haltable and policies editable while they run.
-        assert not transition, f"{kind} has transition rules: {transition}"
-        assert not [r for k, _, _, r in VALIDATIONS if k == kind and "oldSelf" in r["rule"]]
+        # Sessions must stay haltable and policies editable while they run: the only transition
+        # rules are the kind's own (the session's journal volume), none from the generated set.
+        own = [r.as_validation() for r in KINDS[kind].__crd__.extra_spec_rules if r.transition]
+        assert transition == own, f"{kind} has transition rules: {transition}"
+        nested = [r for k, p, _, r in VALIDATIONS if k == kind and p != ".spec" and "oldSelf" in r["rule"]]
+        assert not nested, nested
         return
     guarded = {r["fieldPath"].lstrip("."): r for r in transition}
     expected = set(spec["properties"]) - set(mutable)
@@ -336,6 +339,18 @@ def test_backtest_only_suspend_may_change() -> None:
     assert "oldSelf.suspend" not in rules
     for name in ("period", "signal", "strategy", "exchange", "data"):
         assert f"oldSelf.{name}" in rules
+
+
+def test_session_journal_volume_is_immutable_and_nothing_else() -> None:
+    """A StatefulSet cannot change its volume claim: the API server refuses the change, not the operator."""
+    spec = schema_of("LiveTradingSession")["properties"]["spec"]
+    (rule,) = [r for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert rule["fieldPath"] == ".journal" and rule["reason"] == "FieldValueForbidden"
+    for guarded in ("journal.size", "journal.storageClassName"):
+        assert f"oldSelf.{guarded}" in rule["rule"] and f"spec.{guarded}" in rule["message"]
+    # The kill switch, the policy and the retention choice stay editable on a running session.
+    for free in ("halted", "riskPolicyRef", "journal.deleteWithSession"):
+        assert f"oldSelf.{free}" not in rule["rule"]
 
 
 def test_optional_immutable_fields_may_not_be_added_or_removed() -> None:

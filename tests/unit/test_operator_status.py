@@ -208,3 +208,31 @@ def test_the_structured_error_is_bounded() -> None:
 def test_an_oom_kill_says_so() -> None:
     st = failed_status("", exit_code=137, reason="OOMKilled")
     assert st["message"].endswith("the container exited with code 137 (OOMKilled)")
+
+
+def _cond(type_: str, status_: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status_, "reason": reason, "message": message}
+
+
+def test_an_event_per_condition_that_changed_status_or_reason() -> None:
+    before = [_cond("Trading", "True", "Active"), _cond("Degraded", "False", "AsExpected")]
+    after = [_cond("Trading", "True", "ReduceOnly"), _cond("Degraded", "True", "BrokerDisconnected", "lost")]
+    assert core.transition_events(before, after) == [
+        ("Normal", "ReduceOnly", "Trading=True"),
+        ("Warning", "BrokerDisconnected", "Degraded=True: lost"),
+    ]
+    # Only the message moved (a heartbeat's age): no Event.
+    assert core.transition_events(after, [after[0], {**after[1], "message": "still lost"}]) == []
+
+
+def test_first_status_is_news_only_when_it_is_trouble() -> None:
+    first = [_cond("Accepted", "True", "StatefulSetCreated"), _cond("Halted", "False", "NotHalted")]
+    assert core.transition_events(None, first) == []
+    first += [_cond("Ready", "True", "PodReady"), _cond("Trading", "True", "Active")]
+    refused = [
+        _cond(t, "False", "RiskPolicyNotFound", "no policy x") for t in ("Accepted", "Ready", "Trading")
+    ]
+    # One refusal sets three conditions together: one Event names them all.
+    assert core.transition_events(first, refused) == [
+        ("Warning", "RiskPolicyNotFound", "Accepted=False, Ready=False, Trading=False: no policy x")
+    ]

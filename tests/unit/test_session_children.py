@@ -460,3 +460,33 @@ def test_a_signal_api_without_a_token_secret_is_refused(cluster: Cluster) -> Non
     with pytest.raises(kopf.PermanentError, match="tokenSecretRef"):
         reconcile(body)
     assert cluster.applied == []
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_every_condition_transition_is_an_event_even_without_a_phase_change(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker disconnect while Trading changes no phase; an operator still gets a Warning Event."""
+    written: list[dict[str, Any]] = []
+    monkeypatch.setattr(kube, "patch_custom_status", lambda plural, ns, name, new: written.append(new))
+    now = handler.reconciler.now()
+    beat = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    report = {"tradingState": "ACTIVE", "brokerConnected": True, "lastHeartbeatTime": beat}
+    body = copy.deepcopy(SESSION)
+    body["status"] = {**report, **status.session_status(3, False, "t", "paper-trading-0", pod(), report, now)}
+    assert body["status"]["phase"] == "Trading"
+
+    body["status"]["brokerConnected"] = False
+    handler.refresh(body, pod(), logging.getLogger())
+    assert written[-1]["phase"] == "Trading"
+    assert cluster.events == [("Warning", "BrokerDisconnected")]
+
+    body["status"] = {**body["status"], **written[-1]}
+    handler.refresh(body, pod(), logging.getLogger())  # nothing changed: no write, no Event
+    assert len(written) == 1 and len(cluster.events) == 1
+
+    body["status"]["brokerConnected"] = True
+    handler.refresh(body, pod(), logging.getLogger())
+    assert cluster.events[-1] == ("Normal", "AsExpected")
