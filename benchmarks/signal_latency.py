@@ -20,7 +20,8 @@ from the time it was due (a loop that wakes late counts) to the broker call. Fig
 Each figure prints the offered and the sustained rate (signals handled per second from the first
 arrival to the last answer), p50/p99/max, the journal's transactions per event (group commit),
 the longest the event loop was held by one step (any task or callback), full garbage collections,
-and p99 against the goal (5 ms) and the plan's bar (100 ms).
+how long the loop's thread waited for a CPU while ready to run (Linux schedstat: the machine's other
+load, not the runtime's doing), and p99 against the goal (5 ms) and the plan's bar (100 ms).
 
 As in the pod's entrypoint, the objects left by preparation (qlib, pandas: ~200k) are moved out of
 the garbage collector's reach (``gc.collect(); gc.freeze()``) before the clock starts; without
@@ -87,6 +88,9 @@ class Figure:
     stalls: list[float] = field(default_factory=list)  # housekeeping durations, seconds
     gc_pauses: list[float] = field(default_factory=list)  # full (generation 2) collections, seconds
     holds: list[float] = field(default_factory=list)  # event-loop steps over 1 ms, seconds
+    # Time the event loop's thread was ready to run but waited for a CPU (Linux schedstat), seconds:
+    # what the machine's other load cost this figure.
+    cpu_wait: float | None = None
 
 
 def report(fig: Figure, reference_p50: float | None) -> None:
@@ -103,6 +107,8 @@ def report(fig: Figure, reference_p50: float | None) -> None:
         extra += f"  full GC {len(fig.gc_pauses)}x, max {max(fig.gc_pauses) * 1000:.1f} ms"
     if fig.holds:
         extra += f"  loop held >1 ms {len(fig.holds)}x, max {max(fig.holds) * 1000:.1f} ms"
+    if fig.cpu_wait is not None:
+        extra += f"  loop thread waited {fig.cpu_wait * 1000:.0f} ms for a CPU"
     offered = f"offered {fig.offered:6.0f}/s  " if fig.offered else ""
     print(
         f"{fig.name:<28} n={len(values):>5}  {offered}sustained {fig.handled / fig.wall:6.0f}/s  "
@@ -132,6 +138,14 @@ def reference_commit(root: Path, n: int = 500) -> Figure:
     fig.wall, fig.handled = time.perf_counter() - start, n
     db.close()
     return fig
+
+
+def run_queue_wait() -> float | None:
+    """Seconds this thread has spent ready to run but waiting for a CPU (None where the kernel does not say)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def body_of(k: int, instruments: list[str]) -> dict[str, Any]:
@@ -218,6 +232,7 @@ async def bench(root: Path, args: argparse.Namespace, market: Any, mode: str) ->
             fig.holds.append(held)
 
     asyncio.events.Handle._run = timed_step  # type: ignore[method-assign]
+    waited = run_queue_wait()
     start = time.perf_counter()
     try:
         async with aiohttp.ClientSession(
@@ -253,6 +268,8 @@ async def bench(root: Path, args: argparse.Namespace, market: Any, mode: str) ->
         asyncio.events.Handle._run = run_step  # type: ignore[method-assign]
         gc.callbacks.remove(on_gc)
         await runner.cleanup()
+        if waited is not None and (now_waited := run_queue_wait()) is not None:
+            fig.cpu_wait = now_waited - waited
         fig.transactions = runtime.journal.transactions - tx0
         fig.events = runtime.journal.written - ev0
         runtime.close()

@@ -216,7 +216,8 @@ def _encode(value: Any) -> Any:
 
 def _encode_fields(value: Any) -> dict[str, Any]:
     out = {}
-    for name in _field_names(type(value)):
+    cls: type = type(value)
+    for name in _field_names(cls):
         field_value = getattr(value, name)
         kind = type(field_value)
         # Most fields are text or absent: taken as they are, without a call per field.

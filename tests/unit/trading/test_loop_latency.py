@@ -315,6 +315,53 @@ def test_the_runtime_bounds_gil_hand_overs_and_its_tick_puts_the_state_out_of_th
         sys.setswitchinterval(interval)
 
 
+def test_signals_and_housekeeping_leave_no_cyclic_garbage_so_freezing_at_each_tick_leaks_nothing(
+    tmp_path: Path, market: QlibMarket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick freezes whatever is alive; a cycle that became garbage after it would never be freed."""
+    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, read_session
+    from kubequant.workloads.trading.signal_api import SignalService
+
+    path = tmp_path / "session.yaml"
+    path.write_text(SESSION)
+    session, _ = read_session(path)
+    runtime = TradingRuntime(RuntimeConfig(session=session, policy_path=path, state_dir=tmp_path), market)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # everything stays where the collector can see it
+    found: list[str] = []
+
+    async def main() -> None:
+        await runtime.start()
+        service = SignalService.for_runtime(runtime)
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept, to be named
+        try:
+            for k in range(4):
+                await asyncio.gather(
+                    *(
+                        service.handle(
+                            {"id": f"g{k}-{j}", "targets": [{"instrument": inst, "quantity": 100 * (1 + k)}]}
+                        )
+                        for j, inst in enumerate(INSTRUMENTS)
+                    )
+                )
+                await runtime.broker.advance_async()  # type: ignore[attr-defined]
+                await runtime.tick()
+            gc.collect()
+            found.extend(sorted({type(o).__qualname__ for o in gc.garbage}))
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+
+    try:
+        asyncio.run(main())
+    finally:
+        runtime.close()
+    assert found == []
+    assert len(runtime.oms.state.orders) == 4 * len(INSTRUMENTS)
+
+
 def test_an_order_cancelled_on_halt_is_journaled_before_the_broker_hears_of_it(open_session: Any) -> None:
     s = open_session()
     asyncio.run(recover(s.oms))
