@@ -8,8 +8,10 @@ import yaml
 
 from kubequant.api.backtest import Backtest
 from kubequant.operator.builders.common import (
+    DATA_DIR,
     child_name,
     container_security_context,
+    data_volume,
     object_meta,
     pod_placement,
     pod_security_context,
@@ -20,7 +22,6 @@ from kubequant.operator.config import OperatorConfig
 COMPONENT = "backtest"
 CONFIG_KEY = "backtest.yaml"
 CONFIG_DIR = "/etc/kubequant"
-DATA_DIR = "/var/lib/kubequant/data"
 CACHE_DIR = "/var/lib/kubequant/cache"
 REPORT_DIR = "/var/lib/kubequant/report"
 TERMINATION_LOG = "/dev/termination-log"
@@ -92,17 +93,9 @@ def _volumes(bt: Backtest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
         {"name": "cache", "mountPath": CACHE_DIR},
     ]
     args: list[str] = []
-    if spec.data.volume is not None:
-        volumes.append(
-            {
-                "name": "data",
-                "persistentVolumeClaim": {"claimName": spec.data.volume.claim_name, "readOnly": True},
-            }
-        )
-        mount: dict[str, Any] = {"name": "data", "mountPath": DATA_DIR, "readOnly": True}
-        if spec.data.volume.sub_path:
-            mount["subPath"] = spec.data.volume.sub_path
-        mounts.append(mount)
+    if (data := data_volume(spec.data)) is not None:
+        volumes.append(data[0])
+        mounts.append(data[1])
         args += ["--data-path", DATA_DIR]
     artifacts = spec.output.artifacts
     if artifacts.volume is not None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubequant.api.common import PodOptions, ResourceRequirements, Toleration
+from kubequant.api.common import DataSource, PodOptions, ResourceRequirements, Toleration
 from kubequant.api.quantity import overcommit_allowed
 from kubequant.api.resource import Resource
 from kubequant.operator.config import OperatorConfig
@@ -103,6 +103,23 @@ def object_meta(resource: Resource, name: str, component: str) -> dict[str, Any]
         "labels": labels(resource, component),
         "ownerReferences": [owner_reference(resource)],
     }
+
+
+DATA_DIR = "/var/lib/kubequant/data"  # where a data volume is mounted in every workload pod
+
+
+def data_volume(data: DataSource) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The read-only volume and mount of ``spec.data.volume`` (at DATA_DIR), or None without one."""
+    if data.volume is None:
+        return None
+    volume = {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": data.volume.claim_name, "readOnly": True},
+    }
+    mount: dict[str, Any] = {"name": "data", "mountPath": DATA_DIR, "readOnly": True}
+    if data.volume.sub_path:
+        mount["subPath"] = data.volume.sub_path
+    return volume, mount
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -17,8 +17,10 @@ import yaml
 from kubequant.api.live import BrokerType, LiveTradingSession, NetworkPeer
 from kubequant.api.risk import RiskPolicy
 from kubequant.operator.builders.common import (
+    DATA_DIR,
     child_name,
     container_security_context,
+    data_volume,
     object_meta,
     pod_placement,
     pod_security_context,
@@ -33,7 +35,6 @@ CONFIG_DIR = "/etc/kubequant"
 SESSION_KEY = "session.yaml"
 POLICY_KEY = "policy.yaml"
 STATE_DIR = "/var/lib/kubequant/state"
-DATA_DIR = "/var/lib/kubequant/data"
 CACHE_DIR = "/var/lib/kubequant/cache"
 # The pod's own API credentials (a projected, expiring ServiceAccount token, the cluster's CA and
 # its namespace), mounted where the runtime is told to look (--api-dir), not at the default path.
@@ -325,17 +326,9 @@ def _volumes(session: LiveTradingSession) -> tuple[list[dict[str, Any]], list[di
         )
         mounts.append({"name": "signal-token", "mountPath": TOKEN_DIR, "readOnly": True})
         args += ["--token-file", TOKEN_FILE]
-    if spec.data.volume is not None:
-        volumes.append(
-            {
-                "name": "data",
-                "persistentVolumeClaim": {"claimName": spec.data.volume.claim_name, "readOnly": True},
-            }
-        )
-        mount: dict[str, Any] = {"name": "data", "mountPath": DATA_DIR, "readOnly": True}
-        if spec.data.volume.sub_path:
-            mount["subPath"] = spec.data.volume.sub_path
-        mounts.append(mount)
+    if (data := data_volume(spec.data)) is not None:
+        volumes.append(data[0])
+        mounts.append(data[1])
         args += ["--data", DATA_DIR]
     return volumes, mounts, args
 
