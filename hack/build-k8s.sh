@@ -6,6 +6,14 @@
 #     etcd                                                            (go.etcd.io/etcd/server/v3)
 #     kwok kwokctl                                                    (sigs.k8s.io/kwok)
 #     helm                                                            (helm.sh/helm/v3)
+#     ray-operator                       (github.com/ray-project/kuberay/ray-operator)
+#     promtool                           (github.com/prometheus/prometheus/cmd/promtool)
+#     amtool                             (github.com/prometheus/alertmanager/cmd/amtool)
+#     prometheus                         (github.com/prometheus/prometheus/cmd/prometheus)
+#   ${KUBEQUANT_CACHE_DIR:-$HOME/.cache/kubequant}/k8s/<KUBERNETES_VERSION>/kuberay/<KUBERAY_VERSION>/crds/
+#     KubeRay's CRDs (ray.io_*.yaml), copied from the same module (config/crd/bases)
+#   ${KUBEQUANT_CACHE_DIR:-$HOME/.cache/kubequant}/k8s/<KUBERNETES_VERSION>/prometheus-operator/<PROMETHEUS_OPERATOR_VERSION>/crds/
+#     the Prometheus operator's CRDs (monitoring.coreos.com), copied from its Go module
 #
 # Everything is built from source through the Go module proxy (no release
 # downloads), at the versions pinned in hack/versions.env. A binary that is
@@ -16,7 +24,11 @@
 # Usage: hack/build-k8s.sh [--print-bin-dir] [COMPONENT...]
 #   COMPONENT: kubernetes (= apiserver, controller-manager, scheduler, kubectl),
 #              kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-#              etcd, kwok (= kwok + kwokctl), helm. Default: all.
+#              etcd, kwok (= kwok + kwokctl), helm, kuberay (= ray-operator + its CRDs),
+#              monitoring (= promtool + amtool + prometheus + the Prometheus operator's CRDs). Default: all;
+#              kuberay and monitoring build in the background, alongside the others.
+#   --print-kuberay-crd-dir: print where KubeRay's CRDs are (or will be) and exit.
+#   --print-prometheus-operator-crd-dir: the same for the Prometheus operator's CRDs.
 # Env: KUBEQUANT_CACHE_DIR, GOFLAGS (default -mod=mod), GOCACHE (default Go's).
 set -euo pipefail
 
@@ -31,8 +43,19 @@ BIN_DIR="${VERSION_DIR}/bin"
 # independently of the Kubernetes version that names the directory).
 STAMP_DIR="${BIN_DIR}/.built"
 
+KUBERAY_CRD_DIR="${VERSION_DIR}/kuberay/${KUBERAY_VERSION}/crds"
+PROMETHEUS_OPERATOR_CRD_DIR="${VERSION_DIR}/prometheus-operator/${PROMETHEUS_OPERATOR_VERSION}/crds"
+
 if [[ "${1:-}" == "--print-bin-dir" ]]; then
   echo "${BIN_DIR}"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-kuberay-crd-dir" ]]; then
+  echo "${KUBERAY_CRD_DIR}"
+  exit 0
+fi
+if [[ "${1:-}" == "--print-prometheus-operator-crd-dir" ]]; then
+  echo "${PROMETHEUS_OPERATOR_CRD_DIR}"
   exit 0
 fi
 
@@ -222,12 +245,103 @@ build_helm() {
   record helm "$(($(now) - start))"
 }
 
+# KubeRay's ray-operator: its go.mod has no replace directives, so `go install pkg@version` builds it
+# as released (v1.6.2 with Go 1.26; the proxy refused v1.7.0's zip when tried). Its CRDs come from
+# the same module, so the binary and the CRDs it serves can never be of two versions.
+build_kuberay() {
+  local start gobin="${WORK_DIR}/gobin-kuberay" dir tmp
+  is_built ray-operator "${KUBERAY_VERSION}" && [[ -f "${KUBERAY_CRD_DIR}/.complete" ]] && return 0
+  announce
+  log "building ray-operator ${KUBERAY_VERSION}"
+  start="$(now)"
+  GOBIN="${gobin}" go install -trimpath -ldflags "-s -w" \
+    "github.com/ray-project/kuberay/ray-operator@${KUBERAY_VERSION}"
+  dir="$(cd "${WORK_DIR}" && go mod download -json "github.com/ray-project/kuberay/ray-operator@${KUBERAY_VERSION}" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -d "${dir}/config/crd/bases" ]] || die "no config/crd/bases in ray-operator@${KUBERAY_VERSION} (${dir})"
+  tmp="${KUBERAY_CRD_DIR}.tmp.$$"
+  rm -rf "${tmp}" && mkdir -p "${tmp}"
+  cp "${dir}"/config/crd/bases/ray.io_*.yaml "${tmp}/"
+  chmod 0644 "${tmp}"/*.yaml
+  touch "${tmp}/.complete"
+  rm -rf "${KUBERAY_CRD_DIR}" && mv "${tmp}" "${KUBERAY_CRD_DIR}"
+  install_bin "${gobin}/ray-operator" ray-operator "${KUBERAY_VERSION}"
+  record "ray-operator+crds" "$(($(now) - start))"
+}
+
+# promtool and amtool: Prometheus's and Alertmanager's go.mod carry exclude/replace directives, which
+# `go install pkg@version` refuses, so (like etcd) build the command from a generated module that
+# requires the release. The Prometheus operator's CRDs are copied from its root module
+# (example/prometheus-operator-crd), so tests install the CRDs of one pinned release.
+build_go_cmd() { # build_go_cmd NAME MODULE VERSION PACKAGE
+  local name="$1" module="$2" version="$3" pkg="$4" dir="${WORK_DIR}/$1" start
+  is_built "${name}" "${version}" && return 0
+  announce
+  log "building ${name} ${version}"
+  start="$(now)"
+  mkdir -p "${dir}"
+  printf 'module kubequant.local/%s-build\n\ngo 1.26.0\n\nrequire %s %s\n' "${name}" "${module}" "${version}" >"${dir}/go.mod"
+  printf 'package tools\n\nimport _ "%s"\n' "${pkg}" >"${dir}/tools.go"
+  (cd "${dir}" && go mod tidy && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=release" \
+    -o "${WORK_DIR}/${name}-bin" "${pkg}")
+  install_bin "${WORK_DIR}/${name}-bin" "${name}" "${version}"
+  record "${name}" "$(($(now) - start))"
+}
+
+build_prometheus_operator_crds() {
+  local dir tmp module="github.com/prometheus-operator/prometheus-operator"
+  [[ -f "${PROMETHEUS_OPERATOR_CRD_DIR}/.complete" ]] && return 0
+  log "fetching the Prometheus operator's CRDs ${PROMETHEUS_OPERATOR_VERSION}"
+  mkdir -p "${WORK_DIR}/po"
+  # `|| true`: a refused version must reach the die below with its name, not end the script silently.
+  dir="$( (cd "${WORK_DIR}/po" && GOFLAGS=-mod=mod go mod download -json "${module}@${PROMETHEUS_OPERATOR_VERSION}" || true) |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -d "${dir}/example/prometheus-operator-crd" ]] || die "no example/prometheus-operator-crd in ${module}@${PROMETHEUS_OPERATOR_VERSION} (${dir})"
+  tmp="${PROMETHEUS_OPERATOR_CRD_DIR}.tmp.$$"
+  rm -rf "${tmp}" && mkdir -p "${tmp}"
+  cp "${dir}"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "${tmp}/"
+  chmod 0644 "${tmp}"/*.yaml
+  touch "${tmp}/.complete"
+  rm -rf "${PROMETHEUS_OPERATOR_CRD_DIR}" && mv "${tmp}" "${PROMETHEUS_OPERATOR_CRD_DIR}"
+}
+
+# Cold, on 2 shared cores (2026-12-02, load average ~15): amtool 200s, promtool 1390s, then
+# prometheus 322s on promtool's build cache. prometheus is built without the `builtinassets` tag:
+# its API (what the tests use) works, its web UI does not.
+build_monitoring() {
+  build_prometheus_operator_crds
+  build_go_cmd amtool github.com/prometheus/alertmanager "${ALERTMANAGER_VERSION}" github.com/prometheus/alertmanager/cmd/amtool
+  build_go_cmd promtool github.com/prometheus/prometheus "${PROMETHEUS_VERSION}" github.com/prometheus/prometheus/cmd/promtool
+  build_go_cmd prometheus github.com/prometheus/prometheus "${PROMETHEUS_VERSION}" github.com/prometheus/prometheus/cmd/prometheus
+}
+
 # ---------------------------------------------------------------------------
 main() {
-  local components=("$@") c n total_start
-  ((${#components[@]})) || components=(kubernetes etcd kwok helm)
+  local components=("$@") c n total_start kuberay_pid="" monitoring_pid=""
+  ((${#components[@]})) || components=(kuberay monitoring kubernetes etcd kwok helm)
   total_start="$(now)"
   for c in "${components[@]}"; do
+    # KubeRay shares no packages with the others' big builds: build it alongside them, its
+    # timing reported through a file (a background subshell cannot append to TIMINGS).
+    if [[ "${c}" == kuberay && ${#components[@]} -gt 1 ]]; then
+      (
+        TIMINGS=()
+        build_kuberay # set -e holds in the subshell: a failed step ends it with that status
+        if ((${#TIMINGS[@]})); then printf '%s\n' "${TIMINGS[@]}" >"${WORK_DIR}/kuberay.timing"; fi
+      ) &
+      kuberay_pid=$!
+      continue
+    fi
+    if [[ "${c}" == monitoring && ${#components[@]} -gt 1 ]]; then
+      (
+        TIMINGS=()
+        build_monitoring
+        if ((${#TIMINGS[@]})); then printf '%s\n' "${TIMINGS[@]}" >"${WORK_DIR}/monitoring.timing"; fi
+      ) &
+      monitoring_pid=$!
+      continue
+    fi
     case "${c}" in
       kubernetes)
         # apiserver first: it pulls in most of the tree, the rest reuse the build cache.
@@ -237,9 +351,19 @@ main() {
       etcd) build_etcd ;;
       kwok | kwokctl) build_kwok ;;
       helm) build_helm ;;
+      kuberay | ray-operator) build_kuberay ;;
+      monitoring | promtool | amtool | prometheus) build_monitoring ;;
       *) die "unknown component '${c}'" ;;
     esac
   done
+  if [[ -n "${kuberay_pid}" ]]; then
+    wait "${kuberay_pid}" || die "building ray-operator ${KUBERAY_VERSION} failed (see above)"
+    [[ -s "${WORK_DIR}/kuberay.timing" ]] && mapfile -t -O "${#TIMINGS[@]}" TIMINGS <"${WORK_DIR}/kuberay.timing"
+  fi
+  if [[ -n "${monitoring_pid}" ]]; then
+    wait "${monitoring_pid}" || die "building promtool/amtool failed (see above)"
+    [[ -s "${WORK_DIR}/monitoring.timing" ]] && mapfile -t -O "${#TIMINGS[@]}" TIMINGS <"${WORK_DIR}/monitoring.timing"
+  fi
 
   if ((${#TIMINGS[@]})); then
     log "build times (each on top of the previous ones' Go build cache):"

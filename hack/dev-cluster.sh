@@ -13,9 +13,16 @@
 # with client certificates, authorization Node,RBAC and the default admission
 # plugins (PodSecurity included) plus NodeRestriction.
 #
+# KubeRay runs for real: its CRDs (ray.io/v1, from the KUBERAY_VERSION module, installed with
+# server-side apply: they are too big for kubectl's client-side last-applied annotation) and its
+# ray-operator binary as a local process against the cluster, restarted by `up` when found dead
+# (like kwok's controller) and stopped by `down`. RayClusters' pods land on the fake nodes; with
+# no pod network no Ray job really runs there.
+#
 # Everything the cluster writes lives in <repo>/.dev-cluster/ (git-ignored):
-#   kubeconfig   self-contained admin kubeconfig (export KUBECONFIG=... to use it)
-#   kwok/        kwokctl's workdir: pki, etcd data, logs, pid files
+#   kubeconfig         self-contained admin kubeconfig (export KUBECONFIG=... to use it)
+#   kwok/              kwokctl's workdir: pki, etcd data, logs, pid files
+#   ray-operator.log   KubeRay's operator's log; ray-operator.pid its process
 #
 # On a loaded machine the API server can take minutes to become ready, and kwok's
 # controller gives up after ~30 s of "connection refused" (kwok's waitForReady) while
@@ -50,6 +57,11 @@ NODES_MANIFEST="${HACK_DIR}/nodes.yaml"
 # repo so that two checkouts on one machine never share or clobber a cluster.
 export KWOK_WORKDIR="${STATE_DIR}/kwok"
 BIN_DIR="$("${HACK_DIR}/build-k8s.sh" --print-bin-dir)"
+KUBERAY_CRD_DIR="$("${HACK_DIR}/build-k8s.sh" --print-kuberay-crd-dir)"
+RAY_OPERATOR_PID="${STATE_DIR}/ray-operator.pid"
+RAY_OPERATOR_LOG="${STATE_DIR}/ray-operator.log"
+# How often a dead ray-operator is restarted by one `up` before it gives up.
+RAY_OPERATOR_RESTARTS=3
 
 log() { printf '[dev-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -222,6 +234,71 @@ down_kwok() {
   while ps -p "$(IFS=,; echo "${pids[*]}")" >/dev/null 2>&1 && ((SECONDS < deadline)); do sleep 0.25; done
 }
 
+# --------------------------------------------------------------------------- KubeRay
+# KubeRay's CRDs, server-side: each is over 256 KiB, the limit of the last-applied-configuration
+# annotation a client-side `kubectl apply` writes (rayjobs is ~1.3 MB). --force-conflicts: this
+# script owns them, whatever applied them before.
+install_kuberay_crds() {
+  [[ -f "${KUBERAY_CRD_DIR}/.complete" ]] || { log "no KubeRay CRDs in ${KUBERAY_CRD_DIR}"; return 1; }
+  log "installing KubeRay ${KUBERAY_VERSION} CRDs (server-side apply)"
+  kubectl_ apply --server-side --force-conflicts --field-manager=kubequant-dev-cluster \
+    -f "${KUBERAY_CRD_DIR}" >&2 || return 1
+  kubectl_ wait --for=condition=Established --timeout=60s \
+    crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io >/dev/null || return 1
+}
+
+# KubeRay's operator, as `up` started it (its pid file), is running.
+ray_operator_alive() {
+  [[ -f "${RAY_OPERATOR_PID}" ]] && [[ -n "$(alive "$(cat "${RAY_OPERATOR_PID}")")" ]]
+}
+
+# Start KubeRay's operator if it is not running (at most RAY_OPERATOR_RESTARTS restarts per `up`).
+# Metrics and probe endpoints off (nothing scrapes them, and fixed ports would clash with a second
+# cluster); no leader election (one operator per dev cluster).
+ray_operator_restarts=0
+ensure_ray_operator() {
+  ray_operator_alive && return 0
+  if [[ -f "${RAY_OPERATOR_PID}" ]]; then
+    if ((ray_operator_restarts >= RAY_OPERATOR_RESTARTS)); then
+      log "KubeRay's operator died ${ray_operator_restarts} times; giving up. Its log: ${RAY_OPERATOR_LOG}"
+      return 1
+    fi
+    ray_operator_restarts=$((ray_operator_restarts + 1))
+    log "KubeRay's operator is not running (restart ${ray_operator_restarts}/${RAY_OPERATOR_RESTARTS}); its last words:"
+    tail -n 3 "${RAY_OPERATOR_LOG}" 2>/dev/null | cut -c1-300 | sed 's/^/    /' >&2 || true
+  fi
+  [[ -x "${BIN_DIR}/ray-operator" ]] || { log "no ${BIN_DIR}/ray-operator: run hack/build-k8s.sh kuberay"; return 1; }
+  log "starting KubeRay's operator ${KUBERAY_VERSION} (log: ${RAY_OPERATOR_LOG#"${REPO_ROOT}/"})"
+  # setsid: its own session, so a Ctrl-C of `up` does not stop it; 8>&-: not holding the lock.
+  KUBECONFIG="${KUBECONFIG_OUT}" setsid "${BIN_DIR}/ray-operator" \
+    --metrics-addr=0 --health-probe-bind-address=0 --enable-leader-election=false \
+    --log-stdout-encoder=console >>"${RAY_OPERATOR_LOG}" 2>&1 </dev/null 8>&- &
+  echo $! >"${RAY_OPERATOR_PID}"
+  # It exits at once on a bad flag, missing CRDs or an unreachable API server.
+  sleep 2
+  ray_operator_alive || {
+    log "KubeRay's operator exited at start; its last words:"
+    tail -n 5 "${RAY_OPERATOR_LOG}" 2>/dev/null | cut -c1-300 | sed 's/^/    /' >&2
+    return 1
+  }
+}
+
+stop_ray_operator() {
+  [[ -f "${RAY_OPERATOR_PID}" ]] || return 0
+  local pid
+  pid="$(cat "${RAY_OPERATOR_PID}")"
+  if [[ -n "$(alive "${pid}")" ]]; then
+    log "stopping KubeRay's operator (pid ${pid})"
+    kill -s TERM "${pid}" 2>/dev/null || true
+    wait_exit 10 "${pid}" || { kill -s KILL "${pid}" 2>/dev/null || true; wait_exit 5 "${pid}" || true; }
+  fi
+  rm -f "${RAY_OPERATOR_PID}"
+}
+
+up_kuberay() {
+  install_kuberay_crds && ensure_ray_operator
+}
+
 # --------------------------------------------------------------------------- kind
 # Optional path for machines with Docker: same labels/taints on real kind nodes,
 # GPU capacity advertised by patching node status. Not exercised in CI here.
@@ -259,6 +336,8 @@ cmd_up() {
   if is_up; then
     # An up cluster whose kwok controller died (nodes go NotReady): bring it back.
     if [[ "$(cat "${RUNTIME_FILE}" 2>/dev/null)" == kwok ]] && ! kwok_alive; then ensure_kwok; fi
+    # The same for KubeRay's operator (and its CRDs, for a cluster made by an older script).
+    ray_operator_alive || up_kuberay
     log "${CLUSTER_NAME} is already up: export KUBECONFIG=${KUBECONFIG_OUT}"
     return 0
   fi
@@ -280,7 +359,7 @@ cmd_up() {
       if ! command -v kind >/dev/null || ! docker info >/dev/null 2>&1; then
         die "the kind runtime needs docker and kind"
       fi
-      "${HACK_DIR}/build-k8s.sh" kubectl
+      "${HACK_DIR}/build-k8s.sh" kubectl kuberay
       mkdir -p "${STATE_DIR}"
       echo kind >"${RUNTIME_FILE}"
       up_kind
@@ -294,6 +373,7 @@ cmd_up() {
     kubectl_ wait --for=condition=Ready nodes -l kubequant.io/pool --timeout="${READY_TIMEOUT}s" >&2
   fi
   wait_for "${READY_TIMEOUT}" "the default ServiceAccount" default_sa_exists
+  up_kuberay || { log "KubeRay failed to start; its log: ${RAY_OPERATOR_LOG}"; return 1; }
   log "${CLUSTER_NAME} is up in $((SECONDS - start))s ($(kubectl_ version -o json 2>/dev/null |
     sed -n 's/.*"gitVersion": "\([^"]*\)".*/\1/p' | tail -1)); export KUBECONFIG=${KUBECONFIG_OUT}"
 }
@@ -301,6 +381,7 @@ cmd_up() {
 cmd_down() {
   local runtime="kwok"
   [[ -f "${RUNTIME_FILE}" ]] && runtime="$(cat "${RUNTIME_FILE}")"
+  stop_ray_operator
   if [[ "${runtime}" == kind ]]; then down_kind; else down_kwok; fi
   rm -rf "${STATE_DIR}"
   local left
@@ -315,6 +396,11 @@ cmd_status() {
     echo "KUBECONFIG=${KUBECONFIG_OUT}"
     kubectl_ version 2>/dev/null | sed 's/^/  /'
     kubectl_ get nodes -L kubequant.io/pool 2>/dev/null | sed 's/^/  /'
+    if ray_operator_alive; then
+      echo "  KubeRay ${KUBERAY_VERSION} operator: running (pid $(cat "${RAY_OPERATOR_PID}"))"
+    else
+      echo "  KubeRay ${KUBERAY_VERSION} operator: not running (hack/dev-cluster.sh up restarts it)"
+    fi
     return 0
   fi
   echo "${CLUSTER_NAME}: down"

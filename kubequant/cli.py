@@ -314,7 +314,11 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
 )
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option(
-    "--report-dir", type=click.Path(path_type=Path), default=None, help="Default: ./reports/<name>."
+    "--report-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Backtest: the report folder (default ./reports/<name>); TrainingJob: the model artifact folder "
+    "(default spec.output.artifacts.path, else ./models/<name>).",
 )
 @click.option(
     "--replay",
@@ -346,7 +350,8 @@ def run(
     policy_file: Path | None,
     allow_modules: tuple[str, ...],
 ) -> None:
-    """Run a manifest in process, with no cluster (Backtest; LiveTradingSession with --replay)."""
+    """Run a manifest in process, with no cluster (TrainingJob on a local Ray, then Backtest;
+    LiveTradingSession with --replay)."""
     from kubequant.api import Backtest
     from kubequant.api.live import LiveTradingSession
     from kubequant.errors import ValidationError
@@ -362,31 +367,121 @@ def run(
         with guarded_imports(allowed):
             _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file, allowed)
         return
+    from kubequant.api.training import TrainingJob
+
+    trainings = [r for r in resources if isinstance(r, TrainingJob)]
     runnable = [r for r in resources if isinstance(r, Backtest)]
     if replay is not None or speed is not None or policy_file is not None:
         raise ValidationError(
             "--replay, --speed and --policy apply to a LiveTradingSession", where=str(file), fix="remove them"
         )
-    if not runnable:
+    if not runnable and not trainings:
         kinds = sorted({type(r).__name__ for r in resources}) or ["nothing"]
         raise ValidationError(
-            f"found {', '.join(kinds)}; nothing kubequant run can run", where=str(file), fix="give a Backtest"
+            f"found {', '.join(kinds)}; nothing kubequant run can run",
+            where=str(file),
+            fix="give a Backtest or a TrainingJob",
         )
-    outputs = {}
+    count = len(runnable) + len(trainings)
+    outputs: dict[str, Any] = {}
+    printers: dict[str, Any] = {}
+
+    def target_for(name: str, default: Path | None) -> Path | None:
+        if report_dir is None:
+            return default
+        return report_dir if count == 1 else report_dir / name
+
+    # TrainingJobs first, so that a Backtest in the same file can name them in signal.modelRef.
+    for tj in trainings:
+        trained = _run_training(tj, target_for(tj.metadata.name, None), allowed)
+        outputs[tj.metadata.name] = trained[0]
+        printers[tj.metadata.name] = lambda name, results, trials=trained[1]: _print_training(
+            name, results, trials
+        )
     for bt in runnable:
-        target = report_dir if report_dir is not None and len(runnable) == 1 else None
-        if report_dir is not None and len(runnable) > 1:
-            target = report_dir / bt.metadata.name
         # qlib and LightGBM print to stdout; stdout is kept for the results (-o json).
         with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_backtest(bt, target, progress=_stderr_progress(), allowed_modules=allowed)
+            outcome = run_backtest(
+                bt, target_for(bt.metadata.name, None), progress=_stderr_progress(), allowed_modules=allowed
+            )
         outputs[bt.metadata.name] = outcome.results.to_manifest()
+        printers[bt.metadata.name] = _print_results
     if output == "json":
         only = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         click.echo(json.dumps(only, indent=2, sort_keys=True))
     else:
         for name, results in outputs.items():
-            _print_results(name, results)
+            printers[name](name, results)
+
+
+def _training_dir(tj: Any, override: Path | None) -> Path:
+    """Where a local training writes its artifact: --report-dir, spec.output.artifacts.path, ./models/<name>."""
+    if override is not None:
+        return override
+    path = tj.spec.output.artifacts.path
+    return Path(path) if path else Path("models") / tj.metadata.name
+
+
+def _run_training(tj: Any, override: Path | None, allowed: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
+    """Train locally, register the artifact in the local model store; the result manifest and the trials."""
+    from kubequant.workloads.training.artifacts import register_local
+    from kubequant.workloads.training.train import run_training
+
+    out = _training_dir(tj, override)
+    with contextlib.redirect_stdout(sys.stderr):
+        outcome = run_training(tj, out, allowed_modules=allowed, progress=_stderr_progress())
+    pointer = register_local(tj.metadata.namespace or "default", tj.metadata.name, outcome.artifact_dir)
+    log.info("registered %s in the local model store (%s)", tj.metadata.name, pointer)
+    trials = outcome.trials
+    if trials is not None and tj.spec.tune is not None and "metric" in trials.columns:
+        trials = trials.sort_values("metric", ascending=tj.spec.tune.mode == "min", na_position="last")
+    return outcome.result.to_manifest(), trials
+
+
+_TRAINING_ROWS = (
+    ("ic", "IC (test)", "{:.4f}"),
+    ("icir", "ICIR (test)", "{:.3f}"),
+    ("rankIc", "Rank IC (test)", "{:.4f}"),
+    ("rankIcir", "Rank ICIR (test)", "{:.3f}"),
+    ("validIc", "IC (valid)", "{:.4f}"),
+    ("loss", "Loss (valid)", "{:.5f}"),
+)
+
+
+def _print_training(name: str, result: dict[str, Any], trials: Any = None) -> None:
+    click.echo(f"TrainingJob {name}")
+    metrics = result.get("metrics") or {}
+    for key, label, fmt in _TRAINING_ROWS:
+        value = metrics.get(key)
+        click.echo(f"  {label:<26} {'-' if value is None else fmt.format(value)}")
+    best = result.get("bestMetric")
+    click.echo(f"  {'Best metric':<26} {'-' if best is None else f'{best:.4f}'}")
+    click.echo(f"  {'Trials':<26} {result.get('trials', '-')}")
+    if result.get("bestParams"):
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(result["bestParams"].items()))
+        click.echo(f"  {'Best params':<26} {params}")
+    click.echo(f"  {'Model':<26} {result.get('modelUri', '-')}")
+    if trials is not None and len(trials):
+        _print_trials(trials)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_trials(trials: Any, top: int = 10) -> None:
+    """The first ``top`` trials (sorted best first by the caller), as a fixed-width table."""
+    frame = trials.head(top)
+    click.echo(f"  Top {len(frame)} trials")
+    columns = [str(c) for c in frame.columns]
+    rows = [[_short(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    click.echo("    " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        click.echo("    " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
 def _run_replay(
@@ -526,12 +621,19 @@ def workload() -> None:
     show_default=True,
     help="Where the results JSON is written for the operator (Kubernetes' terminationMessagePath).",
 )
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="signal.modelRef: the TrainingJob's artifact folder (mounted by the operator).",
+)
 @_allow_module_option
 def workload_backtest(
     config: Path,
     report_dir: Path,
     data_path: Path | None,
     termination_log: Path,
+    model_dir: Path | None,
     allow_modules: tuple[str, ...],
 ) -> None:
     """Run the Backtest in --config (a manifest) and leave its results in the termination log.
@@ -552,7 +654,12 @@ def workload_backtest(
         (bt,) = [r for r in load_resources(config, allowed) if isinstance(r, Backtest)]
         with contextlib.redirect_stdout(sys.stderr):
             outcome = run_backtest(
-                bt, report_dir, progress=_stderr_progress(), data_path=data_path, allowed_modules=allowed
+                bt,
+                report_dir,
+                progress=_stderr_progress(),
+                data_path=data_path,
+                allowed_modules=allowed,
+                model_dir=model_dir,
             )
     except Exception as err:
         # The operator reads the reason from the termination message (never the logs), so a failure
@@ -565,6 +672,126 @@ def workload_backtest(
     payload = json.dumps(outcome.results.to_manifest(), separators=(",", ":"), sort_keys=True)
     leave(payload)
     click.echo(payload)
+
+
+@workload.command("train")
+@click.option(
+    "--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--artifact-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where the model artifact is written (shared storage on a multi-node cluster).",
+)
+@click.option(
+    "--data-path", type=click.Path(path_type=Path), default=None, help="Mounted bundle (overrides spec.data)."
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDRESS",
+    help="The Ray cluster's GCS address; default RAY_ADDRESS (set by `ray job submit`), else auto.",
+)
+@_allow_module_option
+def workload_train(
+    config: Path,
+    artifact_dir: Path,
+    data_path: Path | None,
+    ray_address: str | None,
+    allow_modules: tuple[str, ...],
+) -> None:
+    """The RayJob's entrypoint: run the TrainingJob in --config on the running Ray cluster.
+
+    The last stdout line is `kubequant-result: <TrainingResult JSON>` (or `kubequant-error: <reason>`,
+    exit 1): the submitter reads it from the Ray job's logs.
+    """
+    import os
+
+    from kubequant.api.training import TrainingJob
+    from kubequant.manifests import load_resources
+    from kubequant.redaction import redact
+    from kubequant.workloads.training.submit import ERROR_PREFIX, RESULT_PREFIX
+    from kubequant.workloads.training.train import run_training
+
+    try:
+        allowed = _allow_list(allow_modules)
+        jobs = [r for r in load_resources(config, allowed) if isinstance(r, TrainingJob)]
+        if len(jobs) != 1:
+            raise InputError(
+                f"expected one TrainingJob, found {len(jobs)}", where=str(config), fix="give one TrainingJob"
+            )
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "auto"
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_training(
+                jobs[0],
+                artifact_dir,
+                data_path=data_path,
+                allowed_modules=allowed,
+                progress=_stderr_progress(),
+                ray_address=address,
+            )
+    except Exception as err:
+        if click.get_current_context().find_root().params.get("debug"):
+            raise
+        text = err.one_line() if isinstance(err, KubequantError) else f"{type(err).__name__}: {err}"
+        click.echo(f"error: {text}", err=True)
+        click.echo(ERROR_PREFIX + redact(" ".join(text.split()), limit=2048))
+        sys.exit(1)
+    payload = json.dumps(outcome.result.to_manifest(), separators=(",", ":"), sort_keys=True)
+    click.echo(RESULT_PREFIX + payload)
+
+
+@workload.command(
+    "submit-training",
+    context_settings={"ignore_unknown_options": True},
+)
+@click.option(
+    "--termination-log",
+    type=click.Path(path_type=Path),
+    default=Path("/dev/termination-log"),
+    show_default=True,
+    help='Where the TrainingResult JSON (or {"error": ...}) is written for the operator.',
+)
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Status poll period.",
+)
+@click.option(
+    "--patience-seconds",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="How long a dashboard that is not ready (starting, job agent not registered, restarting) is waited for.",
+)
+@click.argument("entrypoint", nargs=-1, type=click.UNPROCESSED)
+def workload_submit_training(
+    termination_log: Path, poll_seconds: float, patience_seconds: float, entrypoint: tuple[str, ...]
+) -> None:
+    """The RayJob's submitter pod: submit ENTRYPOINT (after --) once under RAY_JOB_SUBMISSION_ID to the
+    dashboard at RAY_DASHBOARD_ADDRESS, or follow the job already there; stream its logs; leave the result
+    in the termination log. Exit 0 only when the job SUCCEEDED with a result."""
+    from kubequant.workloads.training.submit import submit_and_follow
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if not entrypoint:
+        raise InputError("no entrypoint given", where="ENTRYPOINT", fix="pass the command after --")
+    outcome = submit_and_follow(
+        list(entrypoint), termination_log, write, poll_s=poll_seconds, patience_s=patience_seconds
+    )
+    click.echo(
+        f"submitter: Ray job {outcome.status}{'' if outcome.created else ' (followed an existing job)'}",
+        err=True,
+    )
+    if outcome.exit_code:
+        click.echo(f"error: {outcome.message}", err=True)
+    sys.exit(outcome.exit_code)
 
 
 @workload.command(
@@ -620,6 +847,13 @@ def operator_cmd(
     root = click.get_current_context().find_root()
     logging.getLogger().setLevel(logging.DEBUG if root.params.get("debug") else cfg.log_level)
     run_operator(cfg)
+
+
+# --- metrics-docs ----------------------------------------------------------------------------
+
+from kubequant.cli_metrics import metrics_docs  # noqa: E402
+
+main.add_command(metrics_docs)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,20 @@
-"""The operator's Prometheus metrics: reconciles by kind and outcome, their duration, objects by phase."""
+"""The operator's Prometheus metrics: reconciles by kind and outcome, their duration, objects by phase,
+and the results of finished Backtests and TrainingJobs served from their ``.status`` (their Job pods
+live minutes and are never scraped; there is no Pushgateway).
+
+Per-object series carry ``namespace``/``name`` and disappear when the object is deleted, so their
+number is bounded by the objects in the cluster.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -26,7 +34,17 @@ RECONCILE_SECONDS = Histogram(
 
 
 class PhaseTracker(Collector):
-    """Last seen phase of every object, exported as kubequant_objects{kind, phase}."""
+    """Last seen phase of every object: kubequant_objects{kind, phase} (counts) and
+    kubequant_object_phase{kind, namespace, name, phase} (1 per object, its current phase)."""
+
+    families = (
+        ("kubequant_objects", "Custom resources by kind and phase.", ("kind", "phase")),
+        (
+            "kubequant_object_phase",
+            "1 for each custom resource, labelled with its current phase.",
+            ("kind", "namespace", "name", "phase"),
+        ),
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,19 +60,141 @@ class PhaseTracker(Collector):
         with self._lock:
             self._phases.pop((kind, key), None)
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, help_, labels in self.families:
+            yield GaugeMetricFamily(name, help_, labels=list(labels))
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
-            counts = Tally((kind, phase) for (kind, _), phase in self._phases.items())
-        family = GaugeMetricFamily(
-            "kubequant_objects", "Custom resources by kind and phase.", labels=["kind", "phase"]
-        )
+            phases = sorted(self._phases.items())
+        counts = Tally((kind, phase) for (kind, _), phase in phases)
+        (n1, h1, l1), (n2, h2, l2) = self.families
+        family = GaugeMetricFamily(n1, h1, labels=list(l1))
         for (kind, phase), count in sorted(counts.items()):
             family.add_metric([kind, phase], count)
         yield family
+        each = GaugeMetricFamily(n2, h2, labels=list(l2))
+        for (kind, key), phase in phases:
+            namespace, _, name = key.partition("/")
+            each.add_metric([kind, namespace, name, phase], 1)
+        yield each
+
+
+# (metric name, help, kind it applies to, path in .status). Results are ratios/dimensionless.
+RESULT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    (
+        "kubequant_backtest_ic",
+        "Mean daily Pearson IC of a Backtest's signal (.status.results.ic).",
+        "Backtest",
+        ("results", "ic"),
+    ),
+    (
+        "kubequant_backtest_rank_ic",
+        "Mean daily Spearman IC of a Backtest's signal (.status.results.rankIc).",
+        "Backtest",
+        ("results", "rankIc"),
+    ),
+    (
+        "kubequant_backtest_icir",
+        "IC mean over IC standard deviation of a Backtest (.status.results.icir).",
+        "Backtest",
+        ("results", "icir"),
+    ),
+    (
+        "kubequant_backtest_sharpe",
+        "Sharpe ratio of a Backtest, risk-free 0 (.status.results.sharpe).",
+        "Backtest",
+        ("results", "sharpe"),
+    ),
+    (
+        "kubequant_backtest_annualized_return_ratio",
+        "Annualised net return of a Backtest, as a fraction (.status.results.annualizedReturn).",
+        "Backtest",
+        ("results", "annualizedReturn"),
+    ),
+    (
+        "kubequant_backtest_max_drawdown_ratio",
+        "Largest peak-to-trough loss of a Backtest, a negative fraction (.status.results.maxDrawdown).",
+        "Backtest",
+        ("results", "maxDrawdown"),
+    ),
+    (
+        "kubequant_trainingjob_ic",
+        "Mean daily Pearson IC of a TrainingJob's model on the test segment (.status.metrics.ic).",
+        "TrainingJob",
+        ("metrics", "ic"),
+    ),
+    (
+        "kubequant_trainingjob_rank_ic",
+        "Mean daily Spearman IC on the test segment (.status.metrics.rankIc).",
+        "TrainingJob",
+        ("metrics", "rankIc"),
+    ),
+    (
+        "kubequant_trainingjob_icir",
+        "IC mean over its standard deviation on the test segment (.status.metrics.icir).",
+        "TrainingJob",
+        ("metrics", "icir"),
+    ),
+    (
+        "kubequant_trainingjob_valid_ic",
+        "Mean daily IC on the valid segment (.status.metrics.validIc).",
+        "TrainingJob",
+        ("metrics", "validIc"),
+    ),
+)
+
+
+class ResultsTracker(Collector):
+    """The headline results of each finished Backtest/TrainingJob, from the status the operator wrote."""
+
+    families = tuple((name, help_, ("namespace", "name")) for name, help_, _, _ in RESULT_GAUGES)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, str, str], dict[str, float]] = {}
+
+    def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+        """Take the figures of ``kind`` ``namespace``/``name`` from its ``status`` (absent ones are dropped)."""
+        values: dict[str, float] = {}
+        for metric, _, of_kind, path in RESULT_GAUGES:
+            if of_kind != kind:
+                continue
+            value: Any = status or {}
+            for part in path:
+                value = value.get(part) if isinstance(value, Mapping) else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                values[metric] = float(value)
+        with self._lock:
+            if values:
+                self._values[(kind, namespace, name)] = values
+            else:
+                self._values.pop((kind, namespace, name), None)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop a deleted object's series."""
+        with self._lock:
+            self._values.pop((kind, namespace, name), None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, help_, labels in self.families:
+            yield GaugeMetricFamily(name, help_, labels=list(labels))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            items = sorted(self._values.items())
+        for metric, help_, _, _ in RESULT_GAUGES:
+            family = GaugeMetricFamily(metric, help_, labels=["namespace", "name"])
+            for (_, namespace, name), values in items:
+                if metric in values:
+                    family.add_metric([namespace, name], values[metric])
+            yield family
 
 
 PHASES = PhaseTracker()
 REGISTRY.register(PHASES)
+RESULTS = ResultsTracker()
+REGISTRY.register(RESULTS)
 
 
 @contextmanager

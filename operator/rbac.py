@@ -88,6 +88,25 @@ KOPF: tuple[Access, ...] = (
 )
 
 
+def owner_kind(group: str, plural: str, watched: str) -> tuple[Access, ...]:
+    """What every kind the operator reconciles into children needs: kopf watching it (``watched``
+    says what for), kopf's progress and diff-base annotations and status writes, and the admission
+    rule for children that block their owner's deletion."""
+    return (
+        Access(group, plural, ("list", "watch"), f"kopf watches {watched}", source="kopf"),
+        Access(group, plural, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
+        Access(group, f"{plural}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
+        Access(
+            group,
+            f"{plural}/finalizers",
+            ("update",),
+            "children set blockOwnerDeletion, which OwnerReferencesPermissionEnforcement allows only "
+            "with update on the owner's finalizers",
+            source="admission",
+        ),
+    )
+
+
 def handler_modules() -> list[object]:
     """The handler modules, imported (which registers their handlers with kopf)."""
     from kubequant.operator.handlers import HANDLER_MODULES

@@ -25,7 +25,7 @@ from kubequant.operator import kube
 from kubequant.operator.builders.common import controller_reference, with_spec_hash
 from kubequant.operator.builders.policy import policy_violations
 from kubequant.operator.config import OperatorConfig
-from kubequant.operator.metrics import PHASES, observe_reconcile
+from kubequant.operator.metrics import PHASES, RESULTS, observe_reconcile
 from kubequant.operator.status.conditions import transition_events, unchanged
 
 # Longest refusal written to status (status.message allows 4096 characters; a crafted spec can
@@ -258,7 +258,11 @@ def reconcile(
     previous = ctx.previous
     old_phase = previous.get("phase")
     if old_phase and kind.is_terminal(old_phase) and previous.get("observedGeneration") == ctx.generation:
-        return None  # finished or refused for good: nothing changes it until the spec does
+        # Finished or refused for good: nothing changes it until the spec does. A restarted
+        # operator still serves its phase and results.
+        PHASES.set(kind.name, ctx.key, old_phase)
+        RESULTS.observe(kind.name, ctx.namespace, ctx.name, previous)
+        return None
     with observe_reconcile(kind.name):
         try:
             ctx.resource = parse(kind, body, cfg)
@@ -288,6 +292,7 @@ def _finish(
 ) -> bool:
     """Write ``new`` if it changes anything, keep the gauge, announce a phase change; whether it changed."""
     PHASES.set(kind.name, ctx.key, new.get("phase") or "Unknown")
+    RESULTS.observe(kind.name, ctx.namespace, ctx.name, {**ctx.previous, **new})
     if unchanged(ctx.previous, new):
         return False
     write(new)
@@ -301,5 +306,7 @@ def write_status(kind: Kind, namespace: str, name: str) -> Callable[[dict[str, A
 
 
 def forget(kind: Kind, body: Mapping[str, Any]) -> None:
-    """Drop a deleted object from the phase gauge."""
-    PHASES.forget(kind.name, f"{body['metadata'].get('namespace')}/{body['metadata']['name']}")
+    """Drop a deleted object from the phase and results gauges."""
+    namespace, name = str(body["metadata"].get("namespace")), str(body["metadata"]["name"])
+    PHASES.forget(kind.name, f"{namespace}/{name}")
+    RESULTS.forget(kind.name, namespace, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
 from pydantic import Field, StringConstraints
 
@@ -84,6 +84,16 @@ class InlineModel(ApiModel):
     )
     segments: Segments = Field(
         description="Train/valid/test periods; the backtest trades on test predictions."
+    )
+    # A string default (the enum's value): ExecutionEngine is declared further down this module.
+    engine: ExecutionEngine = Field(
+        cast("ExecutionEngine", "auto"),
+        description=(
+            "auto: qlib's Alpha158 or Alpha158vwap (handler without a module) is computed by "
+            "kubequant's compiled handler (kubequant.workloads.features: qlib's values, columns and "
+            "processors, a fraction of the time); any other handler runs as named. "
+            "qlib: always qlib's own handler (the reference)."
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from kubequant.api.backtest import Output, Segments, Universe
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
 from kubequant.api.common import ClassReference, DataSource, JobOptions, PodOptions, ResourceRequirements
 from kubequant.api.resource import Resource, WorkloadStatus
+from kubequant.version import RAY_VERSION
 
 
 class Dataset(ApiModel):
@@ -38,10 +39,24 @@ class RayCluster(ApiModel):
     """The Ray cluster (a KubeRay RayCluster) the training runs on."""
 
     ray_version: Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = Field(
-        "2.40.0", description="Ray version of the cluster's image."
+        RAY_VERSION,
+        description=f"Ray version of the cluster: the Ray in the kubequant image, {RAY_VERSION}; no other "
+        "value is accepted (the driver and every node must run the same Ray).",
     )
     head_resources: ResourceRequirements | None = Field(None, description="Resources of the head pod.")
     workers: RayWorkers = Field(default_factory=RayWorkers, description="The worker group.")
+
+    # One Ray per release: the image carries ray==RAY_VERSION, and Ray refuses a driver or node of
+    # another version at connect time, long after the pods were scheduled.
+    __rules__ = (
+        Rule(
+            cel=f"self.rayVersion == '{RAY_VERSION}'",
+            message=f"rayVersion must be {RAY_VERSION}, the Ray in the kubequant image; remove rayVersion "
+            f"or set it to {RAY_VERSION}",
+            field="rayVersion",
+            check=lambda r: r.ray_version == RAY_VERSION,
+        ),
+    )
 
 
 class ParamDistribution(StrEnum):
@@ -127,6 +142,51 @@ class Tune(ApiModel):
     )
 
 
+class TrainingJobOptions(JobOptions):
+    """Knobs of the KubeRay RayJob that runs the training (cluster only)."""
+
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Wall-clock limit of the whole run, cluster start-up included; the run fails with "
+        "DeadlineExceeded after it (the RayJob's activeDeadlineSeconds).",
+    )
+    backoff_limit: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Retries of the whole run, each on a new Ray cluster, before it fails (the RayJob's "
+        "backoffLimit).",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds the finished run's Ray cluster is kept (to read its logs) before it is "
+        "deleted; default 0. The TrainingJob, its results and its artifacts stay.",
+    )
+    pre_running_deadline_seconds: int | None = Field(
+        600,
+        ge=1,
+        description="Limit on the time from creation until the training runs (pods scheduled and "
+        "pulled, Ray started, job submitted); the run fails with PreRunningDeadlineExceeded after it "
+        "instead of waiting in Initializing forever. Unset: no limit.",
+    )
+    submitter_backoff_limit: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Retries of the submitter pod (it submits the training to the Ray cluster and "
+        "reports its results) before the run fails with SubmissionFailed.",
+    )
+    queue_name: (
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63)] | None
+    ) = Field(
+        None,
+        description="Kueue LocalQueue that admits the run: set as the RayJob's kueue.x-k8s.io/queue-name "
+        "label, and the RayJob is created suspended for Kueue to start.",
+    )
+
+
 class TrainingJobSpec(ApiModel):
     """What to train and where."""
 
@@ -141,10 +201,18 @@ class TrainingJobSpec(ApiModel):
     tune: Tune | None = Field(None, description="Optional hyperparameter search.")
     output: Output = Field(default_factory=Output, description="Where the model artifact and metrics go.")
     pod: PodOptions = Field(
-        default_factory=PodOptions, description="Pod placement of the driver (cluster only)."
+        default_factory=PodOptions,
+        description="Image, pull secrets, ServiceAccount and placement of every pod of the run (Ray head, "
+        "workers and submitter; cluster only); resources are the submitter's.",
     )
-    job: JobOptions = Field(default_factory=JobOptions, description="Job limits (cluster only).")
-    suspend: bool = Field(False, description="Create the run suspended.")
+    job: TrainingJobOptions = Field(
+        default_factory=TrainingJobOptions, description="Limits of the run (cluster only)."
+    )
+    suspend: bool = Field(
+        False,
+        description="Create the run suspended; the only field that may change later (resuming starts a "
+        "new Ray cluster).",
+    )
 
 
 class TrainingMetrics(ApiModel):
@@ -156,6 +224,22 @@ class TrainingMetrics(ApiModel):
     rank_icir: float | None = Field(None, description="Rank IC mean over its standard deviation.")
     valid_ic: float | None = Field(None, description="Mean daily IC on the valid segment.")
     loss: float | None = Field(None, description="Final validation loss.")
+
+
+class TrainingResult(ApiModel):
+    """What a finished training run reports: the object `kubequant run -o json` prints for a TrainingJob,
+    and the JSON the Ray job's submitter leaves in its termination message for the operator (at most
+    4 KiB: bestParams is dropped first when it does not fit; model.json always has everything)."""
+
+    model_uri: str | None = Field(None, max_length=2048, description="Where the model artifact was written.")
+    best_metric: float | None = Field(None, description="Best value of the optimised metric.")
+    best_params: dict[str, object] | None = Field(
+        None,
+        description="Hyperparameters of the best trial.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    trials: int | None = Field(None, ge=0, description="Trials completed.")
+    metrics: TrainingMetrics | None = Field(None, description="Metrics of the best model.")
 
 
 class TrainingPhase(StrEnum):
@@ -175,8 +259,15 @@ class TrainingJobStatus(WorkloadStatus):
     """Observed state of a TrainingJob."""
 
     phase: TrainingPhase | None = Field(None, description="Summary for humans; conditions are authoritative.")
-    job_name: str | None = Field(None, max_length=253, description="Name of the driver Job.")
+    job_name: str | None = Field(
+        None, max_length=253, description="Name of the submitter Job (it submits the training to Ray)."
+    )
+    ray_job_name: str | None = Field(None, max_length=253, description="Name of the KubeRay RayJob.")
     ray_cluster_name: str | None = Field(None, max_length=253, description="Name of the RayCluster.")
+    ray_job_id: str | None = Field(None, max_length=253, description="The Ray job submission id.")
+    dashboard_url: str | None = Field(
+        None, max_length=2048, description="The Ray dashboard's address inside the cluster."
+    )
     start_time: dt.datetime | None = Field(None, description="When training started.")
     completion_time: dt.datetime | None = Field(None, description="When training finished.")
     best_metric: float | None = Field(None, description="Best value of the optimised metric.")

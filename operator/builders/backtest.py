@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 from kubequant.api.backtest import Backtest
 from kubequant.operator.builders.common import (
@@ -12,6 +12,7 @@ from kubequant.operator.builders.common import (
     child_name,
     container_security_context,
     data_volume,
+    manifest_config_map,
     object_meta,
     pod_placement,
     pod_security_context,
@@ -25,6 +26,29 @@ CONFIG_DIR = "/etc/kubequant"
 CACHE_DIR = "/var/lib/kubequant/cache"
 REPORT_DIR = "/var/lib/kubequant/report"
 TERMINATION_LOG = "/dev/termination-log"
+MODEL_DIR = "/var/run/kubequant/model"  # a signal.modelRef's artifact, read-only
+# pvc://<claim>/<folder>: a TrainingJob's status.modelUri when its artifact is on a shared volume.
+_PVC_URI = re.compile(r"^pvc://(?P<claim>[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)(/(?P<path>[^/][^\x00]*))?$")
+
+
+@dataclass(frozen=True)
+class ModelVolume:
+    """Where a TrainingJob's model artifact is: a folder of a PersistentVolumeClaim."""
+
+    claim_name: str
+    sub_path: str | None
+
+
+def model_volume_of(uri: str | None) -> ModelVolume | None:
+    """The claim and folder of a ``pvc://<claim>/<folder>`` model URI; None for anything else (a path in a
+    deleted Ray cluster, another scheme, a folder with '..')."""
+    match = _PVC_URI.match(uri or "")
+    if match is None:
+        return None
+    path = (match.group("path") or "").rstrip("/") or None
+    if path is not None and any(part in ("", ".", "..") for part in path.split("/")):
+        return None
+    return ModelVolume(match.group("claim"), path)
 
 
 def job_name(bt: Backtest) -> str:
@@ -42,25 +66,9 @@ def config_map_name(bt: Backtest) -> str:
     return child_name(bt.metadata.name, "backtest-config")
 
 
-def resolved_manifest(bt: Backtest) -> dict[str, Any]:
-    """The Backtest as the pod reads it: defaults filled in, no status, no server metadata."""
-    return {
-        "apiVersion": bt.api_version,
-        "kind": "Backtest",
-        "metadata": {"name": bt.metadata.name, "namespace": bt.metadata.namespace},
-        "spec": bt.spec.to_manifest(),
-    }
-
-
 def build_backtest_config_map(bt: Backtest) -> dict[str, Any]:
     """The ConfigMap with the resolved manifest the Job's pod runs."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(bt, config_map_name(bt), COMPONENT),
-        # allow_unicode: non-ASCII text stays as it is (escaped, a CJK spec would more than double).
-        "data": {CONFIG_KEY: yaml.safe_dump(resolved_manifest(bt), sort_keys=False, allow_unicode=True)},
-    }
+    return manifest_config_map(bt, config_map_name(bt), COMPONENT, CONFIG_KEY)
 
 
 def report_sub_path(bt: Backtest) -> str | None:
@@ -79,7 +87,9 @@ def report_sub_path(bt: Backtest) -> str | None:
     return f"{base}/{own}" if base else own
 
 
-def _volumes(bt: Backtest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+def _volumes(
+    bt: Backtest, model: ModelVolume | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Volumes, their mounts, and the extra workload args they imply."""
     spec = bt.spec
     volumes: list[dict[str, Any]] = [
@@ -107,13 +117,23 @@ def _volumes(bt: Backtest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
     elif artifacts.path is None:
         volumes.append({"name": "report", "emptyDir": {}})
         mounts.append({"name": "report", "mountPath": REPORT_DIR})
+    if model is not None:
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": model.claim_name, "readOnly": True}}
+        )
+        mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_DIR, "readOnly": True}
+        if model.sub_path:
+            mount["subPath"] = model.sub_path
+        mounts.append(mount)
+        args += ["--model-dir", MODEL_DIR]
     return volumes, mounts, args
 
 
-def build_backtest_job(bt: Backtest, cfg: OperatorConfig) -> dict[str, Any]:
-    """The Job that runs ``kubequant workload backtest`` on the resolved manifest."""
+def build_backtest_job(bt: Backtest, cfg: OperatorConfig, model: ModelVolume | None = None) -> dict[str, Any]:
+    """The Job that runs ``kubequant workload backtest`` on the resolved manifest; ``model``: the
+    artifact of the TrainingJob that ``signal.modelRef`` names, mounted read-only."""
     spec = bt.spec
-    volumes, mounts, extra_args = _volumes(bt)
+    volumes, mounts, extra_args = _volumes(bt, model)
     report_dir = spec.output.artifacts.path or REPORT_DIR
     container: dict[str, Any] = {
         "name": COMPONENT,

@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+import yaml
+
 from kubequant.api.common import DataSource, PodOptions, ResourceRequirements, Toleration
 from kubequant.api.quantity import overcommit_allowed
 from kubequant.api.resource import Resource
@@ -102,6 +104,27 @@ def object_meta(resource: Resource, name: str, component: str) -> dict[str, Any]
         "namespace": resource.metadata.namespace,
         "labels": labels(resource, component),
         "ownerReferences": [owner_reference(resource)],
+    }
+
+
+def resolved_manifest(resource: Resource) -> dict[str, Any]:
+    """The object as its pod reads it: defaults filled in, no status, no server metadata."""
+    return {
+        "apiVersion": resource.api_version,
+        "kind": type(resource).__crd__.kind,
+        "metadata": {"name": resource.metadata.name, "namespace": resource.metadata.namespace},
+        "spec": resource.spec.to_manifest(),  # type: ignore[attr-defined]
+    }
+
+
+def manifest_config_map(resource: Resource, name: str, component: str, key: str) -> dict[str, Any]:
+    """A ConfigMap holding the resolved manifest under ``key``, for the pods to mount read-only."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(resource, name, component),
+        # allow_unicode: non-ASCII text stays as it is (escaped, a CJK spec would more than double).
+        "data": {key: yaml.safe_dump(resolved_manifest(resource), sort_keys=False, allow_unicode=True)},
     }
 
 

@@ -7,6 +7,7 @@ need (``kubequant.operator.rbac``; the chart's RBAC is tested against the union)
 
 HANDLER_MODULES: tuple[str, ...] = (
     "kubequant.operator.handlers.backtest",
+    "kubequant.operator.handlers.training",
     "kubequant.operator.handlers.session",
     "kubequant.operator.handlers.policy",
 )

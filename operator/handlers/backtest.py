@@ -2,48 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from kubequant.api.backtest import Backtest, BacktestPhase
+from kubequant.api.training import TrainingJob
 from kubequant.operator import kube, reconciler
-from kubequant.operator.builders.backtest import build_backtest_config_map, build_backtest_job, job_name_of
+from kubequant.operator.builders.backtest import (
+    build_backtest_config_map,
+    build_backtest_job,
+    job_name_of,
+    model_volume_of,
+)
 from kubequant.operator.builders.common import kind_label
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.metrics import PHASES, observe_reconcile
-from kubequant.operator.rbac import Access
-from kubequant.operator.reconciler import Context, Kind, Waiting
+from kubequant.operator.rbac import Access, owner_kind
+from kubequant.operator.reconciler import Context, Kind, Rejected, Waiting
 from kubequant.operator.status import backtest as status
-from kubequant.operator.status.conditions import unchanged
+from kubequant.operator.status.conditions import condition, unchanged
 from kubequant.version import API_GROUP, API_VERSION
 
 KIND, PLURAL = Backtest.__crd__.kind, Backtest.__crd__.plural
 LABEL = kind_label(KIND)
+TRAININGJOBS = TrainingJob.__crd__.plural
 
 # What these handlers call, and nothing more (tests/unit/test_rbac.py checks it against the recorded
 # calls, kopf's registry and the chart). No Secrets: pull secrets go into the pod spec by name.
 RBAC: tuple[Access, ...] = (
-    Access(API_GROUP, PLURAL, ("list", "watch"), "kopf watches Backtests", source="kopf"),
-    Access(API_GROUP, PLURAL, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
-    Access(API_GROUP, f"{PLURAL}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
+    *owner_kind(API_GROUP, PLURAL, "Backtests"),
     Access(API_GROUP, PLURAL, ("get",), "a Job event reads the Backtest that owns the Job"),
     Access(API_GROUP, f"{PLURAL}/status", ("patch",), "a Job event writes the owner's status"),
-    Access(
-        API_GROUP,
-        f"{PLURAL}/finalizers",
-        ("update",),
-        "children set blockOwnerDeletion, which OwnerReferencesPermissionEnforcement allows only "
-        "with update on the owner's finalizers",
-        source="admission",
-    ),
     Access("batch", "jobs", ("create", "get"), "create the Job, or read it back to adopt it"),
     Access("batch", "jobs", ("patch",), "pass spec.suspend on to the Job"),
     Access("batch", "jobs", ("list", "watch"), "kopf watches the Backtests' Jobs", source="kopf"),
     Access("", "configmaps", ("create", "get"), "create the ConfigMap, or read it back to adopt it"),
     Access("", "pods", ("list",), "the Job's pods: their termination messages carry the results"),
     Access("", "persistentvolumeclaims", ("get",), "wait until the data and artifact volumes exist"),
+    Access(API_GROUP, TRAININGJOBS, ("get",), "signal.modelRef: the TrainingJob's phase and modelUri"),
 )
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def backtests_by_model(namespace: str, name: str, spec: Any, **_: Any) -> Any:
+    """Backtests by (namespace, TrainingJob of signal.modelRef): whom to start when a training finishes."""
+    ref = (((spec or {}).get("signal") or {}).get("modelRef") or {}).get("name")
+    return {(namespace, ref): name} if ref else None
 
 
 # --------------------------------------------------------------------------- steps
@@ -68,15 +77,69 @@ def check_volumes(ctx: Context) -> None:
     # Backtest's author whether a Secret name exists. The kubelet reports a failed pull on the pod.
 
 
+def resolve_model(ctx: Context) -> None:
+    """signal.modelRef: wait (ModelNotReady) until the TrainingJob succeeded, fail (ModelFailed) when it
+    failed, and mount its artifact from the volume its status.modelUri names.
+
+    The wait is a Waiting, retried every KUBEQUANT_RETRY_DELAY_SECONDS by kopf; when a TrainingJob
+    finishes, the TrainingJob handlers reconcile its waiting Backtests at once (handlers/training.py).
+    """
+    bt: Backtest = ctx.resource
+    ref = bt.spec.signal.model_ref
+    if ref is None:
+        return
+    where = f"TrainingJob {ref.name} (spec.signal.modelRef)"
+    tj = kube.read_custom(TRAININGJOBS, ctx.namespace, ref.name)
+    if tj is None:
+        raise Waiting("ModelNotReady", f"{where} does not exist yet; the backtest starts when it succeeds")
+    st = tj.get("status") or {}
+    phase = st.get("phase")
+    if phase == "Failed":
+        failed = condition(st, "Failed") or {}
+        reason = failed.get("reason") or "Failed"
+        raise Rejected(
+            "ModelFailed",
+            f"{where} failed ({reason}): {failed.get('message') or st.get('message') or 'no message'}; fix "
+            "the training and create the Backtest again, or name another TrainingJob",
+        )
+    if phase != "Succeeded":
+        raise Waiting(
+            "ModelNotReady", f"{where} is {phase or 'not started yet'}; the backtest starts when it succeeds"
+        )
+    uri = st.get("modelUri")
+    model = model_volume_of(uri)
+    if model is None:
+        raise Rejected(
+            "ModelNotReachable",
+            f"{where} succeeded but its model is at {uri or 'no recorded location'}, which a Backtest pod "
+            "cannot mount; train with spec.output.artifacts.volume (a PersistentVolumeClaim) so the "
+            "model is kept on a volume",
+        )
+    ctx.seen["model"] = model
+
+
 def build(ctx: Context) -> list[dict[str, Any]]:
     """The ConfigMap, then the Job (pure builders)."""
-    return [build_backtest_config_map(ctx.resource), build_backtest_job(ctx.resource, ctx.cfg)]
+    model = ctx.seen.get("model")
+    job = (
+        build_backtest_job(ctx.resource, ctx.cfg, model)
+        if model
+        else build_backtest_job(ctx.resource, ctx.cfg)
+    )
+    return [build_backtest_config_map(ctx.resource), job]
+
+
+def job_has_news(job: Mapping[str, Any] | None) -> bool:
+    """Whether a Job's status says anything yet: a Job just created (empty status) has no pods and no
+    outcome, and the Job controller's first status write (a pod made, or the Job suspended) brings a
+    Job event of its own. Skipping it saves a pod list and a status read per new Backtest."""
+    return bool(job and (job.get("status") or {}))
 
 
 def observe_pods(ctx: Context) -> None:
     """The Job's pods, at least as recent as the Job (their termination messages carry the results)."""
     job = ctx.children.get("Job")
-    if job is not None:
+    if job is not None and job_has_news(job):
         meta = job["metadata"]
         ctx.seen["pods"] = kube.job_pods(ctx.namespace, meta["name"], meta.get("resourceVersion"))
 
@@ -93,6 +156,7 @@ BACKTEST = Kind(
     steps=(
         reconciler.check_workload_policy,
         check_volumes,
+        resolve_model,
         reconciler.apply_children(build),
         observe_pods,
     ),
@@ -143,7 +207,7 @@ def backtest_job_changed(body: kopf.Body, type: str | None, logger: Any, **_: An
     deleted and recreated under its name) is ignored, so it cannot write results onto a Backtest.
     """
     owner = reconciler.owned_child(body, KIND, job_name_of)
-    if owner is None or type == "DELETED":
+    if owner is None or type == "DELETED" or not job_has_news(body):
         return
     ns, name, job = body["metadata"]["namespace"], owner["name"], {**dict(body), "kind": "Job"}
     with observe_reconcile(KIND):

@@ -28,7 +28,7 @@ from kubequant.operator.builders.session import (
 )
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.metrics import PHASES, observe_reconcile
-from kubequant.operator.rbac import Access
+from kubequant.operator.rbac import Access, owner_kind
 from kubequant.operator.reconciler import Context, Kind, Rejected, Waiting
 from kubequant.operator.status import session as status
 from kubequant.operator.status.conditions import condition, unchanged
@@ -41,9 +41,7 @@ FOLLOW_SECONDS = 0.5  # how soon the conditions follow the pod and the runtime's
 STALE_CHECK = 15.0
 
 RBAC: tuple[Access, ...] = (
-    Access(API_GROUP, PLURAL, ("list", "watch"), "kopf watches sessions (and indexes them)", source="kopf"),
-    Access(API_GROUP, PLURAL, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
-    Access(API_GROUP, f"{PLURAL}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
+    *owner_kind(API_GROUP, PLURAL, "sessions (and indexes them)"),
     Access(
         API_GROUP,
         PLURAL,
@@ -53,14 +51,6 @@ RBAC: tuple[Access, ...] = (
     ),
     Access(
         API_GROUP, f"{PLURAL}/status", ("patch",), "pod events and RiskPolicy changes write sessions' status"
-    ),
-    Access(
-        API_GROUP,
-        f"{PLURAL}/finalizers",
-        ("update",),
-        "children set blockOwnerDeletion, which OwnerReferencesPermissionEnforcement allows only "
-        "with update on the owner's finalizers",
-        source="admission",
     ),
     Access(API_GROUP, POLICIES, ("get",), "resolve the session's RiskPolicy into the pod's ConfigMap"),
     Access(

@@ -11,7 +11,13 @@ import pydantic
 
 from kubequant.api.backtest import BacktestPhase
 from kubequant.api.results import BacktestResults
-from kubequant.operator.status.conditions import not_accepted, set_condition, set_conditions, timestamp
+from kubequant.operator.status.conditions import (
+    run_rejected_status,
+    run_waiting_status,
+    set_condition,
+    set_conditions,
+    timestamp,
+)
 from kubequant.operator.status.pods import failure_message, latest_termination
 
 SUCCEEDED, FAILED, RUNNING = (
@@ -125,17 +131,6 @@ def backtest_status(
     return status
 
 
-def rejected_status(
-    generation: int | None, reason: str, message: str, previous: dict[str, Any] | None, now: dt.datetime
-) -> dict[str, Any]:
-    """Status of a Backtest the operator will not run (invalid spec): Accepted False and Failed True."""
-    others = (("Running", "False"), ("Succeeded", "False"), ("Failed", "True"))
-    return not_accepted(generation, reason, message, previous, now, FAILED, others)
-
-
-def waiting_status(
-    generation: int | None, reason: str, message: str, previous: dict[str, Any] | None, now: dt.datetime
-) -> dict[str, Any]:
-    """Status of a Backtest waiting for a dependency (a data volume): Accepted False, will retry."""
-    others = (("Running", "False"), ("Succeeded", "Unknown"), ("Failed", "False"))
-    return not_accepted(generation, reason, message, previous, now, PENDING, others)
+# The phase names are the API's (tests/unit/test_operator_status.py checks them against BacktestPhase).
+rejected_status = run_rejected_status
+waiting_status = run_waiting_status

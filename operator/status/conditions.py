@@ -138,3 +138,21 @@ def not_accepted(
     )
     conds = set_conditions(conds, ((t, s, reason, message) for t, s in others), generation, now)
     return {"observedGeneration": generation, "phase": phase, "conditions": conds, "message": message}
+
+
+def run_rejected_status(
+    generation: int | None, reason: str, message: str, previous: Mapping[str, Any] | None, now: dt.datetime
+) -> dict[str, Any]:
+    """Status of a run (a Backtest, a TrainingJob) the operator will not start: Accepted False and
+    Failed True, phase Failed."""
+    others = (("Running", "False"), ("Succeeded", "False"), ("Failed", "True"))
+    return not_accepted(generation, reason, message, previous, now, "Failed", others)
+
+
+def run_waiting_status(
+    generation: int | None, reason: str, message: str, previous: Mapping[str, Any] | None, now: dt.datetime
+) -> dict[str, Any]:
+    """Status of a run waiting for a dependency (a volume, a model): Accepted False, phase Pending;
+    the operator retries."""
+    others = (("Running", "False"), ("Succeeded", "Unknown"), ("Failed", "False"))
+    return not_accepted(generation, reason, message, previous, now, "Pending", others)

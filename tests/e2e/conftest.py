@@ -114,6 +114,11 @@ def rbac(api_client: client.ApiClient) -> client.RbacAuthorizationV1Api:
 
 
 @pytest.fixture(scope="session")
+def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="session")
 def pool_nodes(core: client.CoreV1Api) -> dict[str, set[str]]:
     """Names of the Ready nodes of each pool (label kubequant.io/pool)."""
     pools: dict[str, set[str]] = {}

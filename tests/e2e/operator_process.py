@@ -6,6 +6,8 @@ Running it with the chart's own RBAC (not the admin credentials) makes a missing
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +166,44 @@ class OperatorProcess:
         return (
             "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
         )
+
+
+# The chart's default workload policy, plus the local runner's node label and taint
+# (hack/local_kubelet.py): what the tests that place pods on a local node give the operator.
+LOCAL_RUNNER_POLICY = {
+    "allowedNodeSelectorKeys": ["kubequant.io/pool", "kubernetes.io/hostname"],
+    "allowedTolerationKeys": ["nvidia.com/gpu", "kubequant.io/local-runner"],
+}
+
+
+@contextlib.contextmanager
+def chart_operator(
+    core: client.CoreV1Api,
+    kube_config: client.Configuration,
+    namespace: str,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    workload_policy: Mapping[str, Any] | None = None,
+    crds_established: Iterable[str] = (),
+    tail_lines: int = 40,
+) -> Iterator[OperatorProcess]:
+    """kubequant's CRDs applied, the chart's ServiceAccount and RBAC in ``namespace``, and the operator
+    running as that ServiceAccount (retrying waits every 2 s) until the block ends; its log's tail is
+    printed then. ``crds_established``: other CRDs (e.g. KubeRay's rayjobs.ray.io) to wait for first."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"), check=True)
+    for crd in crds_established:
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s", check=True)
+    kubectl("create", "namespace", namespace)
+    account = install_chart_rbac("kubequant", namespace)
+    kubeconfig = service_account_kubeconfig(core, kube_config, namespace, account, workdir / "kubeconfig")
+    extra = {"KUBEQUANT_RETRY_DELAY_SECONDS": "2", **(env or {})}
+    if workload_policy is not None:
+        extra["KUBEQUANT_WORKLOAD_POLICY"] = json.dumps(workload_policy)
+    proc = OperatorProcess(kubeconfig, workdir / "operator.log", extra)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"--- operator log (last lines) ---\n{proc.tail(tail_lines)}")

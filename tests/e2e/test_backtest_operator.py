@@ -19,7 +19,7 @@ import yaml
 from kubectl import REPO_ROOT, kubectl
 from kubernetes import client
 from local_kubelet import LocalKubelet
-from operator_process import OperatorProcess, install_chart_rbac, service_account_kubeconfig
+from operator_process import LOCAL_RUNNER_POLICY, OperatorProcess, chart_operator
 
 pytestmark = pytest.mark.e2e
 
@@ -83,33 +83,12 @@ def get_bt(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api_client)
-
-
-@pytest.fixture(scope="module")
 def operator(
     core: client.CoreV1Api, kube_config: client.Configuration, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"), check=True)
-    kubectl("create", "namespace", OPERATOR_NS)
-    account = install_chart_rbac("kubequant", OPERATOR_NS)
     workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(core, kube_config, OPERATOR_NS, account, workdir / "kubeconfig")
-    # The chart's default workload policy, plus the local runner's node label and taint (LOCAL_POD).
-    policy = {
-        "allowedNodeSelectorKeys": ["kubequant.io/pool", "kubernetes.io/hostname"],
-        "allowedTolerationKeys": ["nvidia.com/gpu", "kubequant.io/local-runner"],
-    }
-    proc = OperatorProcess(
-        kubeconfig,
-        workdir / "operator.log",
-        {"KUBEQUANT_RETRY_DELAY_SECONDS": "2", "KUBEQUANT_WORKLOAD_POLICY": json.dumps(policy)},
-    )
-    proc.start()
-    yield proc
-    proc.stop()
-    print(f"--- operator log (last lines) ---\n{proc.tail(40)}")
+    with chart_operator(core, kube_config, OPERATOR_NS, workdir, workload_policy=LOCAL_RUNNER_POLICY) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

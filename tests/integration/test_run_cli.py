@@ -146,3 +146,20 @@ def test_replay_flags_need_a_session(bundle: Path, signal_file: Path, tmp_path: 
     manifest = write_manifest(file_backtest(bundle, signal_file), tmp_path / "bt.yaml")
     proc = _run("run", "-f", str(manifest), "--replay", "2021-01-04..2021-02-01", cwd=tmp_path)
     assert proc.returncode == 2 and "apply to a LiveTradingSession" in proc.stderr
+
+
+@pytest.fixture(autouse=True)
+def _empty_model_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A modelRef resolves through the local model store: these runs see an empty one, never the user's."""
+    monkeypatch.setenv("KUBEQUANT_MODEL_STORE", str(tmp_path_factory.mktemp("model-store")))
+
+
+def test_model_ref_without_a_local_training_says_to_train_first(
+    bundle: Path, signal_file: Path, tmp_path: Path
+) -> None:
+    doc = _mutate(file_backtest(bundle, signal_file), "spec.signal", {"modelRef": {"name": "lgb"}})
+    proc = _run("run", "-f", str(write_manifest(doc, tmp_path / "bt.yaml")), cwd=tmp_path)
+    assert proc.returncode == 2
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no trained model for TrainingJob default/lgb" in error
+    assert "run `kubequant run -f <the TrainingJob lgb's manifest>` first" in error

@@ -482,9 +482,14 @@ def test_the_operator_cannot_delete_or_read_what_it_does_not_need() -> None:
         assert {g[2] for g in granted if g[1] == "pods"} == {"list", "watch"}, mode
         assert {g[1] for g in granted if g[0] == "kubequant.io"} == {
             f"{plural}{sub}"
-            for plural in ("backtests", "livetradingsessions", "riskpolicies")
+            for plural in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies")
             for sub in ("", "/status", "/finalizers")
         } - {"riskpolicies/finalizers"}, mode
+        # KubeRay's RayJob: made and passed spec.suspend on; KubeRay itself deletes what it made.
+        assert {g[2] for g in granted if g[0] == "ray.io"} == {"create", "get", "patch", "list", "watch"}, (
+            mode
+        )
+        assert {g[1] for g in granted if g[0] == "ray.io"} == {"rayjobs"}, mode
 
 
 def test_cluster_scope_binds_the_cluster_role_to_the_service_account() -> None:

@@ -182,3 +182,76 @@ def test_name_and_folder_are_overridable_for_a_second_cluster(sandbox) -> None: 
         str(tmp_path / "cluster" / "kwok"),
         str(tmp_path / "cluster" / "kubeconfig"),
     ]
+
+
+# --------------------------------------------------------------------------- KubeRay
+
+
+def ray_operator(bin_dir: Path, text: str) -> None:
+    path = bin_dir / "ray-operator"
+    path.write_text(f'#!/usr/bin/env bash\necho "ray-operator $*" >>"$CALLS"\n{text}\n')
+    path.chmod(0o755)
+
+
+def stop_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "cluster" / "ray-operator.pid"
+    if pid_file.exists():
+        subprocess.run(["kill", pid_file.read_text().strip()], stderr=subprocess.DEVNULL, check=False)
+
+
+def test_kuberay_crds_are_applied_server_side(sandbox) -> None:  # type: ignore[no-untyped-def]
+    """Client-side apply would store each CRD (rayjobs: ~1.3 MB) in an annotation limited to 256 KiB."""
+    tmp_path, bin_dir, _ = sandbox
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / ".complete").touch()
+    (bin_dir / "kubectl").write_text('#!/usr/bin/env bash\necho "kubectl $*" >>"$CALLS"\n')
+    done = run(tmp_path, bin_dir, f'KUBERAY_CRD_DIR="{crds}"; install_kuberay_crds && echo OK')
+    assert done.stdout.strip() == "OK", done.stderr
+    (apply,) = [c for c in calls(tmp_path) if " apply " in c]
+    assert "--server-side" in apply and "--force-conflicts" in apply and apply.endswith(f"-f {crds}")
+    assert any("wait --for=condition=Established" in c and "crd/rayjobs.ray.io" in c for c in calls(tmp_path))
+    # CRDs the build never finished are not half-installed.
+    (crds / ".complete").unlink()
+    done = run(
+        tmp_path, bin_dir, f'KUBERAY_CRD_DIR="{crds}"; install_kuberay_crds && rc=0 || rc=$?; echo rc=$rc'
+    )
+    assert done.stdout.strip() == "rc=1" and "no KubeRay CRDs" in done.stderr
+
+
+def test_ray_operator_is_started_against_the_cluster_and_restarted_when_dead(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, _ = sandbox
+    ray_operator(bin_dir, 'echo "KUBECONFIG=$KUBECONFIG"; exec sleep 60')
+    try:
+        done = run(tmp_path, bin_dir, "ensure_ray_operator && ray_operator_alive && echo ALIVE")
+        assert done.stdout.strip() == "ALIVE", done.stderr
+        first = (tmp_path / "cluster" / "ray-operator.pid").read_text().strip()
+        (started,) = [c for c in calls(tmp_path) if c.startswith("ray-operator")]
+        assert "--metrics-addr=0" in started and "--enable-leader-election=false" in started
+        log = (tmp_path / "cluster" / "ray-operator.log").read_text()
+        assert f"KUBECONFIG={tmp_path / 'cluster' / 'kubeconfig'}" in log
+        # Left alone while it runs; restarted, saying so, once it died.
+        done = run(tmp_path, bin_dir, "ensure_ray_operator")
+        assert len([c for c in calls(tmp_path) if c.startswith("ray-operator")]) == 1
+        subprocess.run(["kill", first], check=True)
+        time.sleep(0.3)
+        done = run(tmp_path, bin_dir, "ensure_ray_operator && ray_operator_alive && echo ALIVE")
+        assert done.stdout.strip() == "ALIVE", done.stderr
+        assert "not running (restart 1/3)" in done.stderr
+        assert (tmp_path / "cluster" / "ray-operator.pid").read_text().strip() != first
+        # down stops it.
+        second = (tmp_path / "cluster" / "ray-operator.pid").read_text().strip()
+        done = run(tmp_path, bin_dir, "stop_ray_operator; ray_operator_alive || echo STOPPED")
+        assert done.stdout.strip() == "STOPPED", done.stderr
+        state = subprocess.run(["ps", "-o", "stat=", "-p", second], capture_output=True, text=True).stdout
+        assert not state.strip() or state.startswith("Z")
+    finally:
+        stop_started(tmp_path)
+
+
+def test_a_ray_operator_that_exits_at_start_is_reported(sandbox) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, bin_dir, _ = sandbox
+    ray_operator(bin_dir, 'echo "unable to start manager: no matches for kind RayJob" >&2; exit 1')
+    done = run(tmp_path, bin_dir, "ensure_ray_operator && rc=0 || rc=$?; echo rc=$rc")
+    assert done.stdout.strip() == "rc=1"
+    assert "exited at start" in done.stderr and "no matches for kind RayJob" in done.stderr

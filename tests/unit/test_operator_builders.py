@@ -183,3 +183,33 @@ def test_the_termination_message_is_only_what_the_workload_writes() -> None:
 def test_the_workload_image_is_pulled_always_by_default() -> None:
     (container,) = build_backtest_job(backtest(), OperatorConfig())["spec"]["template"]["spec"]["containers"]
     assert container["imagePullPolicy"] == "Always"
+
+
+# --------------------------------------------------------------------------- signal.modelRef
+
+
+@pytest.mark.parametrize(
+    ("uri", "claim", "sub_path"),
+    [
+        ("pvc://models/research/lgb", "models", "research/lgb"),
+        ("pvc://models", "models", None),
+        ("pvc://models/team/", "models", "team"),
+        ("pvc://models/a/../b", None, None),
+        ("pvc://Models/x", None, None),
+        ("/var/lib/kubequant/artifacts", None, None),
+        ("s3://bucket/model", None, None),
+        (None, None, None),
+    ],
+)
+def test_model_uri_to_volume(uri: str | None, claim: str | None, sub_path: str | None) -> None:
+    from kubequant.operator.builders.backtest import model_volume_of
+
+    got = model_volume_of(uri)
+    assert ((got.claim_name, got.sub_path) if got else (None, None)) == (claim, sub_path)
+
+
+def test_no_model_ref_no_model_mount() -> None:
+    job = build_backtest_job(backtest(), OperatorConfig())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "--model-dir" not in container["args"]
+    assert all(m["name"] != "model" for m in container["volumeMounts"])

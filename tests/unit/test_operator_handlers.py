@@ -121,3 +121,94 @@ def test_a_foreign_object_with_the_childs_name_is_a_permanent_conflict(
     monkeypatch.setattr(kube, "apply", conflict)
     with pytest.raises(kopf.PermanentError, match="not owned"):
         run(copy.deepcopy(BODY))
+
+
+# --------------------------------------------------------------------------- signal.modelRef
+
+
+def with_training(monkeypatch: pytest.MonkeyPatch, training: dict[str, Any] | None) -> dict[str, Any]:
+    """A Backtest whose signal.modelRef names TrainingJob ``lgb-model``, which the API returns as ``training``."""
+    monkeypatch.setattr(
+        kube,
+        "read_custom",
+        lambda plural, ns, name: (
+            training if (plural, ns, name) == ("trainingjobs", "research", "lgb-model") else None
+        ),
+    )
+    body = copy.deepcopy(BODY)
+    body["spec"]["signal"] = {"modelRef": {"name": "lgb-model"}}
+    return body
+
+
+def training_status(phase: str | None, **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "lgb-model"}, "status": {"phase": phase, **extra} if phase else {}}
+
+
+@pytest.mark.parametrize("training", [None, training_status(None), training_status("Running")])
+def test_model_ref_waits_until_the_training_succeeded(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, training: dict[str, Any] | None
+) -> None:
+    body = with_training(monkeypatch, training)
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as err:
+        handler.reconcile_backtest(
+            body=kopf.Body(body),
+            patch=patch,
+            memo=kopf.Memo(config=OperatorConfig(retry_delay_seconds=5)),
+            logger=logging.getLogger(),
+        )
+    assert err.value.delay == 5 and calls.created == []
+    status = patch["status"]
+    accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
+    assert (status["phase"], accepted["reason"]) == ("Pending", "ModelNotReady")
+    assert "lgb-model" in accepted["message"] and "spec.signal.modelRef" in accepted["message"]
+
+
+def test_model_ref_fails_with_the_trainings_reason(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = {
+        "type": "Failed",
+        "status": "True",
+        "reason": "PreRunningDeadlineExceeded",
+        "message": "the Ray cluster did not start",
+    }
+    body = with_training(monkeypatch, training_status("Failed", conditions=[failed]))
+    status = run_status_of_failure(body)
+    accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
+    assert (status["phase"], accepted["reason"]) == ("Failed", "ModelFailed")
+    assert "PreRunningDeadlineExceeded" in accepted["message"] and "did not start" in accepted["message"]
+    assert calls.created == []
+
+
+def test_model_ref_mounts_the_artifact_read_only(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = with_training(
+        monkeypatch, training_status("Succeeded", modelUri="pvc://models/research/lgb-model")
+    )
+    run(body)
+    job = next(o for o in calls.created if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--model-dir") + 1] == "/var/run/kubequant/model"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "model")
+    assert mount == {
+        "name": "model",
+        "mountPath": "/var/run/kubequant/model",
+        "readOnly": True,
+        "subPath": "research/lgb-model",
+    }
+    volume = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+@pytest.mark.parametrize(
+    "uri", [None, "/var/lib/kubequant/artifacts", "s3://bucket/m", "pvc://models/a/../b"]
+)
+def test_model_ref_refuses_a_model_no_pod_can_mount(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, uri: str | None
+) -> None:
+    extra = {"modelUri": uri} if uri else {}
+    body = with_training(monkeypatch, training_status("Succeeded", **extra))
+    status = run_status_of_failure(body)
+    accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
+    assert accepted["reason"] == "ModelNotReachable" and "spec.output.artifacts.volume" in accepted["message"]
+    assert calls.created == []

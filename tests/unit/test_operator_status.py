@@ -236,3 +236,23 @@ def test_first_status_is_news_only_when_it_is_trouble() -> None:
     assert core.transition_events(first, refused) == [
         ("Warning", "RiskPolicyNotFound", "Accepted=False, Ready=False, Trading=False: no policy x")
     ]
+
+
+@pytest.mark.parametrize("kind", ["backtest", "training"])
+def test_refused_and_waiting_runs_use_the_kinds_own_phase_names(kind: str) -> None:
+    """The shared run statuses write "Failed" and "Pending": both must be phases of each kind's API."""
+    import datetime as dt
+
+    from kubequant.api.backtest import BacktestPhase
+    from kubequant.api.training import TrainingPhase
+    from kubequant.operator.status import backtest, training
+
+    module, phases = {"backtest": (backtest, BacktestPhase), "training": (training, TrainingPhase)}[kind]
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    refused = module.rejected_status(3, "InvalidSpec", "bad", None, now)
+    waiting = module.waiting_status(3, "DataVolumeNotFound", "later", None, now)
+    assert phases(refused["phase"]) is phases.FAILED and phases(refused["phase"]).is_terminal
+    assert phases(waiting["phase"]) is phases.PENDING and not phases(waiting["phase"]).is_terminal
+    by_type = {c["type"]: c for c in refused["conditions"]}
+    assert by_type["Accepted"]["status"] == "False" and by_type["Failed"]["status"] == "True"
+    assert {c["type"]: c["status"] for c in waiting["conditions"]}["Succeeded"] == "Unknown"

@@ -22,10 +22,10 @@ from kubernetes import client
 
 from kubequant.operator import kube, rbac
 from kubequant.operator.config import OperatorConfig
-from kubequant.operator.handlers import HANDLER_MODULES
 from kubequant.operator.handlers import backtest as handler
 from kubequant.operator.handlers import policy as policies
 from kubequant.operator.handlers import session as sessions
+from kubequant.operator.handlers import training
 
 pytestmark = pytest.mark.unit
 
@@ -188,8 +188,85 @@ def every_handler_path(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     job = next(o for p, o in owned.items() if "/jobs/" in p)
     job = {**copy.deepcopy(job), "status": {"active": 1}}
     handler.backtest_job_changed(body=kopf.Body(job), type="MODIFIED", logger=log)
+    training_paths(recorder, memo, log)
     trading_paths(recorder, memo, log)
     return recorder
+
+
+TRAINING: dict[str, Any] = {
+    "apiVersion": "kubequant.io/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "lgb", "namespace": NS, "uid": "u-t", "generation": 1},
+    "spec": {
+        "dataset": {
+            "segments": {
+                "train": {"start": "2020-01-01", "end": "2020-12-31"},
+                "valid": {"start": "2021-01-01", "end": "2021-06-30"},
+                "test": {"start": "2021-07-01", "end": "2021-12-31"},
+            }
+        },
+        "data": {"volume": {"claimName": "market-data"}},
+        "output": {"artifacts": {"volume": {"claimName": "reports"}}},
+    },
+}
+
+
+def training_paths(recorder: Recorder, memo: kopf.Memo, log: logging.Logger) -> None:
+    """The TrainingJob's handlers, through every branch that calls the API."""
+    base = f"/apis/kubequant.io/v1alpha1/namespaces/{NS}/trainingjobs/lgb"
+    recorder.conflict_on_create = False
+    # Create: volumes checked, the ConfigMap and the RayJob created.
+    patch = kopf.Patch()
+    training.reconcile_training(body=kopf.Body(copy.deepcopy(TRAINING)), patch=patch, memo=memo, logger=log)
+    created = dict(patch["status"])
+    assert {c["kind"] for c in created["children"]} == {"ConfigMap", "RayJob"}
+    # Resume after a restart: children exist, read back and adopted.
+    recorder.conflict_on_create = True
+    body = {**copy.deepcopy(TRAINING), "status": created}
+    training.reconcile_training(body=kopf.Body(body), patch=kopf.Patch(), memo=memo, logger=log)
+    training.suspend_training(body=kopf.Body(copy.deepcopy(TRAINING)), new=True, old=False, logger=log)
+    # The RayJob finished: the TrainingJob is read, the submitter's pods listed, the status written.
+    recorder.objects[base] = copy.deepcopy(body)
+    rayjob = next(o for p, o in recorder.objects.items() if "/rayjobs/" in p)
+    rayjob = {
+        **copy.deepcopy(rayjob),
+        "status": {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"},
+    }
+    # A Backtest waits for this TrainingJob's model: the finished run reconciles it at once.
+    waiting = {
+        "apiVersion": "kubequant.io/v1alpha1",
+        "kind": "Backtest",
+        "metadata": {"name": "from-model", "namespace": NS, "uid": "u-bm", "generation": 1},
+        "spec": {"period": BACKTEST["spec"]["period"], "signal": {"modelRef": {"name": "lgb"}}},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "Accepted",
+                    "status": "False",
+                    "reason": "ModelNotReady",
+                    "message": "",
+                    "lastTransitionTime": "t",
+                }
+            ],
+        },
+    }
+    recorder.objects[f"/apis/kubequant.io/v1alpha1/namespaces/{NS}/backtests/from-model"] = waiting
+    index = {(NS, "lgb"): ["from-model"]}
+    training.rayjob_changed(
+        body=kopf.Body(rayjob), type="MODIFIED", memo=memo, logger=log, backtests_by_model=index
+    )
+    assert ("GET", f"/apis/kubequant.io/v1alpha1/namespaces/{NS}/backtests/from-model") in recorder.requests
+    # A submitter pod finished: its RayJob is read, then the same.
+    pod = {
+        "metadata": {
+            "name": "lgb-ray-x",
+            "namespace": NS,
+            "labels": {"batch.kubernetes.io/job-name": "lgb-ray"},
+        },
+        "status": {"phase": "Succeeded"},
+    }
+    training.submitter_pod_changed(body=kopf.Body(pod), type="MODIFIED", memo=memo, logger=log)
 
 
 SESSION: dict[str, Any] = {
@@ -349,10 +426,9 @@ def test_the_recorder_maps_requests_to_the_authorizers_verbs() -> None:
 def kopf_needs() -> set[rbac.Grant]:
     """What kopf does for the registered handlers: list and watch each selected kind; for changing
     handlers, patch it (progress and diff-base annotations) and its status subresource."""
-    rbac.handler_modules()
+    modules = {m.__name__ for m in rbac.handler_modules()}  # type: ignore[attr-defined]
     registry = registries.get_default_registry()
     needs: set[rbac.Grant] = set()
-    modules = set(HANDLER_MODULES)
     for sub in (registry._watching, registry._changing, registry._spawning, registry._indexing):
         for h in sub.get_all_handlers():
             if h.fn.__module__ not in modules or h.selector is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubequant.api.backtest import BacktestSpec, ExecutorLevel, InlineModel
+from kubequant.api.backtest import BacktestSpec, ExecutionEngine, ExecutorLevel, InlineModel
 from kubequant.api.common import ClassReference
 from kubequant.errors import ConfigError
 
@@ -23,6 +23,9 @@ MODEL_MODULES = {
     "LinearModel": "qlib.contrib.model.linear",
     "DEnsembleModel": "qlib.contrib.model.double_ensemble",
 }
+# Handlers kubequant computes with compiled kernels when a spec's engine is auto (docs/features.md).
+COMPILED_HANDLERS = frozenset({"Alpha158", "Alpha158vwap"})
+COMPILED_HANDLER_MODULE = "kubequant.workloads.features"
 # qlib's label for Alpha158/Alpha360: the return from the next day's close to the one after.
 DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
 
@@ -39,6 +42,17 @@ def class_config(ref: ClassReference, default_module: str | None, field: str, **
     return {"class": ref.class_name, "module_path": module, "kwargs": {**extra, **ref.kwargs}}
 
 
+def handler_module(model: InlineModel) -> str:
+    """Where an unqualified handler class comes from: the compiled Alpha158 under engine auto, else qlib."""
+    if (
+        model.engine == ExecutionEngine.AUTO
+        and model.handler.module is None
+        and model.handler.class_name in COMPILED_HANDLERS
+    ):
+        return COMPILED_HANDLER_MODULE
+    return HANDLER_MODULE
+
+
 def dataset_config(
     model: InlineModel, market: str | list[str], field: str = "spec.signal.model"
 ) -> dict[str, Any]:
@@ -46,7 +60,7 @@ def dataset_config(
     seg = model.segments
     handler = class_config(
         model.handler,
-        HANDLER_MODULE,
+        handler_module(model),
         f"{field}.handler",
         start_time=str(seg.train.start),
         end_time=str(seg.test.end),

@@ -20,7 +20,14 @@ from kubequant.errors import ConfigError
 from kubequant.workloads.backtest import execution, metrics, preflight, report
 from kubequant.workloads.backtest.import_guard import guarded_imports
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
-from kubequant.workloads.backtest.signal import Signal, init_class, read_signal_file, train_and_predict
+from kubequant.workloads.backtest.signal import (
+    Signal,
+    init_class,
+    read_signal_file,
+    score_with_artifact,
+    train_and_predict,
+)
+from kubequant.workloads.data.bundle import resolve_bundle
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +50,7 @@ class BacktestOutcome:
 
 def resolve_data_path(bt: Backtest, data_path: Path | None = None) -> Path:
     """The local folder of the bundle: an override (a mounted volume), a path, or the cached sample."""
-    if data_path is not None:
-        return data_path
-    data = bt.spec.data
-    if data.path is not None:
-        return Path(data.path)
-    sample = data.resolved_sample()
-    if sample is not None:
-        from kubequant.workloads.data.sample import SampleSpec, ensure_sample_bundle
-
-        return ensure_sample_bundle(
-            SampleSpec(
-                instruments=sample.instruments,
-                start=str(sample.start),
-                end=str(sample.end),
-                seed=sample.seed,
-                freqs=("day", "1min") if sample.minute_bars else ("day",),
-                minute_instruments=sample.minute_instruments,
-                minute_days=sample.minute_days,
-            )
-        )
-    raise ConfigError(
-        "a PersistentVolumeClaim cannot be read outside the cluster",
-        where="spec.data.volume",
-        fix="for kubequant run, copy the bundle locally and set spec.data.path",
-    )
+    return resolve_bundle(bt.spec.data, data_path)
 
 
 def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
@@ -126,14 +109,52 @@ def run_backtest(
     progress: Progress = _quiet,
     data_path: Path | None = None,
     allowed_modules: Sequence[str] = DEFAULT_ALLOWED_MODULES,
+    model_dir: Path | None = None,
 ) -> BacktestOutcome:
-    """Run one Backtest end to end and write its report; qlib loads classes only from ``allowed_modules``."""
+    """Run one Backtest end to end and write its report; qlib loads classes only from ``allowed_modules``.
+
+    A ``signal.modelRef`` scores with a TrainingJob's artifact: ``model_dir`` (the folder the operator
+    mounts), else the one the local model store has for that TrainingJob (`kubequant run` registers it).
+    """
     with guarded_imports(allowed_modules):
-        return _run_backtest(bt, report_dir, progress, data_path)
+        return _run_backtest(
+            bt, report_dir, progress, data_path, _model_artifact(bt, model_dir, allowed_modules)
+        )
+
+
+def _model_artifact(bt: Backtest, model_dir: Path | None, allowed_modules: Sequence[str]) -> Any:
+    """The TrainingJob artifact a modelRef names, read before any data is loaded (None without a modelRef)."""
+    ref = bt.spec.signal.model_ref
+    if ref is None:
+        return None
+    from kubequant.workloads.training.artifacts import load_artifact, resolve_local
+
+    where = "spec.signal.modelRef"
+    folder = model_dir or resolve_local(bt.metadata.namespace or "default", ref.name, where=where)
+    return load_artifact(folder, allowed_modules)
+
+
+def _warn_other_bundle(model: Any, bundle_path: Path, progress: Progress) -> None:
+    """Say so when the model was trained on another bundle (compares recorded checksums; never rehashes)."""
+    import json
+
+    from kubequant.workloads.data.qlib_format import MANIFEST
+
+    trained_on = (model.manifest.get("data") or {}).get("fingerprint")
+    try:
+        current = json.loads((bundle_path / MANIFEST).read_text()).get("checksum")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if trained_on and current and trained_on != current:
+        progress(
+            "signal",
+            f"warning: the model was trained on another data bundle ({trained_on[:19]}…, this one "
+            f"{current[:19]}…); its scores may not carry over",
+        )
 
 
 def _run_backtest(
-    bt: Backtest, report_dir: Path | None, progress: Progress, data_path: Path | None
+    bt: Backtest, report_dir: Path | None, progress: Progress, data_path: Path | None, model: Any = None
 ) -> BacktestOutcome:
     spec = bt.spec
     timings: dict[str, float] = {}
@@ -149,11 +170,13 @@ def _run_backtest(
     bundle_path = resolve_data_path(bt, data_path)
     bundle = preflight.Bundle.open(bundle_path)
     preflight.check_backtest(spec, bundle)
+    if model is not None:
+        _warn_other_bundle(model, bundle_path, progress)
     with tempfile.TemporaryDirectory(prefix="kubequant-mlruns-") as scratch:
         init_qlib(bundle_path, spec.data.region, Path(scratch))
         lap("data")
         try:
-            return _run_in_qlib(bt, report_dir, progress, timings, lap)
+            return _run_in_qlib(bt, report_dir, progress, timings, lap, model)
         finally:
             _end_qlib_experiment()
 
@@ -174,6 +197,7 @@ def _run_in_qlib(
     progress: Progress,
     timings: dict[str, float],
     lap: Callable[[str], None],
+    model: Any = None,
 ) -> BacktestOutcome:
     spec = bt.spec
 
@@ -184,11 +208,12 @@ def _run_in_qlib(
     elif spec.signal.file is not None:
         progress("signal", f"reading {spec.signal.file.path}")
         signal = read_signal_file(Path(spec.signal.file.path), spec)
+    elif model is not None:
+        progress("signal", f"scoring with TrainingJob {spec.signal.model_ref.name}'s model ({model.path})")
+        signal = score_with_artifact(model, spec, progress)
     else:
         raise ConfigError(
-            "modelRef needs the operator to resolve the TrainingJob's model",
-            where="spec.signal.modelRef",
-            fix="run it on a cluster, or use spec.signal.file with the model's scores",
+            "no source of scores", where="spec.signal", fix="set one of model, modelRef or file"
         )
     if signal.scores.empty:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""The scores a Backtest trades on: predictions of a model trained in the run, or a signal file."""
+"""The scores a Backtest trades on: a model trained in the run, a TrainingJob's model artifact, or a file."""
 
 from __future__ import annotations
 
@@ -122,3 +122,46 @@ def _label_for(scores: pd.Series, spec: BacktestSpec) -> pd.Series | None:
     label = feats.iloc[:, 0].swaplevel().sort_index()
     label.index.names = ["datetime", "instrument"]
     return label
+
+
+def score_with_artifact(loaded: Any, spec: BacktestSpec, progress: Any) -> Signal:
+    """Scores of a trained model's artifact over the backtest's period and universe (signal.modelRef).
+
+    The fitted handler of the artifact is reloaded over the new period and instruments without refitting
+    its processors (qlib's load-state mode), so features are normalised exactly as in training; an
+    artifact without one rebuilds the handler from its config, refitting on the training period.
+    """
+    from qlib.data.dataset import DatasetH
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    start, end = str(spec.period.start), str(spec.period.end)
+    market = spec.universe.resolved_market()
+    trained = (loaded.segments or {}).get("valid") or (loaded.segments or {}).get("train")
+    if trained and str(spec.period.start) <= str(trained[1]):
+        progress(
+            "signal",
+            f"warning: the backtest starts on {start}, inside the model's training/valid data (to {trained[1]}); "
+            "its results are in-sample",
+        )
+    progress("features", f"computing the model's features over {start} … {end}")
+    if loaded.handler is not None:
+        handler = loaded.handler
+        handler.config(instruments=market, start_time=start, end_time=end)
+        handler.setup_data(init_type=DataHandlerLP.IT_LS)
+    else:
+        config = dict(loaded.handler_config)
+        kwargs = dict(config.get("kwargs") or {})
+        fit_start = str(kwargs.get("fit_start_time") or start)
+        kwargs.update(instruments=market, start_time=min(fit_start, start), end_time=end)
+        handler = init_class({**config, "kwargs": kwargs}, "spec.signal.modelRef")
+    dataset = DatasetH(handler=handler, segments={"test": (start, end)})
+    progress("predict", "scoring the period with the trained model")
+    scores = loaded.model.predict(dataset, segment="test")
+    if isinstance(scores, pd.DataFrame):
+        scores = scores.iloc[:, 0]
+    label = dataset.prepare("test", col_set="label", data_key=DataHandlerLP.DK_R)
+    return Signal(
+        scores=scores.dropna(),
+        label=label.iloc[:, 0] if isinstance(label, pd.DataFrame) else label,
+        model=loaded.model,
+    )

@@ -28,3 +28,102 @@ RECONCILIATION_ANOMALIES = Counter(
 def order_transitions(status: str) -> Any:
     """The transitions counter of one status (``labels`` takes a lock and builds a key per call: once per status)."""
     return ORDER_TRANSITIONS.labels(status)
+
+
+# --- risk (set by record_risk from the risk engine's own figures; see docs/metrics.md) ---------
+DRAWDOWN = Gauge(
+    "kubequant_drawdown_ratio", "Loss from the equity peak, as a fraction of the peak (0 at a new high)."
+)
+DAILY_PNL = Gauge(
+    "kubequant_daily_pnl", "Equity change since the start of the exchange's trading day, in account currency."
+)
+DAILY_LOSS = Gauge(
+    "kubequant_daily_loss_ratio",
+    "Loss since the start of the trading day, as a fraction of the day's opening equity.",
+)
+BREAKER_LIMIT = Gauge(
+    "kubequant_breaker_limit_ratio",
+    "The risk policy's breaker threshold (fraction), by breaker (max_drawdown, max_daily_loss).",
+    ["breaker"],
+)
+RISK_CONDITION = Gauge(
+    "kubequant_risk_condition",
+    "1 while a risk condition holds the session out of ACTIVE (kill_switch, max_drawdown, max_daily_loss, "
+    "broker_disconnect, ...).",
+    ["condition"],
+)
+BREAKER_TRIPS = Counter(
+    "kubequant_breaker_trips_total", "Risk conditions that started holding, by condition.", ["condition"]
+)
+KILL_SWITCH = Gauge("kubequant_kill_switch_engaged", "1 while the session's kill switch is on.")
+BROKER_RECONNECTS = Counter("kubequant_broker_reconnects_total", "Broker connections regained after a loss.")
+
+BREAKERS = ("max_drawdown", "max_daily_loss")
+_held: set[str] = set()
+_connected: list[bool] = []
+
+
+def record_risk(risk: Any, equity: Any) -> None:
+    """Set the risk gauges from a RiskEngine after it observed ``equity`` (a Decimal); count trips.
+
+    Conditions are a small fixed set of names (never instruments or orders): bounded labels.
+    """
+    peak, start = risk.peak_equity, risk.day_start_equity
+    if peak is not None and peak > 0:
+        DRAWDOWN.set(max(0.0, float((peak - equity) / peak)))
+    if start is not None:
+        DAILY_PNL.set(float(equity - start))
+        if start > 0:
+            DAILY_LOSS.set(max(0.0, float((start - equity) / start)))
+    breakers = risk.policy.breakers
+    for name in BREAKERS:
+        limit = getattr(breakers, name, None)
+        if limit is not None:
+            BREAKER_LIMIT.labels(name).set(float(limit))
+    record_conditions(set(risk.conditions))
+
+
+def record_conditions(held: set[str]) -> None:
+    """Set kubequant_risk_condition and the kill switch from the names of the conditions that hold."""
+    for name in held - _held:
+        BREAKER_TRIPS.labels(name).inc()
+    for name in held | _held:
+        RISK_CONDITION.labels(name).set(1 if name in held else 0)
+    KILL_SWITCH.set(1 if "kill_switch" in held else 0)
+    _held.clear()
+    _held.update(held)
+
+
+def record_connectivity(connected: bool) -> None:
+    """Set kubequant_broker_connected; count a reconnect when a lost connection comes back."""
+    if connected and _connected and not _connected[-1]:
+        BROKER_RECONNECTS.inc()
+    BROKER_CONNECTED.set(1 if connected else 0)
+    _connected[:] = [connected]
+
+
+# --- data quality and live model performance ---------------------------------------------------
+LAST_BAR_TIMESTAMP = Gauge(
+    "kubequant_last_bar_timestamp_seconds", "Unix time of the newest market-data bar the session has seen."
+)
+TRADING_WINDOW_OPEN = Gauge(
+    "kubequant_trading_window_open",
+    "1 while the risk policy's trading window is open (staleness alerts only then).",
+)
+DATA_MISSING_RATIO = Gauge(
+    "kubequant_data_missing_ratio",
+    "Missing values among the latest bars, by field the session reads.",
+    ["field"],
+)
+DATA_INSTRUMENTS_MISSING = Gauge(
+    "kubequant_data_instruments_missing", "Instruments of the universe with no bar in the latest period."
+)
+LIVE_RANK_IC = Gauge(
+    "kubequant_live_rolling_rank_ic", "Rolling rank IC of the session's scores against realised returns."
+)
+
+
+def record_bar(timestamp: float, *, in_window: bool) -> None:
+    """The newest bar's time (Unix seconds) and whether the trading window is open."""
+    LAST_BAR_TIMESTAMP.set(timestamp)
+    TRADING_WINDOW_OPEN.set(1 if in_window else 0)

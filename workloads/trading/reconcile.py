@@ -176,7 +176,7 @@ async def poll(oms: OrderManager) -> None:
     """Fills, in-flight orders, account, connectivity and the trading state; halting cancels orders."""
     now = oms.clock.now()
     connected = oms.broker.is_connected()
-    metrics.BROKER_CONNECTED.set(1 if connected else 0)
+    metrics.record_connectivity(connected)  # also counts kubequant_broker_reconnects_total
     oms.risk.observe_connectivity(connected, now)
     if connected:
         try:
@@ -197,6 +197,7 @@ async def refresh_account(oms: OrderManager) -> None:
         await oms.commit_async(AccountSnapshot(now, acct.cash, acct.equity))
     metrics.EQUITY.set(float(acct.equity))
     oms.risk.observe_equity(acct.equity, now)
+    metrics.record_risk(oms.risk, acct.equity)  # drawdown, daily PnL and loss, breaker limits, conditions
 
 
 async def sync_risk_state(oms: OrderManager) -> None:
@@ -206,6 +207,7 @@ async def sync_risk_state(oms: OrderManager) -> None:
         await oms.commit_async(RiskStateChanged(oms.clock.now(), state.value, conditions))
         for s in TradingState:
             metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
+        metrics.record_conditions(set(oms.risk.conditions))
         log.warning("trading state %s: %s", state, conditions or "all clear")
     if state is TradingState.ACTIVE or not oms.broker.is_connected():
         return

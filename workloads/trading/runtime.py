@@ -37,6 +37,7 @@ from kubequant.api.live import BrokerType, LiveTradingSession, TradingState
 from kubequant.api.risk import RiskPolicy
 from kubequant.errors import BrokerError, ConfigError, KubequantError
 from kubequant.manifests import load_resources
+from kubequant.workloads.data.bundle import resolve_bundle
 from kubequant.workloads.trading.brokers.base import Broker
 from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
 from kubequant.workloads.trading.brokers.paper import PaperBroker
@@ -174,23 +175,7 @@ def _document(path: Path | None, kind: str) -> dict[str, Any] | None:
 
 def bundle_path(session: LiveTradingSession, override: Path | None = None) -> Path:
     """The qlib bundle of the session: an override, ``spec.data.path``, or the cached sample."""
-    data = session.spec.data
-    if override is not None:
-        return override
-    if data.path is not None:
-        return Path(data.path)
-    sample = data.resolved_sample()
-    if sample is None:
-        raise ConfigError(
-            "a volume bundle is only mounted in the cluster", where="spec.data.volume", fix="pass --data PATH"
-        )
-    from kubequant.workloads.data.sample import SampleSpec, ensure_sample_bundle
-
-    return ensure_sample_bundle(
-        SampleSpec(
-            instruments=sample.instruments, start=str(sample.start), end=str(sample.end), seed=sample.seed
-        )
-    )
+    return resolve_bundle(session.spec.data, override, override_flag="--data")
 
 
 def prepare(cfg: RuntimeConfig, *, init: bool = True) -> QlibMarket:

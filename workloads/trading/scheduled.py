@@ -103,23 +103,28 @@ class ScoreBook:
 
 
 def load_scores(
-    signal: SignalSpec, codes: list[str], period: tuple[str, str], progress: Progress
+    signal: SignalSpec,
+    codes: list[str],
+    period: tuple[str, str],
+    progress: Progress,
+    *,
+    model_dir: Path | None = None,
+    namespace: str = "default",
 ) -> ScoreBook:
-    """The strategy's scores through the Backtest's own readers: a signal file, or a model trained in the run.
+    """The strategy's scores through the Backtest's own readers: a signal file, a model trained in the run,
+    or a TrainingJob's model artifact (modelRef).
 
-    qlib must be initialised (for a model, with an experiment manager, as the Backtest runner does).
+    A modelRef's artifact is ``model_dir``, else $KUBEQUANT_MODEL_DIR (the folder the operator mounts in
+    the pod), else the local model store's entry for the TrainingJob in ``namespace``. qlib must be
+    initialised (for a model, with an experiment manager, as the Backtest runner does).
     """
     from kubequant.api.backtest import BacktestSpec, SignalFile
     from kubequant.api.common import DateRange
     from kubequant.workloads.backtest.signal import read_signal_file, train_and_predict
 
     if signal.model_ref is not None:
-        raise ConfigError(
-            "modelRef needs the operator to resolve the TrainingJob's model",
-            where=f"{FIELD}.signal.modelRef",
-            fix="run it on a cluster, or use signal.file with the model's scores (or signal.model)",
-        )
-    if signal.file is not None:
+        scores = _model_ref_scores(signal, codes, period, progress, model_dir, namespace)
+    elif signal.file is not None:
         path = Path(signal.file.path)
         if not path.is_file():
             raise DataError("signal file not found", where=str(path), fix=f"check {FIELD}.signal.file.path")
@@ -137,6 +142,38 @@ def load_scores(
     if not book.days:
         raise ConfigError("the signal has no scores", where=f"{FIELD}.signal", fix="check the file or model")
     return book
+
+
+def _model_ref_scores(
+    signal: SignalSpec,
+    codes: list[str],
+    period: tuple[str, str],
+    progress: Progress,
+    model_dir: Path | None,
+    namespace: str,
+) -> Any:
+    """Scores of the TrainingJob's artifact over ``period`` for ``codes``."""
+    import os
+
+    from kubequant.api.backtest import BacktestSpec, Universe
+    from kubequant.api.common import DateRange
+    from kubequant.workloads.backtest.signal import score_with_artifact
+    from kubequant.workloads.training.artifacts import load_artifact, resolve_local
+
+    assert signal.model_ref is not None
+    where = f"{FIELD}.signal.modelRef"
+    env_dir = os.environ.get("KUBEQUANT_MODEL_DIR")
+    folder = model_dir or (
+        Path(env_dir) if env_dir else resolve_local(namespace, signal.model_ref.name, where)
+    )
+    loaded = load_artifact(folder)
+    spec = BacktestSpec(
+        period=DateRange(start=period[0], end=period[1]),
+        universe=Universe(instruments=list(codes)),
+        signal=signal,
+    )
+    progress("signal", f"scoring with TrainingJob {signal.model_ref.name}'s model ({folder})")
+    return score_with_artifact(loaded, spec, progress).scores
 
 
 # --- TopkDropout -------------------------------------------------------------------------------

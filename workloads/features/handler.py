@@ -1,0 +1,82 @@
+"""Alpha158/Alpha360 handlers whose features come from the compiled engine.
+
+Drop-in subclasses of qlib's handlers: the same kwargs, the same feature and label
+configuration (inherited from qlib, so the columns, names and order are qlib's), the same
+processors (qlib's, run by ``DataHandlerLP``). Only the data loader differs:
+:class:`~kubequant.workloads.features.loader.CompiledDataLoader`, which falls back to qlib's
+engine for anything it does not reproduce exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qlib.contrib.data import handler as qlib_handler
+from qlib.data.dataset.handler import DataHandlerLP
+
+LOADER_MODULE = "kubequant.workloads.features.loader"
+
+
+def _loader_config(
+    feature: Any, label: Any, filter_pipe: Any, freq: str, inst_processors: Any
+) -> dict[str, Any]:
+    return {
+        "class": "CompiledDataLoader",
+        "module_path": LOADER_MODULE,
+        "kwargs": {
+            "config": {"feature": feature, "label": label},
+            "filter_pipe": filter_pipe,
+            "freq": freq,
+            "inst_processors": inst_processors,
+        },
+    }
+
+
+class Alpha158(qlib_handler.Alpha158):
+    """qlib's Alpha158, computed by the compiled engine."""
+
+    def __init__(
+        self,
+        instruments: Any = "csi500",
+        start_time: Any = None,
+        end_time: Any = None,
+        freq: str = "day",
+        infer_processors: Any = None,
+        learn_processors: Any = None,
+        fit_start_time: Any = None,
+        fit_end_time: Any = None,
+        process_type: str = DataHandlerLP.PTYPE_A,
+        filter_pipe: Any = None,
+        inst_processors: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # qlib's defaults, copied so that a mutable default is never shared between instances.
+        infer = [] if infer_processors is None else infer_processors
+        learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
+        infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
+        learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
+        loader = _loader_config(
+            self.get_feature_config(),
+            kwargs.pop("label", self.get_label_config()),
+            filter_pipe,
+            freq,
+            inst_processors,
+        )
+        DataHandlerLP.__init__(
+            self,
+            instruments=instruments,
+            start_time=start_time,
+            end_time=end_time,
+            data_loader=loader,
+            infer_processors=infer,
+            learn_processors=learn,
+            process_type=process_type,
+            **kwargs,
+        )
+
+
+class Alpha158vwap(Alpha158):
+    """qlib's Alpha158vwap (the label on vwap), computed by the compiled engine."""
+
+    def get_label_config(self) -> tuple[list[str], list[str]]:
+        return ["Ref($vwap, -2)/Ref($vwap, -1) - 1"], ["LABEL0"]
