@@ -284,6 +284,12 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ),
         ("patch", "configmaps", "-n", ns),
         ("watch", "pods", "-n", ns),
+        # TrainingJobs (issue 10): watched, read, their status written; the RayJob created, adopted,
+        # suspended (patch) and watched. KubeRay makes the RayCluster: the operator never touches it.
+        *((verb, "trainingjobs.kubequant.io", "-n", ns) for verb in ("get", "list", "watch", "patch")),
+        ("patch", "trainingjobs.kubequant.io", "--subresource=status", "-n", ns),
+        ("update", "trainingjobs.kubequant.io", "--subresource=finalizers", "-n", ns),
+        *((verb, "rayjobs.ray.io", "-n", ns) for verb in ("create", "get", "patch", "list", "watch")),
     ]
     # ...and not one more: what the chart used to grant, what no handler calls, and the dangerous.
     denied = [
@@ -305,7 +311,13 @@ def test_serviceaccount_can_do_what_the_operator_needs_and_nothing_more(
         ("create", "backtests.kubequant.io", "-n", ns),
         ("delete", "backtests.kubequant.io", "-n", ns),
         ("update", "backtests.kubequant.io", "-n", ns),
-        ("list", "trainingjobs.kubequant.io", "-n", ns),
+        ("create", "trainingjobs.kubequant.io", "-n", ns),
+        ("delete", "trainingjobs.kubequant.io", "-n", ns),
+        ("update", "trainingjobs.kubequant.io", "-n", ns),
+        ("delete", "rayjobs.ray.io", "-n", ns),
+        ("update", "rayjobs.ray.io", "-n", ns),
+        ("get", "rayclusters.ray.io", "-n", ns),
+        ("create", "rayclusters.ray.io", "-n", ns),
         ("patch", "events", "-n", ns),
         ("create", "events.events.k8s.io", "-n", ns),
         ("get", "clusterkopfpeerings.kopf.dev"),

@@ -57,6 +57,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     saved = {k: os.environ.get(k) for k in cluster_env}
     os.environ.update(cluster_env)
+    # Ray caches the token (and its auth mode) per process at first use: an earlier test of this pytest
+    # process (a local Ray with its own token) would otherwise make every request here a 401.
+    _reset_ray_auth()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # --block: this process owns the head's processes and stops them when it is signalled.
     head = subprocess.Popen(
@@ -97,6 +100,14 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _reset_ray_auth()
+
+
+def _reset_ray_auth() -> None:
+    """Make this process's Ray read its auth settings and token again (Ray's own test helper)."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
 
 
 def _wait_for_jobs_api(address: str, head: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
