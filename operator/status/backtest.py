@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
-
-import pydantic
 
 from kubequant.api.backtest import BacktestPhase
 from kubequant.api.results import BacktestResults
@@ -18,7 +15,7 @@ from kubequant.operator.status.conditions import (
     set_conditions,
     timestamp,
 )
-from kubequant.operator.status.pods import failure_message, latest_termination
+from kubequant.operator.status.pods import failure_message, latest_termination, parse_payload
 
 SUCCEEDED, FAILED, RUNNING = (
     BacktestPhase.SUCCEEDED.value,
@@ -67,16 +64,7 @@ def job_state(job: dict[str, Any] | None) -> JobState:
 
 def parse_results(message: str) -> BacktestResults | None:
     """The results object the workload wrote to its termination message, or None if it is not one."""
-    try:
-        data = json.loads(message)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    if not isinstance(data, dict) or "error" in data:
-        return None
-    try:
-        return BacktestResults.model_validate(data)
-    except pydantic.ValidationError:
-        return None
+    return parse_payload(message, BacktestResults)
 
 
 def backtest_status(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from kubequant.redaction import redact
+
+PayloadT = TypeVar("PayloadT", bound=pydantic.BaseModel)
 
 
 @dataclass(frozen=True)
@@ -100,3 +104,18 @@ def container_state(pod: dict[str, Any] | None) -> ContainerState:
         termination=latest_termination([pod]),
         start_time=status.get("startTime"),
     )
+
+
+def parse_payload(message: str, model: type[PayloadT]) -> PayloadT | None:
+    """The ``model`` a workload wrote to its termination message, or None if the message is not one
+    (not JSON, not an object, a structured ``{"error": ...}``, or not valid for the model)."""
+    try:
+        data = json.loads(message)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(data, dict) or "error" in data:
+        return None
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError:
+        return None

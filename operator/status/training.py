@@ -12,11 +12,8 @@ conditions' reasons. While the run is not yet running, the RayCluster's own stat
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
-
-import pydantic
 
 from kubequant.api.training import TrainingPhase, TrainingResult
 from kubequant.operator.status.conditions import (
@@ -26,7 +23,7 @@ from kubequant.operator.status.conditions import (
     set_conditions,
     timestamp,
 )
-from kubequant.operator.status.pods import Termination, failure_message, latest_termination
+from kubequant.operator.status.pods import Termination, failure_message, latest_termination, parse_payload
 from kubequant.redaction import redact
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = (
@@ -160,16 +157,7 @@ def rayjob_state(rayjob: dict[str, Any] | None) -> RayJobState:
 
 def parse_result(message: str) -> TrainingResult | None:
     """The TrainingResult the submitter wrote to its termination message, or None if it is not one."""
-    try:
-        data = json.loads(message)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    if not isinstance(data, dict) or "error" in data:
-        return None
-    try:
-        return TrainingResult.model_validate(data)
-    except pydantic.ValidationError:
-        return None
+    return parse_payload(message, TrainingResult)
 
 
 def submitter_termination(pods: list[dict[str, Any]]) -> Termination | None:
