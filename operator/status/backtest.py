@@ -9,10 +9,10 @@ from typing import Any
 from kubequant.api.backtest import BacktestPhase
 from kubequant.api.results import BacktestResults
 from kubequant.operator.status.conditions import (
+    run_conditions,
     run_rejected_status,
     run_waiting_status,
     set_condition,
-    set_conditions,
     timestamp,
 )
 from kubequant.operator.status.pods import failure_message, latest_termination, parse_payload
@@ -96,19 +96,7 @@ def backtest_status(
         reason, message = state.reason, failure_message(termination, state.message)
     else:
         reason, message = state.reason, state.message
-    running = "True" if phase == RUNNING else "False"
-    conds = set_condition(
-        conds, "Running", running, reason if phase != SUCCEEDED else "Finished", message, generation, now
-    )
-    succeeded, failed = {SUCCEEDED: ("True", "False"), FAILED: ("False", "True")}.get(
-        phase, ("Unknown", "False")
-    )
-    conds = set_conditions(
-        conds,
-        (("Succeeded", succeeded, reason, message), ("Failed", failed, reason, message)),
-        generation,
-        now,
-    )
+    conds = run_conditions(conds, phase, reason, message, generation, now)
     status.update({"phase": phase, "conditions": conds, "message": message})
     if state.start_time:
         status["startTime"] = state.start_time

@@ -156,3 +156,35 @@ def run_waiting_status(
     the operator retries."""
     others = (("Running", "False"), ("Succeeded", "Unknown"), ("Failed", "False"))
     return not_accepted(generation, reason, message, previous, now, "Pending", others)
+
+
+def run_conditions(
+    conditions: list[dict[str, Any]] | None,
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Running, Succeeded and Failed of a run (a Backtest, a TrainingJob) in ``phase``: Running True
+    only while running (reason "Finished" once succeeded), Succeeded/Failed True at the matching end,
+    Succeeded Unknown while the outcome is open."""
+    running = "True" if phase == "Running" else "False"
+    conds = set_condition(
+        conditions,
+        "Running",
+        running,
+        reason if phase != "Succeeded" else "Finished",
+        message,
+        generation,
+        now,
+    )
+    succeeded, failed = {"Succeeded": ("True", "False"), "Failed": ("False", "True")}.get(
+        phase, ("Unknown", "False")
+    )
+    return set_conditions(
+        conds,
+        (("Succeeded", succeeded, reason, message), ("Failed", failed, reason, message)),
+        generation,
+        now,
+    )

@@ -17,10 +17,10 @@ from typing import Any
 
 from kubequant.api.training import TrainingPhase, TrainingResult
 from kubequant.operator.status.conditions import (
+    run_conditions,
     run_rejected_status,
     run_waiting_status,
     set_condition,
-    set_conditions,
     timestamp,
 )
 from kubequant.operator.status.pods import Termination, failure_message, latest_termination, parse_payload
@@ -213,19 +213,7 @@ def training_status(
     elif state.phase == FAILED and reason in ("AppFailed", "SubmissionFailed") and termination:
         # The workload's own structured error says more than KubeRay's account of it.
         message = failure_message(termination, state.message)
-    running = "True" if phase == RUNNING else "False"
-    conds = set_condition(
-        conds, "Running", running, reason if phase != SUCCEEDED else "Finished", message, generation, now
-    )
-    succeeded, failed = {SUCCEEDED: ("True", "False"), FAILED: ("False", "True")}.get(
-        phase, ("Unknown", "False")
-    )
-    conds = set_conditions(
-        conds,
-        (("Succeeded", succeeded, reason, message), ("Failed", failed, reason, message)),
-        generation,
-        now,
-    )
+    conds = run_conditions(conds, phase, reason, message, generation, now)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
