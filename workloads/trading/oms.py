@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, TypeVar
@@ -81,6 +81,37 @@ class SubmitOutcome:
     accepted: bool
     duplicate: bool = False
     reason: str = ""
+
+
+class Marks(Mapping[str, Decimal]):
+    """Last prices of the positions (live orders included) and of the instruments asked about, read on demand.
+
+    The same keys as a dict built from ``last_price`` over those instruments (one without a price is
+    absent), without calling it for every instrument of the book per order checked.
+    """
+
+    __slots__ = ("_asked", "_last_price", "_positions")
+
+    def __init__(
+        self,
+        last_price: Callable[[str], Decimal | None],
+        positions: Mapping[str, Decimal],
+        asked: frozenset[str],
+    ) -> None:
+        self._last_price, self._positions, self._asked = last_price, positions, asked
+
+    def __getitem__(self, instrument: str) -> Decimal:
+        if instrument in self._asked or instrument in self._positions:
+            if (price := self._last_price(instrument)) is not None:
+                return price
+        raise KeyError(instrument)
+
+    def __iter__(self) -> Iterator[str]:
+        last_price = self._last_price
+        return iter([i for i in dict.fromkeys([*self._positions, *self._asked]) if last_price(i) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class OrderManager:
@@ -261,14 +292,11 @@ class OrderManager:
         """The risk engine's view: equity, positions with live orders included, marks and their ages.
 
         Filled positions and resting quantities are given for ``instruments`` (the orders' own).
+        Positions and marks are live mappings read on demand (a view is used before the next
+        ``await``): the check of one order reads its own instrument, not the whole book.
         """
         state = self.state
-        projected = state.projected()
-        marks = {}
-        last_price = self.prices.last_price  # ``mark``, without a call per instrument (twice per signal)
-        for inst in {*projected, *instruments}:
-            if (price := last_price(inst)) is not None:
-                marks[inst] = price
+        projected = state.projected_view()
         ages: dict[str, float] = {}
         if self._price_age is not None:
             for inst in instruments:
@@ -277,6 +305,7 @@ class OrderManager:
         equity = state.account.equity if state.account else ZERO
         filled = {inst: state.position(inst) for inst in instruments}
         resting = {inst: state.resting(inst) for inst in instruments}
+        marks = Marks(self.prices.last_price, projected, frozenset(instruments))
         return PortfolioView(equity, projected, marks, filled, resting, ages)
 
     # --- submit ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -187,6 +187,10 @@ class OmsState:
             out[inst] = out.get(inst, ZERO) + buys - sells
         return out
 
+    def projected_view(self) -> ProjectedPositions:
+        """``projected()`` as a live mapping: a position is worked out when read (O(1) per instrument)."""
+        return ProjectedPositions(self)
+
     def resting(self, instrument: str) -> tuple[Decimal, Decimal]:
         """Remaining (buy, sell) quantities of the live orders of ``instrument`` (kept per change: O(1))."""
         return self._live_sums.get(instrument, (ZERO, ZERO))
@@ -216,3 +220,44 @@ class OmsState:
     def in_flight(self) -> list[Order]:
         """Orders sent (or about to be) that the broker has not acknowledged."""
         return [o for o in self.live_orders() if o.status is OrderStatus.SUBMITTED]
+
+
+class ProjectedPositions(Mapping[str, Decimal]):
+    """``OmsState.projected()`` without building it: each instrument is read from the state when asked.
+
+    Building the whole dict walked every position and every instrument with live orders for each
+    order checked (twice per signal); the risk check and the planner read a few instruments, and only
+    a gross-exposure limit walks the book. A live view: read it before the state changes (its callers
+    do, with no ``await`` between taking it and reading it). Same keys and values as ``projected()``.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: OmsState) -> None:
+        self._state = state
+
+    def __getitem__(self, instrument: str) -> Decimal:
+        state = self._state
+        pos = state.positions.get(instrument)
+        sums = state._live_sums.get(instrument)
+        if sums is None:
+            if pos is None or not pos.quantity:
+                raise KeyError(instrument)
+            return pos.quantity
+        return (pos.quantity if pos is not None else ZERO) + sums[0] - sums[1]
+
+    def __contains__(self, instrument: object) -> bool:
+        state = self._state
+        if instrument in state._live_sums:
+            return True
+        pos = state.positions.get(instrument)  # type: ignore[call-overload]
+        return pos is not None and bool(pos.quantity)
+
+    def __iter__(self) -> Iterator[str]:
+        state = self._state
+        keys = dict.fromkeys(k for k, p in state.positions.items() if p.quantity)
+        keys.update(dict.fromkeys(state._live_sums))
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -24,6 +24,7 @@ from kubequant.workloads.trading.events import (
     OrderSubmitted,
     PositionSnapshot,
 )
+from kubequant.workloads.trading.oms import Marks
 from kubequant.workloads.trading.state import OmsState
 
 pytestmark = pytest.mark.unit
@@ -82,6 +83,12 @@ def test_projected_positions_equal_a_full_recount_after_every_event(seed: int) -
         got, want = state.projected(), naive_projected(state)
         # Equal as numbers and as text (the quantities planned from them are journaled and sent).
         assert {k: str(v) for k, v in got.items()} == {k: str(v) for k, v in want.items()}
+        # The risk view's live mapping reads the same, key by key, in the same order.
+        view = state.projected_view()
+        assert list(view) == list(got) and len(view) == len(got)
+        assert {k: str(view[k]) for k in view} == {k: str(v) for k, v in got.items()}
+        assert all((k in view) == (k in got) for k in ("A", "B", "C", "D", "nowhere"))
+        assert view.get("nowhere") is None and view.get("nowhere", ZERO) == ZERO
 
 
 def test_the_paper_brokers_last_prices_follow_the_bar(market: QlibMarket, tmp_path: Path) -> None:
@@ -104,3 +111,23 @@ def test_the_paper_brokers_last_prices_follow_the_bar(market: QlibMarket, tmp_pa
     assert reopened.bar == bar  # the bar lives in the record, not only in memory
     assert asyncio.run(reopened.positions()) == {}
     reopened.close()
+
+
+def test_the_views_marks_hold_the_same_prices_as_a_dict_built_for_the_book_and_the_instruments_asked() -> (
+    None
+):
+    prices = {"A": Decimal("10.5"), "B": None, "C": Decimal("3"), "D": Decimal("7"), "E": Decimal("1")}
+    calls: list[str] = []
+
+    def last_price(inst: str) -> Decimal | None:
+        calls.append(inst)
+        return prices.get(inst)
+
+    book = {"A": Decimal(100), "B": Decimal(-5), "C": ZERO}
+    marks = Marks(last_price, book, frozenset({"D", "B", "X"}))
+    built = {i: p for i in {*book, "D", "B", "X"} if (p := prices.get(i)) is not None}
+    assert dict(marks) == built and len(marks) == len(built)
+    assert marks.get("E") is None  # neither held nor asked: absent, as from the built dict
+    assert "B" not in marks and marks.get("X") is None
+    calls.clear()
+    assert marks["A"] == Decimal("10.5") and calls == ["A"]  # one price read per instrument read
