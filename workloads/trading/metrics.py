@@ -30,6 +30,57 @@ def order_transitions(status: str) -> Any:
     return ORDER_TRANSITIONS.labels(status)
 
 
+# --- execution quality (observed as the OMS applies broker facts) -------------------------------
+FILLS_PER_ORDER = Histogram(
+    "kubequant_fills_per_order",
+    "Fills an order took, observed when it closes having filled something (how fragmented execution is).",
+    buckets=(1, 2, 3, 5, 10, 20, 50, 100),
+)
+FILL_SHORTFALL_BPS = Histogram(
+    "kubequant_fill_shortfall_bps",
+    "Implementation shortfall of each fill against its order's reference (arrival) price, in basis "
+    "points; positive is a cost (bought above or sold below the reference).",
+    buckets=(-100, -50, -20, -10, -5, -2, 0, 2, 5, 10, 20, 50, 100, 200),
+)
+# --- the book (set by record_book each account refresh) ----------------------------------------
+GROSS_EXPOSURE = Gauge(
+    "kubequant_gross_exposure_ratio",
+    "Sum of |filled position| × last price over the account's equity (no price: valued at 0 and counted "
+    "in kubequant_book_unpriced_positions).",
+)
+LARGEST_CONCENTRATION = Gauge(
+    "kubequant_largest_concentration_ratio",
+    "The largest single position's |value| over the account's equity.",
+)
+BOOK_UNPRICED = Gauge(
+    "kubequant_book_unpriced_positions", "Held instruments with no last price to value them."
+)
+
+
+def record_fill(side_sign: int, price: Any, reference: Any) -> None:
+    """Observe one fill's shortfall against the order's reference price (no reference: nothing to observe)."""
+    if reference is None or reference <= 0:
+        return
+    FILL_SHORTFALL_BPS.observe(float(side_sign * (price - reference) / reference) * 10_000)
+
+
+def record_book(positions: Any, last_price: Any, equity: Any) -> None:
+    """Set gross exposure and the largest concentration from filled positions (instrument -> quantity)."""
+    gross, largest, unpriced = 0.0, 0.0, 0
+    for inst, qty in positions.items():
+        price = last_price(inst)
+        if price is None:
+            unpriced += 1
+            continue
+        value = abs(float(qty * price))
+        gross += value
+        largest = max(largest, value)
+    BOOK_UNPRICED.set(unpriced)
+    if equity is not None and equity > 0:
+        GROSS_EXPOSURE.set(gross / float(equity))
+        LARGEST_CONCENTRATION.set(largest / float(equity))
+
+
 # --- risk (set by record_risk from the risk engine's own figures; see docs/metrics.md) ---------
 DRAWDOWN = Gauge(
     "kubequant_drawdown_ratio", "Loss from the equity peak, as a fraction of the peak (0 at a new high)."

@@ -45,6 +45,7 @@ from kubequant.workloads.trading.events import (
     OrderCancelRequested,
     OrderCreated,
     OrderEvent,
+    OrderFilled,
     OrderRejected,
     OrderSubmitted,
     RejectSource,
@@ -231,6 +232,12 @@ class OrderManager:
         for event in events:
             if isinstance(event, OrderEvent) and (order := self.state.orders.get(event.client_order_id)):
                 metrics.order_transitions(order.status.value).inc()
+                if type(event) is OrderFilled and event.fill is not None:
+                    metrics.record_fill(order.side.sign, event.fill.price, order.reference_price)
+                    if order.status is OrderStatus.FILLED:
+                        metrics.FILLS_PER_ORDER.observe(len(order.fills))
+                elif order.fills and order.is_terminal and type(event) is not OrderFilled:
+                    metrics.FILLS_PER_ORDER.observe(len(order.fills))  # closed partly filled
 
     def try_commit(self, event: Event) -> bool:
         """Commit a broker-driven event if the state machine allows it; else record an anomaly and halt."""

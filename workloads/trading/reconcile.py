@@ -196,6 +196,7 @@ async def refresh_account(oms: OrderManager) -> None:
     if old is None or (old.cash, old.equity) != (acct.cash, acct.equity):
         await oms.commit_async(AccountSnapshot(now, acct.cash, acct.equity))
     metrics.EQUITY.set(float(acct.equity))
+    metrics.record_book(oms.state.position_quantities(), oms.prices.last_price, acct.equity)
     oms.risk.observe_equity(acct.equity, now)
     metrics.record_risk(oms.risk, acct.equity)  # drawdown, daily PnL and loss, breaker limits, conditions
 

@@ -368,6 +368,39 @@ trading = dash(
             "percentunit",
         ),
         (
+            "Exposure: gross and largest position (of equity)",
+            "timeseries",
+            [
+                (f"kubequant_gross_exposure_ratio{{{TRADING}}}", "gross {{session}}"),
+                (f"kubequant_largest_concentration_ratio{{{TRADING}}}", "largest {{session}}"),
+                (f"kubequant_book_unpriced_positions{{{TRADING}}}", "unpriced positions {{session}}"),
+            ],
+            "percentunit",
+        ),
+        (
+            "Fill shortfall vs arrival price (bps, + is cost)",
+            "timeseries",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (namespace, session, le) (rate(kubequant_fill_shortfall_bps_bucket{{{TRADING}}}[$__rate_interval])))",
+                    f"p{int(q * 100)} {{{{session}}}}",
+                )
+                for q in (0.5, 0.9)
+            ],
+            "none",
+        ),
+        (
+            "Fills per order (mean)",
+            "timeseries",
+            [
+                (
+                    f"sum by (namespace, session) (rate(kubequant_fills_per_order_sum{{{TRADING}}}[$__rate_interval])) / sum by (namespace, session) (rate(kubequant_fills_per_order_count{{{TRADING}}}[$__rate_interval]))",
+                    "{{session}}",
+                )
+            ],
+            "none",
+        ),
+        (
             "Signal to submit latency",
             "timeseries",
             [

@@ -1,8 +1,8 @@
 """The paper broker: fills against a qlib bundle's bars with the Backtest's deal and cost rules.
 
 It keeps its own record (orders, every submit attempt, fills, positions, cash, the bar cursor) in
-its own SQLite file, one transaction per request, so it behaves like a venue that outlives the
-trading process: the crash test compares the OMS journal with this record. Faults can be
+its own SQLite file, written by a thread of its own in group commits (a request is answered once
+its write is committed), so it behaves like a venue that outlives the trading process: the crash test compares the OMS journal with this record. Faults can be
 injected (lost submits, lost acks, query timeouts, disconnects) for tests.
 """
 
