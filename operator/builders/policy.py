@@ -22,11 +22,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from kubequant.api.base import ApiModel
-from kubequant.api.common import PodOptions, Quantity
+from kubequant.api.common import PodOptions, Quantity, ResourceRequirements
 from kubequant.api.modules import check_prefix
 from kubequant.api.quantity import parse_quantity
+from kubequant.api.training import RayWorkers
 
 GPU_RESOURCE = "nvidia.com/gpu"
+HINT = "admins allow more in workloadPolicy"
 # The dev cluster's and the usual cloud GPU pool: nodes labelled kubequant.io/pool=gpu, tainted
 # nvidia.com/gpu (hack/nodes.yaml); the operator adds that toleration itself to a GPU pod.
 GPU_POOL_LABEL = "kubequant.io/pool"
@@ -159,11 +161,53 @@ def _listed(values: list[str]) -> str:
     return ", ".join(values) if values else "none"
 
 
+def resource_violations(
+    resources: ResourceRequirements, policy: WorkloadPolicy, field: str
+) -> Iterator[PolicyViolation]:
+    """Every request or limit of ``resources`` (at ``field``) above the policy's ceiling, or not allowed at all."""
+    ceilings = ", ".join(f"{k} {v}" for k, v in sorted(policy.max_resources.items())) or "none"
+    for part in ("requests", "limits"):
+        for name, quantity in (getattr(resources, part) or {}).items():
+            where = f"{field}.{part}.{name}"
+            ceiling = policy.max_resources.get(name)
+            if ceiling is None:
+                yield PolicyViolation(
+                    where,
+                    f"resource {name} is not allowed by the workload policy (allowed: "
+                    f"{_listed(sorted(policy.max_resources))})",
+                    f"remove it; {HINT}.maxResources",
+                )
+            elif parse_quantity(quantity, where) > parse_quantity(ceiling):
+                yield PolicyViolation(
+                    where,
+                    f"{quantity} {name} is above the workload policy's ceiling of {ceiling} per object "
+                    f"(ceilings: {ceilings})",
+                    f"ask for at most {ceiling}; {HINT}.maxResources",
+                )
+
+
+def gpu_violations(gpus: int, policy: WorkloadPolicy, field: str) -> Iterator[PolicyViolation]:
+    """A count of GPUs per pod (a Ray worker's gpusPerWorker) against the policy's GPU ceiling."""
+    if gpus <= 0:
+        return
+    ceiling = policy.max_resources.get(GPU_RESOURCE)
+    if ceiling is None:
+        yield PolicyViolation(
+            field, "GPUs are not allowed by the workload policy", f"set 0; {HINT}.maxResources.{GPU_RESOURCE}"
+        )
+    elif gpus > parse_quantity(ceiling):
+        yield PolicyViolation(
+            field,
+            f"{gpus} GPUs per pod is above the workload policy's ceiling of {ceiling}",
+            f"ask for at most {ceiling}; {HINT}.maxResources",
+        )
+
+
 def pod_violations(
     pod: PodOptions, policy: WorkloadPolicy, field: str = "spec.pod"
 ) -> Iterator[PolicyViolation]:
     """Every way ``pod`` (at ``field`` of its object) breaks ``policy`` (resolved), in field order."""
-    hint = "admins allow more in workloadPolicy"
+    hint = HINT
 
     def refused(where: str, what: str, allowed: list[str], fix: str, key: str) -> PolicyViolation:
         return PolicyViolation(
@@ -191,22 +235,7 @@ def pod_violations(
                 "allowedImagePullSecrets",
             )
     if pod.resources is not None:
-        ceilings = ", ".join(f"{k} {v}" for k, v in sorted(policy.max_resources.items())) or "none"
-        for part in ("requests", "limits"):
-            for name, quantity in (getattr(pod.resources, part) or {}).items():
-                where = f"{field}.resources.{part}.{name}"
-                ceiling = policy.max_resources.get(name)
-                if ceiling is None:
-                    yield refused(
-                        where, f"resource {name}", sorted(policy.max_resources), "remove it", "maxResources"
-                    )
-                elif parse_quantity(quantity, where) > parse_quantity(ceiling):
-                    yield PolicyViolation(
-                        where,
-                        f"{quantity} {name} is above the workload policy's ceiling of {ceiling} per object "
-                        f"(ceilings: {ceilings})",
-                        f"ask for at most {ceiling}; {hint}.maxResources",
-                    )
+        yield from resource_violations(pod.resources, policy, f"{field}.resources")
     for key in pod.node_selector or {}:
         if key not in policy.allowed_node_selector_keys:
             yield refused(
@@ -251,10 +280,21 @@ def pod_violations(
 
 
 def policy_violations(resource: ApiModel, policy: WorkloadPolicy) -> list[PolicyViolation]:
-    """Every violation of ``policy`` by the pod options anywhere in ``resource`` (any kind)."""
+    """Every violation of ``policy`` by the pod options anywhere in ``resource`` (any kind).
+
+    Also the resources a spec asks for outside its pod options (a TrainingJob's Ray head and
+    workers, each worker's GPUs): the ceilings hold for every pod the object makes.
+    """
     out: list[PolicyViolation] = []
-    for path, pod in find_models(resource, PodOptions):
+    pods = list(find_models(resource, PodOptions))
+    for path, pod in pods:
         out.extend(pod_violations(pod, policy, path))
+    in_pods = {f"{path}.resources" for path, _ in pods}
+    for path, resources in find_models(resource, ResourceRequirements):
+        if path not in in_pods:
+            out.extend(resource_violations(resources, policy, path))
+    for path, workers in find_models(resource, RayWorkers):
+        out.extend(gpu_violations(workers.gpus_per_worker, policy, f"{path}.gpusPerWorker"))
     return out
 
 

@@ -347,3 +347,53 @@ def test_one_line_reads_like_every_kubequant_error() -> None:
     v = only(serviceAccountName="ci-deployer")
     assert v.one_line().startswith("spec.pod.serviceAccountName: ServiceAccount ci-deployer is not allowed")
     assert " — fix: " in v.one_line()
+
+
+def training_job(ray: dict[str, Any], pod: dict[str, Any] | None = None) -> TrainingJob:
+    segments = {
+        "train": {"start": "2020-01-01", "end": "2021-06-30"},
+        "valid": {"start": "2021-07-01", "end": "2021-12-31"},
+        "test": {"start": "2022-01-01", "end": "2022-12-29"},
+    }
+    spec: dict[str, Any] = {"dataset": {"segments": segments}, "ray": ray}
+    if pod is not None:
+        spec["pod"] = pod
+    job = parse_resource(
+        {
+            "apiVersion": "kubequant.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "t"},
+            "spec": spec,
+        }
+    )
+    assert isinstance(job, TrainingJob)
+    return job
+
+
+def test_a_trainingjobs_ray_pods_are_held_to_the_same_ceilings() -> None:
+    """The Ray head's and workers' resources and each worker's GPUs bypassed spec.pod's check."""
+    huge = {"requests": {"cpu": "500"}, "limits": {"cpu": "500", "example.com/fpga": "1"}}
+    job = training_job({"headResources": huge, "workers": {"resources": huge, "gpusPerWorker": 16}})
+    found = {v.field: v for v in policy_violations(job, DEFAULT)}
+    assert set(found) == {
+        "spec.ray.headResources.requests.cpu",
+        "spec.ray.headResources.limits.cpu",
+        "spec.ray.headResources.limits.example.com/fpga",
+        "spec.ray.workers.resources.requests.cpu",
+        "spec.ray.workers.resources.limits.cpu",
+        "spec.ray.workers.resources.limits.example.com/fpga",
+        "spec.ray.workers.gpusPerWorker",
+    }
+    assert "above the workload policy's ceiling" in found["spec.ray.workers.resources.limits.cpu"].message
+    assert "not allowed" in found["spec.ray.headResources.limits.example.com/fpga"].message
+    assert "16 GPUs per pod" in found["spec.ray.workers.gpusPerWorker"].message
+    # Within the ceilings, nothing; spec.pod's resources are still reported once, at spec.pod.
+    fine = {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}
+    job = training_job({"headResources": fine, "workers": {"resources": fine, "gpusPerWorker": 1}})
+    assert policy_violations(job, DEFAULT) == []
+    job = training_job({}, pod={"resources": {"limits": {"cpu": "500"}}})
+    assert [v.field for v in policy_violations(job, DEFAULT)] == ["spec.pod.resources.limits.cpu"]
+    # A policy without GPUs refuses any.
+    no_gpus = policy(maxResources={"cpu": "8", "memory": "32Gi"})
+    job = training_job({"workers": {"gpusPerWorker": 1}})
+    assert [v.field for v in policy_violations(job, no_gpus)] == ["spec.ray.workers.gpusPerWorker"]
