@@ -38,6 +38,7 @@ from kubequant.api.risk import RiskPolicy
 from kubequant.errors import BrokerError, ConfigError, KubequantError
 from kubequant.manifests import load_resources
 from kubequant.workloads.data.bundle import resolve_bundle
+from kubequant.workloads.trading import metrics
 from kubequant.workloads.trading.brokers.base import Broker
 from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
 from kubequant.workloads.trading.brokers.paper import PaperBroker
@@ -362,12 +363,22 @@ class TradingRuntime:
             self.feed.watch(*self.oms.state.position_quantities())
             self.feed.refresh_soon()
         await poll(self.oms)  # journals the new state, and a halt cancels the open orders
+        self.record_data_age()
         # What survived until now is the session's state (orders, fills, positions), kept for the
         # session's life: frozen, the collector's full collections walk only what came since the
         # last tick. Unfrozen they walked every order of the session, holding the loop longer as it
         # grew (~5-20 ms at 20k orders). A cycle that becomes garbage after it was frozen is never
         # collected; the trading path makes next to none.
         gc.freeze()
+
+    def record_data_age(self) -> None:
+        """kubequant_last_bar_timestamp_seconds and whether the trading window is open (the staleness alert's inputs)."""
+        newest = getattr(self.prices, "newest_bar_time", None)
+        when = newest() if newest is not None else None
+        if when is not None:
+            if when.tzinfo is None:  # a bundle's bar: the exchange's local time
+                when = when.replace(tzinfo=self.risk.exchange_tz)
+            metrics.record_bar(when.timestamp(), in_window=self.risk.in_trading_window(self.oms.clock.now()))
 
     def saw_session(self, generation: int | None) -> bool:
         """Record the session generation a change came from; False when it is older than one already applied."""

@@ -65,8 +65,12 @@ def test_the_documented_latest_trades_answer_prices_its_symbols(api: FakeAlpaca)
     api.script[LATEST] = [(200, payload("latest_trades"))]  # the reference's example, verbatim
     prices = make_prices(api.url, symbols=["AAPL"])
     assert prices.last_price("AAPL") is None  # nothing is fetched on a read
+    assert prices.newest_bar_time() is None  # nothing printed yet: no data age to report
     assert asyncio.run(prices.refresh()) == 1
     assert prices.last_price("AAPL") == Decimal("172.78")  # the JSON number, not its float expansion
+    # The trade's own time ("t"), what kubequant_last_bar_timestamp_seconds reports for staleness.
+    newest = prices.newest_bar_time()
+    assert newest is not None and newest.isoformat().startswith("2022-08-17T09:50:43.361102")
 
 
 def test_one_request_prices_every_watched_symbol_and_an_unknown_one_has_none(api: FakeAlpaca) -> None:

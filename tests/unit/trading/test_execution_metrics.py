@@ -87,3 +87,55 @@ def test_the_book_counts_what_it_cannot_price_and_values_shorts_by_their_size() 
     assert sample("kubequant_gross_exposure_ratio") == pytest.approx((1000 + 1500) / 10_000)
     assert sample("kubequant_largest_concentration_ratio") == pytest.approx(1500 / 10_000)
     assert sample("kubequant_book_unpriced_positions") == 1
+
+
+SESSION = """\
+apiVersion: kubequant.io/v1alpha1
+kind: LiveTradingSession
+metadata: {{name: data-age}}
+spec:
+  account: paper-age
+  riskPolicyRef: {{name: data-age}}
+  data: {{path: {bundle}}}
+  startingCash: 1000000
+  replay: {{period: "2021-01-04..2021-03-31"}}
+---
+apiVersion: kubequant.io/v1alpha1
+kind: RiskPolicy
+metadata: {{name: data-age}}
+spec:
+  tradingWindows: [{{weekdays: [Sat], start: "00:00", end: "00:01"}}]
+"""
+
+
+def test_each_tick_reports_the_newest_bars_time_and_whether_the_window_is_open(bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+
+    path = tmp_path / "session.yaml"
+    path.write_text(SESSION.format(bundle=bundle))
+    session, _ = read_session(path)
+    cfg = RuntimeConfig(session=session, policy_path=path, state_dir=tmp_path / "state")
+    runtime = TradingRuntime(cfg, prepare(cfg))
+
+    async def main() -> None:
+        await runtime.start()
+        runtime.broker.advance()  # type: ignore[attr-defined]
+        runtime.broker.advance()  # type: ignore[attr-defined]
+        await runtime.tick()
+
+    try:
+        asyncio.run(main())
+        broker = runtime.broker
+        bar = broker.market.bar_time(broker.bar - 1).to_pydatetime()  # type: ignore[attr-defined]
+        want = bar.replace(tzinfo=ZoneInfo(session.spec.timezone)).timestamp()
+        assert sample("kubequant_last_bar_timestamp_seconds") == want
+        assert dt.datetime.fromtimestamp(want, dt.UTC).date() <= dt.date(2021, 1, 8)
+        # The policy's only window is a minute on Saturdays: closed now (unless it is that minute).
+        assert sample("kubequant_trading_window_open") == float(
+            runtime.risk.in_trading_window(runtime.oms.clock.now())
+        )
+    finally:
+        runtime.close()

@@ -130,6 +130,10 @@ class AlpacaPrices:
             return fetched_age
         return max(fetched_age, (self._wall() - quote.traded).total_seconds())
 
+    def newest_bar_time(self) -> dt.datetime | None:
+        """When the newest trade among the cached prices printed (None before one did)."""
+        return max((q.traded for q in self._prices.values() if q.traded is not None), default=None)
+
     # --- the cache ----------------------------------------------------------------------------
     def watch(self, *symbols: str) -> None:
         """Add symbols to those every refresh fetches."""

@@ -320,6 +320,10 @@ class PaperBroker:
         """True once every bar has been dealt."""
         return self.bar >= len(self.market.calendar)
 
+    def newest_bar_time(self) -> dt.datetime | None:
+        """When the last completed bar was (the bundle's calendar, naive: the exchange's local time)."""
+        return None if self._bar < 1 else self.market.bar_time(self._bar - 1).to_pydatetime()
+
     def last_price(self, instrument: str) -> Decimal | None:
         """Last traded close up to the last completed bar (the risk engine's last price).
 
