@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from kubequant.api.backtest import Output, Segments, Universe
+from kubequant.api.backtest import ExecutionEngine, Output, Segments, Universe
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
 from kubequant.api.common import ClassReference, DataSource, JobOptions, PodOptions, ResourceRequirements
 from kubequant.api.resource import Resource, WorkloadStatus
@@ -23,6 +23,15 @@ class Dataset(ApiModel):
         description="Feature/label handler; default Alpha158 from qlib.contrib.data.handler.",
     )
     segments: Segments = Field(description="Train/valid/test periods.")
+    engine: ExecutionEngine = Field(
+        ExecutionEngine.AUTO,
+        description=(
+            "auto: qlib's Alpha158, Alpha158vwap, Alpha360 or Alpha360vwap (handler without a module) is "
+            "computed by kubequant's compiled handler (kubequant.workloads.features: qlib's values, "
+            "columns and processors, a fraction of the time); any other handler runs as named. "
+            "qlib: always qlib's own handler (the reference)."
+        ),
+    )
 
 
 class RayWorkers(ApiModel):

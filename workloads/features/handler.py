@@ -80,3 +80,54 @@ class Alpha158vwap(Alpha158):
 
     def get_label_config(self) -> tuple[list[str], list[str]]:
         return ["Ref($vwap, -2)/Ref($vwap, -1) - 1"], ["LABEL0"]
+
+
+class Alpha360(qlib_handler.Alpha360):
+    """qlib's Alpha360 (60 days of prices and volume over the latest), computed by the compiled engine.
+
+    Its own defaults differ from Alpha158's: qlib runs ProcessInf, ZScoreNorm and Fillna at inference
+    unless told otherwise, and takes no ``process_type``.
+    """
+
+    def __init__(
+        self,
+        instruments: Any = "csi500",
+        start_time: Any = None,
+        end_time: Any = None,
+        freq: str = "day",
+        infer_processors: Any = None,
+        learn_processors: Any = None,
+        fit_start_time: Any = None,
+        fit_end_time: Any = None,
+        filter_pipe: Any = None,
+        inst_processors: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        infer = list(qlib_handler._DEFAULT_INFER_PROCESSORS) if infer_processors is None else infer_processors
+        learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
+        infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
+        learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
+        loader = _loader_config(
+            qlib_handler.Alpha360DL.get_feature_config(),
+            kwargs.pop("label", self.get_label_config()),
+            filter_pipe,
+            freq,
+            inst_processors,
+        )
+        DataHandlerLP.__init__(
+            self,
+            instruments=instruments,
+            start_time=start_time,
+            end_time=end_time,
+            data_loader=loader,
+            infer_processors=infer,
+            learn_processors=learn,
+            **kwargs,
+        )
+
+
+class Alpha360vwap(Alpha360):
+    """qlib's Alpha360vwap (the label on vwap), computed by the compiled engine."""
+
+    def get_label_config(self) -> tuple[list[str], list[str]]:
+        return ["Ref($vwap, -2)/Ref($vwap, -1) - 1"], ["LABEL0"]

@@ -13,7 +13,7 @@ from typing import Any
 from kubequant.api.modules import DEFAULT_ALLOWED_MODULES
 from kubequant.api.training import TrainingJobSpec
 from kubequant.errors import ConfigError, DataError
-from kubequant.workloads.backtest.qlib_config import HANDLER_MODULE, class_config
+from kubequant.workloads.backtest.qlib_config import class_config, handler_module
 from kubequant.workloads.data.bundle import resolve_bundle
 
 FIELD = "spec.dataset"
@@ -41,7 +41,7 @@ def handler_config(spec: TrainingJobSpec) -> dict[str, Any]:
     seg = spec.dataset.segments
     return class_config(
         spec.dataset.handler,
-        HANDLER_MODULE,
+        handler_module(spec.dataset),  # the compiled handler under engine auto
         f"{FIELD}.handler",
         start_time=str(seg.train.start),
         end_time=str(seg.test.end),

@@ -45,7 +45,10 @@ def test_default_model_is_auto_and_compiled() -> None:
             {"handler": {"class": "Alpha158", "module": "qlib.contrib.data.handler"}},
             "qlib.contrib.data.handler",
         ),
-        ({"handler": {"class": "Alpha360"}}, "qlib.contrib.data.handler"),
+        ({"handler": {"class": "Alpha360"}}, "kubequant.workloads.features"),
+        ({"handler": {"class": "Alpha360vwap"}}, "kubequant.workloads.features"),
+        ({"engine": "qlib", "handler": {"class": "Alpha360"}}, "qlib.contrib.data.handler"),
+        ({"handler": {"class": "DataHandlerLP"}}, "qlib.contrib.data.handler"),
         ({"handler": {"class": "MyHandler", "module": "kubequant.custom"}}, "kubequant.custom"),
     ],
 )
