@@ -89,7 +89,7 @@ class InlineModel(ApiModel):
     engine: ExecutionEngine = Field(
         cast("ExecutionEngine", "auto"),
         description=(
-            "auto: qlib's Alpha158 or Alpha158vwap (handler without a module) is computed by "
+            "auto: qlib's Alpha158, Alpha158vwap, Alpha360 or Alpha360vwap (handler without a module) is computed by "
             "kubequant's compiled handler (kubequant.workloads.features: qlib's values, columns and "
             "processors, a fraction of the time); any other handler runs as named. "
             "qlib: always qlib's own handler (the reference)."
@@ -148,6 +148,9 @@ class Strategy(ApiModel):
     __rules__ = (exactly_one_rule(["topkDropout", "custom"], "leave both unset for TopkDropout", True),)
 
 
+SESSION_MINUTES = 120  # each A-share session (09:30–11:30, 13:00–15:00)
+
+
 def minutes(frequency: str) -> int:
     """Length of a step in minutes (a trading day counts as 240, the A-share session)."""
     return 240 if frequency == "day" else int(frequency.removesuffix("min"))
@@ -194,6 +197,14 @@ class SlicingStrategy(ApiModel):
         exactly_one_rule(["twap", "vwap", "sbbEma", "custom"], "choose how this level slices orders"),
     )
 
+    def slicing(self) -> str:
+        """The built-in slicing chosen: twap, vwap or sbb_ema ('custom' for a class)."""
+        if self.custom is not None:
+            return "custom"
+        if self.vwap is not None:
+            return "vwap"
+        return "sbb_ema" if self.sbb_ema is not None else "twap"
+
 
 class ExecutorLevel(ApiModel):
     """One inner level of nested execution: its step and the strategy that slices the level above."""
@@ -230,9 +241,10 @@ class Executor(ApiModel):
     engine: ExecutionEngine = Field(
         ExecutionEngine.AUTO,
         description=(
-            "auto: a day → 1min level slicing by TWAP or VWAP runs compiled (qlib's rules, the same "
-            "results, a fraction of the time); every other level runs in qlib's NestedExecutor. "
-            "qlib: always qlib's NestedExecutor (the reference)."
+            "auto: inner levels under a daily level that slice with TWAP, VWAP or sbbEma, each of a "
+            "step dividing 120 minutes and the step above (e.g. day → 30min → 1min), run compiled "
+            "(qlib's rules, the same results, a fraction of the time); levels with a custom "
+            "strategy class run in qlib's NestedExecutor. qlib: always qlib's NestedExecutor (the reference)."
         ),
     )
 
@@ -264,17 +276,33 @@ class Executor(ApiModel):
         """The frequency trades are simulated at."""
         return self.levels[-1].frequency if self.levels else self.frequency
 
-    def compiled_slicing(self) -> str | None:
-        """'twap' or 'vwap' when the levels run on the compiled day → 1min level; None: qlib's executors."""
+    def compiled_reason(self) -> str | None:
+        """Why the inner levels run on qlib's NestedExecutor; None when they run on the compiled engine."""
         levels = self.levels or []
-        if self.engine != ExecutionEngine.AUTO or len(levels) != 1:
+        if not levels:
+            return "single level"
+        if self.engine != ExecutionEngine.AUTO:
+            return "engine: qlib"
+        if self.frequency != "day":
+            return f"compiled levels run under a daily decision level, not {self.frequency}"
+        above = SESSION_MINUTES
+        for i, level in enumerate(levels):
+            if level.strategy.custom is not None:
+                return f"levels[{i}] slices with a custom strategy class"
+            step = minutes(level.frequency)
+            if SESSION_MINUTES % step or above % step:
+                return (
+                    f"levels[{i}]: {level.frequency} bars would not tile the 120-minute sessions "
+                    f"or nest in the level above"
+                )
+            above = step
+        return None
+
+    def compiled_slicing(self) -> list[str] | None:
+        """Each level's slicing (twap, vwap, sbb_ema) when the levels run compiled; None: qlib's executors."""
+        if self.compiled_reason() is not None:
             return None
-        if self.frequency != "day" or levels[0].frequency != "1min":
-            return None
-        chosen = levels[0].strategy
-        if chosen.custom is not None or chosen.sbb_ema is not None:
-            return None
-        return "vwap" if chosen.vwap is not None else "twap"
+        return [level.strategy.slicing() for level in self.levels or []]
 
 
 class DealPrice(StrEnum):

@@ -30,6 +30,11 @@ class ExecutionQuality(ApiModel):
     levels: list[LevelExecution] | None = Field(
         None, max_length=4, description="Indicators per level, outermost first."
     )
+    engine: str | None = Field(
+        None,
+        max_length=300,
+        description="Which engine ran the inner levels, and why (the compiled engine, or qlib's NestedExecutor).",
+    )
     implementation_shortfall_bps: float | None = Field(
         None,
         description="Value-weighted cost of the fills against the arrival price (the day's open), in bps.",

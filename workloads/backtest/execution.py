@@ -9,6 +9,7 @@ import pandas as pd
 
 from kubequant.api.backtest import BacktestSpec
 from kubequant.api.results import ExecutionQuality, LevelExecution
+from kubequant.workloads.backtest.qlib_config import engine_note
 
 
 def _num(value: Any, scale: float = 1.0) -> float | None:
@@ -83,4 +84,5 @@ def execution_quality(
     """The execution block of the results."""
     levels = level_indicators(indicators)
     parent_orders = (levels[0].orders or 0) if levels else 0
-    return ExecutionQuality(levels=levels, **fill_measures(trades, spec, parent_orders))
+    engine = engine_note(spec) if spec.executor.levels else None
+    return ExecutionQuality(levels=levels, engine=engine, **fill_measures(trades, spec, parent_orders))

@@ -46,6 +46,8 @@ class MinuteBars:
     sigma: np.ndarray  # σ of the impact model (the minute's day); zeros without one
     day_start: dict[pd.Timestamp, int]  # first minute column of each day
     day_stop: dict[pd.Timestamp, int]
+    raw_buy: np.ndarray  # the deal-price fields as quoted (NaN kept): what a longer bar's price is taken from
+    raw_sell: np.ndarray
 
     @cached_property
     def row(self) -> dict[str, int]:
@@ -90,6 +92,8 @@ class MinuteBars:
             sigma=sigma,
             day_start={day: lo for day, lo, _ in spans},
             day_stop={day: hi for day, _, hi in spans},
+            raw_buy=fields.values[buy_field],
+            raw_sell=fields.values[sell_field],
         )
 
 

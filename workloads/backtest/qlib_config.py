@@ -24,7 +24,7 @@ MODEL_MODULES = {
     "DEnsembleModel": "qlib.contrib.model.double_ensemble",
 }
 # Handlers kubequant computes with compiled kernels when a spec's engine is auto (docs/features.md).
-COMPILED_HANDLERS = frozenset({"Alpha158", "Alpha158vwap"})
+COMPILED_HANDLERS = frozenset({"Alpha158", "Alpha158vwap", "Alpha360", "Alpha360vwap"})
 COMPILED_HANDLER_MODULE = "kubequant.workloads.features"
 # qlib's label for Alpha158/Alpha360: the return from the next day's close to the one after.
 DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
@@ -149,19 +149,27 @@ MINUTE_EXCHANGE_MODULE = "kubequant.workloads.backtest.minute_exchange"
 def executor_config(spec: BacktestSpec) -> dict[str, Any]:
     """qlib's SimulatorExecutor config, wrapped in one NestedExecutor per inner level (outermost first).
 
-    A day → 1min TWAP/VWAP level runs on kubequant's compiled executor instead (``compiled_slicing``).
+    Inner levels under a daily one with built-in slicing run on kubequant's compiled executor instead
+    (``compiled_slicing``; ``Executor.compiled_reason`` says when they do not).
     """
-    slicing = spec.executor.compiled_slicing()
-    if slicing is not None:
-        level = (spec.executor.levels or [])[0]
+    slicings = spec.executor.compiled_slicing()
+    if slicings is not None:
         impact = spec.exchange.impact
+        level_kwargs = [
+            {
+                "frequency": level.frequency,
+                "slicing": slicing,
+                "lookback_days": level.strategy.vwap.lookback_days if level.strategy.vwap else 5,
+            }
+            for level, slicing in zip(spec.executor.levels or [], slicings, strict=True)
+        ]
         return {
             "class": "CompiledSlicingExecutor",
             "module_path": COMPILED_MODULE,
             "kwargs": {
                 "time_per_step": "day",
-                "slicing": slicing,
-                "lookback_days": level.strategy.vwap.lookback_days if level.strategy.vwap else 5,
+                "levels": level_kwargs,
+                "instruments": spec.universe.resolved_market(),
                 "expire_unfilled": impact is not None and impact.on_cap == "expire",
                 "generate_portfolio_metrics": True,
                 "trade_type": spec.executor.trade_type,
@@ -198,6 +206,18 @@ def executor_config(spec: BacktestSpec) -> dict[str, Any]:
             },
         }
     return config
+
+
+def engine_note(spec: BacktestSpec) -> str:
+    """Which engine runs the inner levels, and why: one line for the run's output."""
+    executor = spec.executor
+    chain = " → ".join(
+        [executor.frequency, *(f"{lv.frequency} {lv.strategy.slicing()}" for lv in executor.levels or [])]
+    )
+    reason = executor.compiled_reason()
+    if reason is None:
+        return f"{chain}: inner levels on the compiled engine (built-in slicing, qlib's rules)"
+    return f"{chain}: inner levels on qlib's NestedExecutor ({reason})"
 
 
 def exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:

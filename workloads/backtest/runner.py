@@ -19,7 +19,12 @@ from kubequant.api.results import BacktestResults, SingleLevelComparison
 from kubequant.errors import ConfigError
 from kubequant.workloads.backtest import execution, metrics, preflight, report
 from kubequant.workloads.backtest.import_guard import guarded_imports
-from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
+from kubequant.workloads.backtest.qlib_config import (
+    engine_note,
+    exchange_kwargs,
+    executor_config,
+    strategy_config,
+)
 from kubequant.workloads.backtest.signal import (
     Signal,
     init_class,
@@ -222,6 +227,8 @@ def _run_in_qlib(
     lap("signal")
 
     progress("backtest", f"backtesting {spec.period.start} … {spec.period.end}")
+    if spec.executor.levels:
+        progress("backtest", engine_note(spec))
     daily, positions, indicators, trades = _backtest(spec, signal.scores)
     lap("backtest")
 
