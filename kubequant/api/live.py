@@ -61,6 +61,24 @@ class Broker(ApiModel):
     )
 
 
+class SignalRateLimit(ApiModel):
+    """How fast one client (by source address) may call the signal API's /v1 routes."""
+
+    requests_per_second: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="Sustained requests per second one client may make; more are refused with 429 and "
+        "Retry-After. The default is five times the 1,000 signals/s the API is sized for.",
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Requests one client may make at once after a quiet spell (default: requestsPerSecond).",
+    )
+
+
 class SignalApi(ApiModel):
     """The HTTP signal API served by the trading pod."""
 
@@ -73,6 +91,10 @@ class SignalApi(ApiModel):
         ge=1,
         le=10000,
         description="Most targets one signal may carry; a larger signal is refused (422).",
+    )
+    rate_limit: SignalRateLimit = Field(
+        default_factory=SignalRateLimit,
+        description="Per-client rate limit of the /v1 routes (429 with Retry-After beyond it).",
     )
 
 

@@ -1,9 +1,10 @@
 """The trading pod's HTTP signal API: targets in, orders out through the OMS, status for the operator.
 
 Routes: ``POST /v1/signals``, ``GET /v1/orders``, ``GET /v1/positions``, ``GET /v1/status``,
-``POST /v1/trading-state`` (bearer token), ``GET /healthz``, ``GET /readyz`` (200 once recovery
-finished), ``GET /metrics``. The HTTP
-handler and the benchmark share ``SignalService.handle``: parse, plan, submit.
+``POST /v1/trading-state`` (bearer token, per-client rate limit), ``GET /healthz``, ``GET /readyz``
+(200 once recovery finished), ``GET /metrics``, ``GET /openapi.json`` (the contract, generated from
+the models requests are validated with: signal_schema.py). The HTTP handler and the benchmark share
+``SignalService.handle``: parse, plan, submit.
 """
 
 from __future__ import annotations
@@ -15,26 +16,34 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
+from aiolimiter import AsyncLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import ValidationError as PydanticValidationError
 
-from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalApi, TradingState
+from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalRateLimit, TradingState
 from kubequant.errors import ConfigError, ValidationError
 from kubequant.workloads.trading.domain import ZERO, utcnow
 from kubequant.workloads.trading.events import SignalReceived
 from kubequant.workloads.trading.oms import NotReady, OrderManager
 from kubequant.workloads.trading.orders import Order, OrderStatus
 from kubequant.workloads.trading.risk_engine import Reason
+from kubequant.workloads.trading.signal_schema import (
+    DEFAULT_MAX_TARGETS,
+    MAX_NUMBER,
+    SIGNAL_IN,
+    TRADING_STATE_IN,
+    openapi_document,
+)
 from kubequant.workloads.trading.signals import Signal, Target, plan_orders
-from kubequant.workloads.trading.trading_state import TradingStateRefused, set_running
+from kubequant.workloads.trading.trading_state import MAX_REASON, TradingStateRefused, set_running
 
 if TYPE_CHECKING:
     from kubequant.workloads.trading.runtime import TradingRuntime
@@ -43,15 +52,11 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "KUBEQUANT_SIGNAL_TOKEN"
 TOKEN_FILE_ENV = "KUBEQUANT_SIGNAL_TOKEN_FILE"
-INSTRUMENT = re.compile(r"^[A-Za-z0-9._-]{1,32}$")  # kubequant.api.common.InstrumentCode
-SIGNAL_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 RISK_REASONS = frozenset(r.value for r in Reason)
-_TOP_KEYS = frozenset({"id", "targets", "limitPrices"})
-DEFAULT_MAX_TARGETS: int = SignalApi.model_fields["max_targets"].default
 # On the read routes: "durable" when the answer holds only events on disk; "pending" when writes
 # kept arriving and the answer also shows some still being written (rare: under a steady stream).
 JOURNAL_HEADER = "Kubequant-Journal"
-MAX_NUMBER = Decimal("1E12")  # no quantity or price of a real order comes near it
+MAX_BODY_BYTES = 1 << 20  # a signal of 10,000 targets (the most maxTargets allows) is about 0.6 MB
 MAX_JSON_DEPTH = 32  # a signal is 3 levels deep; anything far deeper is refused before it is parsed
 
 
@@ -89,22 +94,6 @@ def load_token(path: Path | str | None = None, env: Mapping[str, str] | None = N
     return token
 
 
-def _number(value: Any, field: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise BadRequest("not a number", field, "give a JSON number")
-    try:
-        out = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    except InvalidOperation:
-        raise BadRequest(f"not a number: {str(value)[:40]!r}", field, "give a JSON number") from None
-    if not out.is_finite() or (isinstance(value, float) and not math.isfinite(value)):
-        raise BadRequest("not a finite number", field, "give a finite number")
-    if out.copy_abs() > MAX_NUMBER:  # copy_abs: no context, so no Overflow on 1E+999999999
-        raise BadRequest(
-            f"{out:.3E} is out of range", field, f"give a number of magnitude at most {MAX_NUMBER:.0E}"
-        )
-    return out
-
-
 def json_depth(value: Any) -> int:
     """How deeply arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
     depth, stack = 0, [(value, 1)]
@@ -127,6 +116,10 @@ def parse_json(raw: bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest(f"the body is not JSON: {err}", "$", "send a JSON object", 400) from None
     else:
+        # Each level opens a bracket: with no more brackets than levels allowed (a signal of up to 30
+        # targets), the walk is not needed.
+        if raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
+            return body
         depth = json_depth(body)
         if depth <= MAX_JSON_DEPTH:
             return body
@@ -152,94 +145,146 @@ def signal_digest(signal: Signal) -> str:
 
 
 def parse_signal(body: Any, knows: Any = None, max_targets: int = DEFAULT_MAX_TARGETS) -> Signal:
-    """A Signal from the request JSON; BadRequest names the first field at fault.
+    """A Signal from the request JSON, validated by the published model; BadRequest names the first field at fault.
 
     ``knows(instrument)`` says whether the venue lists the instrument (None skips that check).
     """
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", "$", 'send {"id": ..., "targets": [...]}', 400)
-    for key in body:
-        if key not in _TOP_KEYS:
-            raise BadRequest(
-                f"unknown field {key[:40]!r}", key[:40], f"use only {', '.join(sorted(_TOP_KEYS))}"
-            )
-    sid = body.get("id")
-    if sid is None:
-        raise BadRequest("the idempotency key is missing", "id", "set id to a key unique to this signal")
-    if not isinstance(sid, str) or not SIGNAL_ID.match(sid):
-        raise BadRequest(
-            "id must be 1-128 characters of A-Z a-z 0-9 . _ : @ / -", "id", "use a short unique string"
-        )
-    targets = body.get("targets")
-    if not isinstance(targets, list) or not targets:
-        raise BadRequest("targets must be a non-empty list", "targets", "give at least one target")
-    if len(targets) > max_targets:
+    if type(body) is dict and type(targets := body.get("targets")) is list and len(targets) > max_targets:
+        # Before validation: a signal over the cap costs nothing to refuse, whatever its targets hold.
         raise BadRequest(
             f"{len(targets)} targets, more than the {max_targets} one signal may carry",
             "targets",
             "split the signal, or raise spec.strategy.signalApi.maxTargets",
         )
-    limits = body.get("limitPrices") or {}
-    if not isinstance(limits, dict):
-        raise BadRequest("limitPrices must be an object", "limitPrices", "map instrument to a price")
+    try:
+        wire = SIGNAL_IN.validate_python(body)
+    except PydanticValidationError as err:
+        raise refusal(err, SIGNAL_REFUSALS) from None
+    limits = wire.limit_prices or {}
     parsed: list[Target] = []
     seen: set[str] = set()
-    for i, t in enumerate(targets):
-        where = f"targets[{i}]"
-        if not isinstance(t, dict):
-            raise BadRequest("a target must be an object", where, 'give {"instrument": ..., "weight": ...}')
-        extra = set(t) - {"instrument", "weight", "quantity"}
-        if extra:
-            key = sorted(extra)[0]
-            raise BadRequest(
-                f"unknown field {key[:40]!r}", f"{where}.{key[:40]}", "use instrument, weight or quantity"
-            )
-        inst = t.get("instrument")
-        if not isinstance(inst, str) or not INSTRUMENT.match(inst):
-            shown = repr(inst[:40]) if isinstance(inst, str) else f"a JSON {type(inst).__name__}"
-            raise BadRequest(
-                f"instrument {shown} is not an instrument code",
-                f"{where}.instrument",
-                "use 1-32 characters of A-Z a-z 0-9 . _ - (e.g. SYN0001)",
-            )
+    for i, t in enumerate(wire.targets):
+        inst = t.instrument
         if knows is not None and not knows(inst):
             raise BadRequest(
                 f"unknown instrument {inst}",
-                f"{where}.instrument",
+                f"targets[{i}].instrument",
                 "use an instrument the venue lists as tradable (and in spec.universe, if set)",
             )
         if inst in seen:
-            raise BadRequest(f"{inst} appears twice", f"{where}.instrument", "give one target per instrument")
-        seen.add(inst)
-        has_w, has_q = t.get("weight") is not None, t.get("quantity") is not None
-        if has_w == has_q:
             raise BadRequest(
-                "set exactly one of weight and quantity"
-                if has_w
-                else "a target needs a weight or a quantity",
-                where,
-                "give weight (fraction of equity) or quantity (signed shares), not both",
+                f"{inst} appears twice", f"targets[{i}].instrument", "give one target per instrument"
             )
-        price = None
-        if inst in limits:
-            price = _number(limits[inst], f"limitPrices.{inst}")
-            if price <= 0:
-                raise BadRequest("a limit price must be positive", f"limitPrices.{inst}", "give a price > 0")
-        if has_w:
-            weight = _number(t["weight"], f"{where}.weight")
-            if not -1 <= weight <= 1:
-                raise BadRequest(
-                    f"weight {weight} is outside [-1, 1]", f"{where}.weight", "give a fraction of equity"
-                )
-            parsed.append(Target(inst, weight=weight, limit_price=price))
-        else:
-            parsed.append(
-                Target(inst, quantity=_number(t["quantity"], f"{where}.quantity"), limit_price=price)
-            )
+        seen.add(inst)
+        parsed.append(Target(inst, t.quantity, t.weight, limits.get(inst)))
     for inst in limits:
         if inst not in seen:
             raise BadRequest(f"no target for {inst}", f"limitPrices.{inst}", "remove it or add a target")
-    return Signal(sid, tuple(parsed))
+    return Signal(wire.id, tuple(parsed))
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the JSON path the API names ("targets[0].weight"; "$" for the body)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":  # a dict key that failed: the path already ends with the key
+            out += ("." if out else "") + part[:40]
+    return out or "$"
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """How one request model's validation errors read: the fix for a body of the wrong shape, per field."""
+
+    shape: str  # the fix when the body is not an object
+    fields: dict[str, str]  # parent path -> the fix for an unknown field there
+
+
+SIGNAL_REFUSALS = Refusals(
+    'send {"id": ..., "targets": [...]}',
+    {"$": "use only id, limitPrices, targets", "target": "use instrument, weight or quantity"},
+)
+TRADING_STATE_REFUSALS = Refusals(
+    'send {"state": "ACTIVE", "reason": "..."}', {"$": "use only state and reason"}
+)
+
+
+def _shown(value: Any) -> str:
+    return repr(value[:40]) if isinstance(value, str) else f"a JSON {type(value).__name__}"
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    try:
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
+def _number_refusal(kind: str, name: str, value: Any) -> tuple[str, str]:
+    if kind == "finite_number":
+        return "not a finite number", "give a finite number"
+    number = _as_decimal(value) if kind not in ("decimal_parsing", "decimal_type") else None
+    if number is None:
+        shown = f": {value[:40]!r}" if isinstance(value, str) else ""
+        return f"not a number{shown}", "give a JSON number"
+    if name == "weight":
+        return f"weight {number} is outside [-1, 1]", "give a fraction of equity"
+    if kind == "greater_than":
+        return "a limit price must be positive", "give a price > 0"
+    return f"{number:.3E} is out of range", f"give a number of magnitude at most {MAX_NUMBER:.0E}"
+
+
+def _explain(error: Any, refusals: Refusals) -> tuple[str, str]:
+    """The message and the fix of one pydantic error (``error``: an item of ValidationError.errors())."""
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    path = json_path(loc)
+    name = next((p for p in reversed(loc) if isinstance(p, str) and p != "[key]"), "")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])[:40]
+        return f"unknown field {key!r}", refusals.fields["target" if len(loc) > 1 else "$"]
+    if kind == "missing" and name == "id":
+        return "the idempotency key is missing", "set id to a key unique to this signal"
+    if path == "id":
+        return "id must be 1-128 characters of A-Z a-z 0-9 . _ : @ / -", "use a short unique string"
+    if path == "targets":
+        return "targets must be a non-empty list", "give at least one target"
+    if loc[0] == "targets" and len(loc) == 2:
+        if kind == "target_shape":
+            return error["msg"], "give weight (fraction of equity) or quantity (signed shares), not both"
+        return "a target must be an object", 'give {"instrument": ..., "weight": ...}'
+    instrument_fix = "use 1-32 characters of A-Z a-z 0-9 . _ - (e.g. SYN0001)"
+    if name == "instrument":
+        if kind == "missing":
+            return "the target has no instrument", instrument_fix
+        return f"instrument {_shown(value)} is not an instrument code", instrument_fix
+    if path == "limitPrices":
+        return "limitPrices must be an object", "map instrument to a price"
+    if loc[0] == "limitPrices" and loc[-1] == "[key]":
+        return f"instrument {_shown(value)} is not an instrument code", instrument_fix
+    if name in ("weight", "quantity") or loc[0] == "limitPrices":
+        return _number_refusal(kind, name, value)
+    if name == "state":
+        if kind == "missing" or not isinstance(value, str):
+            return "state is missing", "give ACTIVE, REDUCING or HALTED"
+        return f"unknown trading state {value[:40]!r}", "use one of ACTIVE, REDUCING, HALTED"
+    if name == "reason":
+        if kind == "missing" or not isinstance(value, str):
+            return "reason is missing", "say why the state changes"
+        if kind == "string_too_long":
+            return f"the reason is over {MAX_REASON} characters", "shorten it"
+        return "a reason is required", "say why, e.g. 'loss reviewed'"
+    return str(error["msg"]), "see the signal API's schema at /openapi.json"
+
+
+def refusal(err: PydanticValidationError, refusals: Refusals) -> BadRequest:
+    """The BadRequest for the first error of a request model's validation: 400 for the body's shape, else 422."""
+    error = err.errors(include_url=False, include_context=False)[0]
+    if not error["loc"]:
+        return BadRequest("the body must be a JSON object", "$", refusals.shape, 400)
+    message, fix = _explain(error, refusals)
+    return BadRequest(message, json_path(error["loc"]), fix)
 
 
 def _code(order: Order) -> str:
@@ -280,12 +325,14 @@ class SignalService:
         knows: Any = None,
         lot: Decimal = Decimal(1),
         max_targets: int = DEFAULT_MAX_TARGETS,
+        rate_limit: SignalRateLimit | None = None,
     ) -> None:
         self.oms = oms
         self.starting_equity = starting_equity
         self.knows = knows
         self.lot = lot
         self.max_targets = max_targets
+        self.rate_limit = rate_limit or SignalRateLimit()
         self._by_signal: dict[str, list[str]] | None = None
         self._pending: dict[str, asyncio.Future[None]] = {}  # signal ids whose orders are being submitted
 
@@ -300,6 +347,7 @@ class SignalService:
             knows=runtime.knows(),
             lot=runtime.lot(),
             max_targets=api.max_targets if api is not None else DEFAULT_MAX_TARGETS,
+            rate_limit=api.rate_limit if api is not None else None,
         )
 
     def _index(self) -> dict[str, list[str]]:
@@ -372,22 +420,14 @@ class SignalService:
 
     async def set_trading_state(self, body: Any) -> dict[str, Any]:
         """Set the trading state by an operator's request ({"state", "reason"}); BadRequest names the field."""
-        if not isinstance(body, dict):
-            raise BadRequest(
-                "the body must be a JSON object", "$", 'send {"state": "ACTIVE", "reason": "..."}', 400
-            )
-        for key in body:
-            if key not in ("state", "reason"):
-                raise BadRequest(f"unknown field {key[:40]!r}", key[:40], "use only state and reason")
-        state, reason = body.get("state"), body.get("reason")
-        if not isinstance(state, str):
-            raise BadRequest("state is missing", "state", "give ACTIVE, REDUCING or HALTED")
-        if not isinstance(reason, str):
-            raise BadRequest("reason is missing", "reason", "say why the state changes")
+        try:
+            wire = TRADING_STATE_IN.validate_python(body)
+        except PydanticValidationError as err:
+            raise refusal(err, TRADING_STATE_REFUSALS) from None
         if not self.oms.ready:
             raise NotReady(self.oms.failed or "recovery has not finished", fix="wait for /readyz")
         try:
-            event = await set_running(self.oms, state, reason)
+            event = await set_running(self.oms, wire.state, wire.reason)
         except ValidationError as err:
             raise BadRequest(err.message, err.where or "$", err.fix or "") from None
         except TradingStateRefused as err:
@@ -470,7 +510,7 @@ class SignalService:
         status = LiveTradingSessionStatus(
             phase=phase,
             trading_state=state,
-            halt_reason=("; ".join(risk.describe().values()) or None)[:1024] if risk.conditions else None,
+            halt_reason=("; ".join(risk.describe().values())[:1024] or None) if risk.conditions else None,
             broker_connected=oms.broker.is_connected(),
             equity=None if equity is None else float(equity),
             pnl=None if equity is None else float(equity - self.starting_equity),
@@ -487,35 +527,118 @@ class SignalService:
         return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+class TokenMask(logging.Filter):
+    """Masks the bearer tokens of this process's signal APIs in a record, its traceback included.
+
+    aiohttp logs a request it cannot parse with the parser's error, which quotes the raw header line:
+    an Authorization header with a stray byte would otherwise put the token in the log.
+    """
+
+    tokens: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        text, trace = record.getMessage(), record.exc_text or ""
+        for token in self.tokens:
+            text, trace = text.replace(token, "[REDACTED]"), trace.replace(token, "[REDACTED]")
+        record.msg, record.args, record.exc_text = text, None, trace or None
+        return True
+
+
+SERVER_LOG = logging.getLogger(f"{__name__}.server")  # aiohttp's request handling, for our servers
+SERVER_LOG.addFilter(TokenMask())
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=lambda o: json.dumps(o, default=str))
+
+
+class ClientRateLimit:
+    """A leaky bucket (aiolimiter) per client address that refuses, never queues, a request over the limit."""
+
+    def __init__(self, limit: SignalRateLimit, max_clients: int = 4096) -> None:
+        self.burst = limit.burst or limit.requests_per_second
+        self.period = self.burst / limit.requests_per_second  # a full bucket drains in this many seconds
+        # A bucket that refused has room for one more within 1/rate seconds; HTTP counts whole seconds.
+        self.retry_after = str(max(1, math.ceil(1 / limit.requests_per_second)))
+        self.max_clients = max_clients
+        self._buckets: dict[str, AsyncLimiter] = {}
+
+    async def admit(self, client: str) -> bool:
+        """Whether ``client`` may make one more request now; its capacity is taken when it may."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self.max_clients:
+                self._forget_idle()
+            bucket = self._buckets[client] = AsyncLimiter(self.burst, self.period)
+        if not bucket.has_capacity():
+            return False
+        await bucket.acquire()  # there is capacity: returns without waiting
+        return True
+
+    def _forget_idle(self) -> None:
+        # Many addresses: drop the drained buckets (nothing to remember), then the oldest if all are busy.
+        for client in [c for c, b in self._buckets.items() if b.has_capacity(b.max_rate)]:
+            del self._buckets[client]
+        while len(self._buckets) >= self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
 
 
 def build_app(service: SignalService, token: str) -> web.Application:
-    """The aiohttp application over ``service``, with bearer-token auth on every /v1 route."""
-    expected = f"Bearer {token}".encode()
+    """The aiohttp application over ``service``: per-client rate limit and bearer-token auth on every /v1 route."""
+    expected = token.encode()
+    TokenMask.tokens.add(token)
+    limiter = ClientRateLimit(service.rate_limit)
+    unauthorized = {
+        "error": "missing or wrong bearer token",
+        "field": "headers.Authorization",
+        "fix": "send Authorization: Bearer <token from the session's Secret>",
+    }
+    throttled = {
+        "error": "too many requests from this client",
+        "field": "$",
+        "fix": "retry after Retry-After seconds, or raise spec.strategy.signalApi.rateLimit",
+    }
+    too_large = BadRequest(
+        f"the body is {MAX_BODY_BYTES} bytes or more",
+        "$",
+        "send a smaller body (split the signal)",
+        413,
+    )
+    document = json.dumps(openapi_document(service.max_targets)).encode()
 
     @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _json(
-                    {
-                        "error": "missing or wrong bearer token",
-                        "field": "headers.Authorization",
-                        "fix": "send Authorization: Bearer <token from the session's Secret>",
-                    },
-                    401,
-                )
+            # Throttled first, so guessing tokens is throttled too.
+            if not await limiter.admit(request.remote or ""):
+                return _json(throttled, 429, {"Retry-After": limiter.retry_after})
+            # surrogateescape: a header that is not UTF-8 compares (unequal), never raises. The scheme
+            # is case-insensitive (RFC 7235); the token is compared in constant time, always: how much
+            # of a wrong token matched does not show in how long the refusal took.
+            scheme, _, given = (
+                request.headers.get("Authorization", "").encode("utf-8", "surrogateescape").partition(b" ")
+            )
+            if not hmac.compare_digest(given, expected) or scheme.lower() != b"bearer":
+                return _json(unauthorized, 401)
         return await handler(request)
 
     async def json_call(
         request: web.Request, call: Callable[[Any], Awaitable[tuple[dict[str, Any], int]]]
     ) -> web.Response:
-        """Parse the JSON body, run ``call`` on it; a bad body is 400, a refused field 4xx, not ready 503."""
+        """Parse the JSON body, run ``call`` on it; a bad body is 400 (413 too large), a refused field 4xx, not ready 503."""
+        if (request.content_length or 0) >= MAX_BODY_BYTES:
+            return _json(too_large.body(), too_large.status)  # refused before a byte of it is read
         try:
-            body = parse_json(await request.read())
+            raw = await request.read()  # a chunked body stops being read at the limit
+        except web.HTTPRequestEntityTooLarge:
+            return _json(too_large.body(), too_large.status)
+        try:
+            body = parse_json(raw)
         except BadRequest as err:
             return _json(err.body(), err.status)
         try:
@@ -569,7 +692,10 @@ def build_app(service: SignalService, token: str) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(middlewares=[auth])
+    async def get_openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/v1/signals", post_signal)
     app.router.add_post("/v1/trading-state", post_trading_state)
     app.router.add_get("/v1/orders", get_orders)
@@ -578,12 +704,13 @@ def build_app(service: SignalService, token: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/openapi.json", get_openapi)
     return app
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start ``app`` on ``host:port`` (0 picks a free port); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, logger=SERVER_LOG)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
