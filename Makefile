@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo cluster-demo test venv lint typecheck unit integration e2e crds lock k8s-binaries dev-cluster dev-cluster-down clean
+.PHONY: demo cluster-demo test venv lint typecheck docs unit integration e2e crds lock k8s-binaries dev-cluster dev-cluster-down clean
 
 $(STAMP): pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -28,8 +28,9 @@ cluster-demo: $(STAMP)
 
 ## Set up and run every test: lint, types, CRD drift, unit, integration, e2e on the dev cluster.
 test: $(STAMP)
-	$(MAKE) lint typecheck
+	$(MAKE) lint typecheck docs
 	$(BIN)/kubequant crds generate --check
+	$(BIN)/python -m kubequant.gitops --check
 	hack/run-tests.sh
 
 lint: $(STAMP)
@@ -39,6 +40,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	hack/typecheck.sh kubequant/api kubequant/crdgen.py kubequant/manifests.py kubequant/operator/builders kubequant/operator/status kubequant/operator/config.py kubequant/operator/rbac.py kubequant/redaction.py
+
+## The documentation site (mkdocs.yml, docs/) into build/site: the generated reference pages must
+## match the code, and --strict fails on a broken link or anchor or a page missing from the nav.
+docs: $(STAMP)
+	$(BIN)/kubequant reference-docs --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

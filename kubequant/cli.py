@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from kubequant import console
 from kubequant.errors import InputError, KubequantError
 
 log = logging.getLogger("kubequant")
@@ -279,6 +280,8 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
     execution = results.get("execution")
     if execution:
         click.echo("  Execution")
+        if execution.get("engine"):
+            click.echo(f"    {'Engine':<8} {execution['engine']}")
         for level in execution.get("levels", []):
             fill = level.get("fillRate")
             pa = level.get("priceAdvantageBps")
@@ -340,6 +343,13 @@ def _print_results(name: str, results: dict[str, Any]) -> None:
     default=None,
     help="LiveTradingSession: RiskPolicy file, when the manifest has none.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show qlib's, LightGBM's and Ray's own output and warnings here, with a timestamped line per "
+    "stage (default: they go to run.log in the report folder).",
+)
 @_allow_module_option
 def run(
     file: Path,
@@ -348,6 +358,7 @@ def run(
     replay: str | None,
     speed: float | None,
     policy_file: Path | None,
+    verbose: bool,
     allow_modules: tuple[str, ...],
 ) -> None:
     """Run a manifest in process, with no cluster (TrainingJob on a local Ray, then Backtest;
@@ -365,7 +376,9 @@ def run(
         from kubequant.workloads.backtest.import_guard import guarded_imports
 
         with guarded_imports(allowed):
-            _run_replay(file, resources, sessions[0], output, report_dir, replay, speed, policy_file, allowed)
+            _run_replay(
+                file, resources, sessions[0], output, report_dir, replay, speed, policy_file, allowed, verbose
+            )
         return
     from kubequant.api.training import TrainingJob
 
@@ -393,19 +406,24 @@ def run(
 
     # TrainingJobs first, so that a Backtest in the same file can name them in signal.modelRef.
     for tj in trainings:
-        trained = _run_training(tj, target_for(tj.metadata.name, None), allowed)
+        trained = _run_training(tj, target_for(tj.metadata.name, None), allowed, verbose)
         outputs[tj.metadata.name] = trained[0]
         printers[tj.metadata.name] = lambda name, results, trials=trained[1]: _print_training(
             name, results, trials
         )
+    notes: list[str] = []
     for bt in runnable:
         # qlib and LightGBM print to stdout; stdout is kept for the results (-o json).
-        with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_backtest(
-                bt, target_for(bt.metadata.name, None), progress=_stderr_progress(), allowed_modules=allowed
-            )
+        folder = target_for(bt.metadata.name, None) or Path("reports") / bt.metadata.name
+        stages = console.NESTED_BACKTEST_STAGES if bt.spec.executor.levels else console.BACKTEST_STAGES
+        with console.run_output(folder / console.LOG_NAME, verbose, stages) as out:
+            outcome = run_backtest(bt, folder, progress=out.progress, allowed_modules=allowed)
         outputs[bt.metadata.name] = outcome.results.to_manifest()
         printers[bt.metadata.name] = _print_results
+        if out.log_path is not None:
+            notes.append(console.log_note(out.log_path))
+    for note in notes:
+        click.echo(note, err=True)
     if output == "json":
         only = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         click.echo(json.dumps(only, indent=2, sort_keys=True))
@@ -422,14 +440,18 @@ def _training_dir(tj: Any, override: Path | None) -> Path:
     return Path(path) if path else Path("models") / tj.metadata.name
 
 
-def _run_training(tj: Any, override: Path | None, allowed: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
+def _run_training(
+    tj: Any, override: Path | None, allowed: tuple[str, ...], verbose: bool = False
+) -> tuple[dict[str, Any], Any]:
     """Train locally, register the artifact in the local model store; the result manifest and the trials."""
     from kubequant.workloads.training.artifacts import register_local
     from kubequant.workloads.training.train import run_training
 
     out = _training_dir(tj, override)
-    with contextlib.redirect_stdout(sys.stderr):
-        outcome = run_training(tj, out, allowed_modules=allowed, progress=_stderr_progress())
+    with console.run_output(out / console.LOG_NAME, verbose, console.TRAINING_STAGES) as shown:
+        outcome = run_training(tj, out, allowed_modules=allowed, progress=shown.progress)
+    if shown.log_path is not None:
+        click.echo(console.log_note(shown.log_path), err=True)
     pointer = register_local(tj.metadata.namespace or "default", tj.metadata.name, outcome.artifact_dir)
     log.info("registered %s in the local model store (%s)", tj.metadata.name, pointer)
     trials = outcome.trials
@@ -494,6 +516,7 @@ def _run_replay(
     speed: float | None,
     policy_file: Path | None,
     allowed: tuple[str, ...],
+    verbose: bool = False,
 ) -> None:
     from kubequant.api.risk import RiskPolicy
     from kubequant.errors import ValidationError
@@ -513,15 +536,18 @@ def _run_replay(
     wanted = session.spec.risk_policy_ref.name
     policy = next((p for p in policies if p.metadata.name == wanted), policies[0] if policy_file else None)
     target = report_dir if report_dir is not None else Path("reports") / session.metadata.name
-    with contextlib.redirect_stdout(sys.stderr):
+    # A replay's stage lines (the signal API's address, a halt) are read by the user: lines, never a bar.
+    with console.run_output(target / console.LOG_NAME, verbose, (), bar=False) as shown:
         summary = run_replay(
             session,
             policy,
             period,
             speed if speed is not None else (spec_replay.speed if spec_replay else 0.0),
             target,
-            _stderr_progress(),
+            shown.progress,
         )
+    if shown.log_path is not None:
+        click.echo(console.log_note(shown.log_path), err=True)
     if output == "json":
         click.echo(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     else:
@@ -854,6 +880,18 @@ def operator_cmd(
 from kubequant.cli_metrics import metrics_docs  # noqa: E402
 
 main.add_command(metrics_docs)
+
+
+# --- reference-docs --------------------------------------------------------------------------
+
+
+@main.command("reference-docs")
+@click.option("--check", is_flag=True, help="Fail (exit 1) when a page of docs/reference/ is stale.")
+def reference_docs(check: bool) -> None:
+    """Write docs/reference/ (every CRD field, every command) from the API models and this CLI."""
+    from kubequant import reference_docs as pages
+
+    sys.exit(pages.main(["--check"] if check else []))
 
 
 if __name__ == "__main__":
