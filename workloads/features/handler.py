@@ -32,6 +32,42 @@ def _loader_config(
     }
 
 
+def _init_compiled(
+    handler: DataHandlerLP,
+    feature: Any,
+    default_infer: list[Any],
+    instruments: Any,
+    start_time: Any,
+    end_time: Any,
+    freq: str,
+    infer_processors: Any,
+    learn_processors: Any,
+    fit_start_time: Any,
+    fit_end_time: Any,
+    filter_pipe: Any,
+    inst_processors: Any,
+    kwargs: dict[str, Any],
+) -> None:
+    """What qlib's Alpha158/Alpha360 ``__init__`` does, with the compiled loader in place of qlib's."""
+    # qlib's defaults, copied so that a mutable default is never shared between instances.
+    infer = list(default_infer) if infer_processors is None else infer_processors
+    learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
+    infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
+    learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
+    label = kwargs.pop("label", handler.get_label_config())  # type: ignore[attr-defined]
+    loader = _loader_config(feature, label, filter_pipe, freq, inst_processors)
+    DataHandlerLP.__init__(
+        handler,
+        instruments=instruments,
+        start_time=start_time,
+        end_time=end_time,
+        data_loader=loader,
+        infer_processors=infer,
+        learn_processors=learn,
+        **kwargs,
+    )
+
+
 class Alpha158(qlib_handler.Alpha158):
     """qlib's Alpha158, computed by the compiled engine."""
 
@@ -50,28 +86,21 @@ class Alpha158(qlib_handler.Alpha158):
         inst_processors: Any = None,
         **kwargs: Any,
     ) -> None:
-        # qlib's defaults, copied so that a mutable default is never shared between instances.
-        infer = [] if infer_processors is None else infer_processors
-        learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
-        infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
-        learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
-        loader = _loader_config(
-            self.get_feature_config(),
-            kwargs.pop("label", self.get_label_config()),
-            filter_pipe,
-            freq,
-            inst_processors,
-        )
-        DataHandlerLP.__init__(
+        _init_compiled(
             self,
-            instruments=instruments,
-            start_time=start_time,
-            end_time=end_time,
-            data_loader=loader,
-            infer_processors=infer,
-            learn_processors=learn,
-            process_type=process_type,
-            **kwargs,
+            self.get_feature_config(),
+            [],  # qlib's Alpha158 infers on the raw features
+            instruments,
+            start_time,
+            end_time,
+            freq,
+            infer_processors,
+            learn_processors,
+            fit_start_time,
+            fit_end_time,
+            filter_pipe,
+            inst_processors,
+            {"process_type": process_type, **kwargs},
         )
 
 
@@ -103,26 +132,21 @@ class Alpha360(qlib_handler.Alpha360):
         inst_processors: Any = None,
         **kwargs: Any,
     ) -> None:
-        infer = list(qlib_handler._DEFAULT_INFER_PROCESSORS) if infer_processors is None else infer_processors
-        learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
-        infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
-        learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
-        loader = _loader_config(
-            qlib_handler.Alpha360DL.get_feature_config(),
-            kwargs.pop("label", self.get_label_config()),
-            filter_pipe,
-            freq,
-            inst_processors,
-        )
-        DataHandlerLP.__init__(
+        _init_compiled(
             self,
-            instruments=instruments,
-            start_time=start_time,
-            end_time=end_time,
-            data_loader=loader,
-            infer_processors=infer,
-            learn_processors=learn,
-            **kwargs,
+            qlib_handler.Alpha360DL.get_feature_config(),
+            qlib_handler._DEFAULT_INFER_PROCESSORS,
+            instruments,
+            start_time,
+            end_time,
+            freq,
+            infer_processors,
+            learn_processors,
+            fit_start_time,
+            fit_end_time,
+            filter_pipe,
+            inst_processors,
+            kwargs,
         )
 
 
