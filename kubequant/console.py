@@ -175,6 +175,16 @@ def _library_logging(log_stream: io.TextIOBase, terminal: TextIO) -> Iterator[No
     to_terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.handlers = [to_log, to_terminal]
     root.setLevel(min(saved[1] or logging.INFO, logging.INFO))
+    # A library set up before the run (qlib, once qlib.init has run in this process) logs through
+    # handlers of its own that do not propagate, bound to the stderr of that time: for the run, its
+    # records go to the root's handlers instead, and its own come back after.
+    detached = [
+        (logger, list(logger.handlers))
+        for logger in list(logging.root.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger) and not logger.propagate and logger.handlers
+    ]
+    for logger, _ in detached:
+        logger.handlers, logger.propagate = [], True
     logging.captureWarnings(True)
     try:
         with warnings.catch_warnings():
@@ -184,6 +194,8 @@ def _library_logging(log_stream: io.TextIOBase, terminal: TextIO) -> Iterator[No
     finally:
         logging.captureWarnings(False)
         root.handlers, root.level = saved[0], saved[1]
+        for logger, handlers in detached:
+            logger.handlers, logger.propagate = handlers, False
 
 
 @dataclass

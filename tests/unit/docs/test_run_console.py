@@ -140,3 +140,26 @@ def test_the_display_draws_on_a_real_terminal_that_reports_no_size() -> None:
     text = screen.decode()
     assert "data: locating the data bundle" in text and "backtest: backtesting" in text
     assert "/7 stages" in text and "a library prints" not in text
+
+
+def test_a_library_logger_set_up_before_the_run_logs_into_the_run_log_then_gets_its_handler_back(
+    tmp_path: Path,
+) -> None:
+    """qlib.init, run earlier in the same process, leaves 'qlib' non-propagating with its own stderr
+    handler: its warnings reached the terminal of a quiet run (seen in CI, after other tests ran qlib)."""
+    earlier = io.StringIO()
+    lib = logging.getLogger("somelib.initialised_before")
+    handler = logging.StreamHandler(earlier)
+    lib.handlers, lib.propagate = [handler], False
+    try:
+        terminal = io.StringIO()
+        log = tmp_path / console.LOG_NAME
+        with console.run_output(log, verbose=False, terminal=terminal):
+            lib.warning("set up before the run")
+        assert "set up before the run" in log.read_text()
+        assert "set up before the run" not in terminal.getvalue() + earlier.getvalue()
+        assert lib.handlers == [handler] and lib.propagate is False  # as it was
+        lib.warning("after the run")
+        assert "after the run" in earlier.getvalue()
+    finally:
+        lib.handlers, lib.propagate = [], True
