@@ -158,8 +158,8 @@ async def bench(root: Path, args: argparse.Namespace, market: Any, mode: str) ->
     """One figure: a fresh session, recovered, then fed signals (``mode``: still, ticking, http)."""
     import aiohttp
 
-    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, read_session
-    from kubequant.workloads.trading.signal_api import SignalService, build_app, serve
+    from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, read_session
+    from kubequant.workloads.trading.node.signal_api import SignalService, build_app, serve
 
     path = root / "session.yaml"
     session, _ = read_session(path)
@@ -277,7 +277,7 @@ async def bench(root: Path, args: argparse.Namespace, market: Any, mode: str) ->
 
 
 async def bench_all(root: Path, args: argparse.Namespace) -> None:
-    from kubequant.workloads.trading.runtime import RuntimeConfig, prepare, read_session
+    from kubequant.workloads.trading.node.runtime import RuntimeConfig, prepare, read_session
 
     session, _ = read_session(root / "session.yaml")
     market = prepare(RuntimeConfig(session=session, policy_path=root / "session.yaml", state_dir=root))

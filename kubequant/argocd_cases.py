@@ -335,7 +335,7 @@ SECRETS = (("spec.strategy.signalApi.tokenSecretRef", "paper-momentum-signal-tok
 def _report(
     state: TradingState, halt_reason: str = "", connected: bool = True, heartbeat_ago: float = 10
 ) -> dict[str, Any]:
-    """What the trading runtime writes into the status (workloads/trading/cluster.py)."""
+    """What the trading runtime writes into the status (workloads/trading/node/cluster.py)."""
     report: dict[str, Any] = {
         "tradingState": state.value,
         "brokerConnected": connected,

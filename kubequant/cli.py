@@ -521,7 +521,7 @@ def _run_replay(
     from kubequant.api.risk import RiskPolicy
     from kubequant.errors import ValidationError
     from kubequant.manifests import load_resources
-    from kubequant.workloads.trading.replay import run_replay
+    from kubequant.workloads.trading.node.replay import run_replay
 
     spec_replay = session.spec.replay
     period = replay or (spec_replay.period if spec_replay else None)
@@ -588,11 +588,11 @@ def trading_resume(state_dir: Path, reason: str, to: str, session_file: Path | N
 
     A running runtime takes the same change on POST /v1/trading-state. The kill switch is never overridden.
     """
-    from kubequant.workloads.trading.trading_state import resume_stopped
+    from kubequant.workloads.trading.risk.trading_state import resume_stopped
 
     kill_switch = None
     if session_file is not None:
-        from kubequant.workloads.trading.runtime import read_session
+        from kubequant.workloads.trading.node.runtime import read_session
 
         session, _ = read_session(session_file)
         kill_switch = session.spec.halted
@@ -617,7 +617,7 @@ def trading_adopt(state_dir: Path, reason: str) -> None:
     A start on an empty journal whose account holds positions, open orders or kubequant's own
     orders fails closed (a lost journal volume looks the same); this is the explicit decision to adopt.
     """
-    from kubequant.workloads.trading.trading_state import adopt_stopped
+    from kubequant.workloads.trading.risk.trading_state import adopt_stopped
 
     result = adopt_stopped(state_dir, reason)
     cleared = ", ".join(sorted(result.cleared)) or "nothing latched"
@@ -827,8 +827,8 @@ def workload_submit_training(
 )
 @click.pass_context
 def workload_trading(ctx: click.Context) -> None:
-    """The trading pod: `python -m kubequant.workloads.trading.runtime` with the same flags (see docs/trading.md)."""
-    from kubequant.workloads.trading.runtime import main as runtime_main
+    """The trading pod: `python -m kubequant.workloads.trading.node.runtime` with the same flags (see docs/trading.md)."""
+    from kubequant.workloads.trading.node.runtime import main as runtime_main
 
     sys.exit(runtime_main(list(ctx.args)))
 

@@ -18,9 +18,9 @@ from prometheus_client.metrics import MetricWrapperBase
 # Every module that defines kubequant's metrics, with the process that exports them.
 MODULES: tuple[tuple[str, str], ...] = (
     ("kubequant.operator.metrics", "operator"),
-    ("kubequant.workloads.trading.metrics", "trading pod"),
-    ("kubequant.workloads.trading.journal", "trading pod"),
-    ("kubequant.workloads.trading.policy", "trading pod"),
+    ("kubequant.workloads.trading.node.metrics", "trading pod"),
+    ("kubequant.workloads.trading.execution.journal", "trading pod"),
+    ("kubequant.workloads.trading.risk.policy", "trading pod"),
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 SUFFIXES = {"counter": ("",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

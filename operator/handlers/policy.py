@@ -1,7 +1,7 @@
 """kopf handlers of the RiskPolicy kind: who uses it, live changes to its sessions, no deletion under them.
 
 A policy change reaches a running session twice: the pod follows its RiskPolicy through the API
-(within a second; workloads/trading/cluster.py), and the operator rewrites the session's ConfigMap,
+(within a second; workloads/trading/node/cluster.py), and the operator rewrites the session's ConfigMap,
 the copy a restarted pod starts from. Deleting a policy that sessions use waits, as the
 PVC-protection controller makes a PersistentVolumeClaim wait for its pods: every RiskPolicy carries
 the operator's finalizer, released once no session references it.

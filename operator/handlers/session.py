@@ -2,7 +2,7 @@
 
 The operator makes the pod and keeps its children converged; the pod follows its own session (the
 kill switch) and RiskPolicy through the API and reports what it knows into status (see
-workloads/trading/cluster.py); the operator turns the pod's state and that report into conditions.
+workloads/trading/node/cluster.py); the operator turns the pod's state and that report into conditions.
 """
 
 from __future__ import annotations

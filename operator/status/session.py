@@ -2,7 +2,7 @@
 
 Two writers share the status, each its own fields: the runtime in the pod writes what it knows
 (``tradingState``, ``haltReason``, ``brokerConnected``, equity and PnL, the day's counts,
-``lastHeartbeatTime``; workloads/trading/cluster.py); the operator writes the rest (phase,
+``lastHeartbeatTime``; workloads/trading/node/cluster.py); the operator writes the rest (phase,
 conditions, message, ``podName``, ``children``), computed here from the pod and those fields.
 """
 
@@ -17,7 +17,7 @@ from kubequant.operator.status.conditions import not_accepted, set_conditions
 from kubequant.operator.status.pods import container_state, failure_message
 from kubequant.redaction import redact
 
-# The runtime's exit code when recovery fails closed (workloads/trading/runtime.py EXIT_HALTED).
+# The runtime's exit code when recovery fails closed (workloads/trading/node/runtime.py EXIT_HALTED).
 EXIT_RECOVERY_FAILED = 3
 # A runtime that has not reported for this long is silent: it writes a change within seconds and an
 # unchanged status every minute (--heartbeat-seconds), so three missed heartbeats.

@@ -25,9 +25,9 @@ pytest.importorskip("alpaca.trading.client")
 from test_pod_process import TOKEN, Pod
 
 from kubequant.errors import BrokerError, ConfigError, ValidationError
-from kubequant.workloads.trading.domain import client_order_id
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, parse_args, read_session
-from kubequant.workloads.trading.trading_state import adopt_stopped
+from kubequant.workloads.trading.model.domain import client_order_id
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, parse_args, read_session
+from kubequant.workloads.trading.risk.trading_state import adopt_stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,7 +204,7 @@ def test_an_alpaca_session_trades_fills_and_restarts_without_a_second_order(
 
 def test_a_key_of_another_account_stops_the_pod_naming_the_field(fake: Any, tmp_path: Path) -> None:
     session = write_session(tmp_path, fake.url, account="999999ZZZZ")
-    cmd = [sys.executable, "-m", "kubequant.workloads.trading.runtime", "--session", str(session)]
+    cmd = [sys.executable, "-m", "kubequant.workloads.trading.node.runtime", "--session", str(session)]
     cmd += ["--state-dir", str(tmp_path / "volume"), "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--secrets-dir", str(write_secret(tmp_path))]
     env = {**os.environ, "KUBEQUANT_SIGNAL_TOKEN": TOKEN}

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session, run
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

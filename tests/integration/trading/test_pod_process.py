@@ -23,10 +23,10 @@ TOKEN = "pod-test-token-0123456789"
 
 
 class Pod:
-    """One life of ``python -m kubequant.workloads.trading.runtime`` on loopback."""
+    """One life of ``python -m kubequant.workloads.trading.node.runtime`` on loopback."""
 
     def __init__(self, session: Path, state: Path, token_file: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "kubequant.workloads.trading.runtime", "--session", str(session)]
+        cmd = [sys.executable, "-m", "kubequant.workloads.trading.node.runtime", "--session", str(session)]
         cmd += [
             "--state-dir",
             str(state),
@@ -165,7 +165,7 @@ def test_the_pod_serves_signals_stops_gracefully_and_restarts_without_duplicates
 
 
 def test_a_pod_that_cannot_reconcile_exits_halted(tmp_path: Path, session_file: Path) -> None:
-    from kubequant.workloads.trading.runtime import EXIT_HALTED
+    from kubequant.workloads.trading.node.runtime import EXIT_HALTED
 
     state, token_file = tmp_path / "volume", tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -191,7 +191,7 @@ def test_a_second_runtime_on_the_same_volume_is_refused(tmp_path: Path, session_
     token_file.write_text(TOKEN)
     pod = Pod(session_file, state, token_file)
     pod.wait_ready()
-    cmd = [sys.executable, "-m", "kubequant.workloads.trading.runtime", "--session", str(session_file)]
+    cmd = [sys.executable, "-m", "kubequant.workloads.trading.node.runtime", "--session", str(session_file)]
     cmd += ["--state-dir", str(state), "--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file)]
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2 and "in use by pid" in second.stderr, second.stderr

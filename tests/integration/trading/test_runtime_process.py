@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.recovery import rebuild
-from kubequant.workloads.trading.risk_engine import RiskEngine
-from kubequant.workloads.trading.runtime import EXIT_HALTED, read_session
-from kubequant.workloads.trading.signals import SyntheticSignals
-from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.recovery import rebuild
+from kubequant.workloads.trading.model.signals import SyntheticSignals
+from kubequant.workloads.trading.model.state import OmsState
+from kubequant.workloads.trading.node.runtime import EXIT_HALTED, read_session
+from kubequant.workloads.trading.risk.engine import RiskEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def start(session: Path, state: Path, signals: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "kubequant.workloads.trading.runtime", "--session", str(session)]
+    cmd = [sys.executable, "-m", "kubequant.workloads.trading.node.runtime", "--session", str(session)]
     cmd += ["--state-dir", str(state), "--signals", str(signals), "--seed", "3"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

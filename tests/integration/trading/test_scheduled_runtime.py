@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from kubequant.cli import main as cli
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.replay import BarClock
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
-from kubequant.workloads.trading.scheduled import RebalancePlanned, load_scores
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.node.replay import BarClock
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.node.scheduled import RebalancePlanned, load_scores
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_children_are_sliced_over_time_and_a_restart_sends_each_once(
     assert len(second) == 2 * 3 and not set(second) & set(first)
 
     state = Journal(cfg.journal_path)
-    from kubequant.workloads.trading.state import OmsState
+    from kubequant.workloads.trading.model.state import OmsState
 
     orders = list(OmsState.rebuild(state.events()).orders.values())
     state.close()
@@ -148,7 +148,7 @@ def test_replay_trades_the_scheduled_strategy(tmp_path: Path, scheduled_session:
     plans = [e for e in events if isinstance(e, RebalancePlanned)]
     assert len(plans) == summary["bars"]
     # Child k goes out k slice intervals after rebalanceAt on the replay's clock.
-    from kubequant.workloads.trading.events import OrderCreated
+    from kubequant.workloads.trading.model.events import OrderCreated
 
     created = [e for e in events if isinstance(e, OrderCreated)]
     first = [e for e in created if e.signal_id.startswith(plans[0].rebalance_id)]

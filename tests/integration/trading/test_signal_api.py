@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
-from kubequant.workloads.trading.signal_api import SignalService, build_app
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.node.signal_api import SignalService, build_app
 
 pytestmark = pytest.mark.integration
 

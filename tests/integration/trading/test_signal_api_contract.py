@@ -24,9 +24,9 @@ import pytest
 import requests
 from aiohttp import web
 
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
-from kubequant.workloads.trading.signal_api import SignalService, build_app, serve
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.node.signal_api import SignalService, build_app, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

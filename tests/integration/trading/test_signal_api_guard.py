@@ -15,10 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kubequant.workloads.trading import signal_api
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
-from kubequant.workloads.trading.signal_api import MAX_BODY_BYTES, SignalService, build_app, load_token, serve
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.node import signal_api
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.node.signal_api import (
+    MAX_BODY_BYTES,
+    SignalService,
+    build_app,
+    load_token,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from kubequant.api.live import TradingState
 from kubequant.cli import main as cli
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.reconcile import sync_risk_state
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
-from kubequant.workloads.trading.signal_api import SignalService, build_app
-from kubequant.workloads.trading.trading_state import RuntimeLock, TradingStateSet
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.reconcile import sync_risk_state
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+from kubequant.workloads.trading.node.signal_api import SignalService, build_app
+from kubequant.workloads.trading.risk.trading_state import RuntimeLock, TradingStateSet
 
 pytestmark = pytest.mark.integration
 

@@ -109,7 +109,7 @@ def test_a_scheduled_session_scores_with_the_model_ref(
 ) -> None:
     """The LiveTradingSession's scheduled strategy reads the same artifact (the pod's $KUBEQUANT_MODEL_DIR)."""
     from kubequant.api.backtest import Signal
-    from kubequant.workloads.trading.scheduled import load_scores
+    from kubequant.workloads.trading.node.scheduled import load_scores
     from kubequant.workloads.training.dataset import init_qlib_for
 
     _result, art, _store = trained

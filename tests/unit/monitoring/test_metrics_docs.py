@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from kubequant import metrics_docs
 from kubequant.api.risk import RiskPolicySpec
 from kubequant.operator.metrics import PhaseTracker, ResultsTracker
-from kubequant.workloads.trading import metrics as trading_metrics
-from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.node import metrics as trading_metrics
+from kubequant.workloads.trading.risk.engine import RiskEngine
 
 pytestmark = pytest.mark.unit
 

@@ -13,12 +13,12 @@ import pytest
 from kubequant.api.backtest import Exchange
 from kubequant.api.risk import RiskPolicySpec
 from kubequant.workloads.data.sample import SampleSpec, write_sample_bundle
-from kubequant.workloads.trading.brokers.base import BrokerOrder, RetryPolicy
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.adapters.base import BrokerOrder, RetryPolicy
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.risk.engine import RiskEngine
 
 SAMPLE = SampleSpec(instruments=6, start="2021-01-01", end="2021-03-31", seed=3)
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.0, max_delay=0.0)

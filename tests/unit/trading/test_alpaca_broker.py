@@ -30,15 +30,15 @@ from alpaca_fake import KEY, SECRET, FakeAlpaca, payload, serve
 from kubequant.api.live import BrokerType, LiveTradingSession, SessionMode
 from kubequant.api.risk import RiskPolicySpec
 from kubequant.errors import ConfigError
-from kubequant.workloads.trading.brokers import alpaca as alpaca_module
-from kubequant.workloads.trading.brokers.alpaca import (
+from kubequant.workloads.trading.adapters.alpaca import broker as alpaca_module
+from kubequant.workloads.trading.adapters.alpaca.broker import (
     AlpacaBroker,
     BrokerRateLimited,
     load_credentials,
     order_status,
     resolve_endpoint,
 )
-from kubequant.workloads.trading.brokers.base import (
+from kubequant.workloads.trading.adapters.base import (
     Broker,
     BrokerDisconnected,
     BrokerRejected,
@@ -48,15 +48,15 @@ from kubequant.workloads.trading.brokers.base import (
     SubmitRequest,
     with_retry,
 )
-from kubequant.workloads.trading.brokers.factory import build_broker
-from kubequant.workloads.trading.domain import OrderIntent, Side
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.risk_engine import RiskEngine
-from kubequant.workloads.trading.trading_state import adopt_stopped
+from kubequant.workloads.trading.adapters.factory import build_broker
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk.engine import RiskEngine
+from kubequant.workloads.trading.risk.trading_state import adopt_stopped
 
 pytestmark = pytest.mark.unit
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.0, max_delay=0.0)
@@ -467,7 +467,7 @@ def test_the_factory_builds_the_paper_broker(tmp_path: Path, market: Callable[..
     paper = session().model_copy(deep=True)
     paper.spec.broker.type = BrokerType.PAPER
     built = build_broker(paper, market=market, record_path=tmp_path / "paper.sqlite", secrets_dir=None)  # type: ignore[arg-type]
-    from kubequant.workloads.trading.brokers.paper import PaperBroker
+    from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
 
     assert isinstance(built, PaperBroker)
     built.close()

@@ -24,16 +24,16 @@ from alpaca_fake import KEY, SECRET, FakeAlpaca, payload, serve
 
 from kubequant.api.live import LiveTradingSession
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.brokers.alpaca import AlpacaBroker
-from kubequant.workloads.trading.brokers.alpaca_market import AlpacaPrices, data_url
-from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
-from kubequant.workloads.trading.domain import OrderIntent, Side
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.risk_engine import RiskEngine
-from kubequant.workloads.trading.trading_state import adopt_stopped
+from kubequant.workloads.trading.adapters.alpaca.broker import AlpacaBroker
+from kubequant.workloads.trading.adapters.alpaca.market import AlpacaPrices, data_url
+from kubequant.workloads.trading.adapters.factory import build_broker, build_price_source
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk.engine import RiskEngine
+from kubequant.workloads.trading.risk.trading_state import adopt_stopped
 
 pytestmark = pytest.mark.unit
 LATEST = ("GET", "/v2/stocks/trades/latest")

@@ -1,5 +1,5 @@
-"""The kill switch and RiskPolicy changes of a running session, journaled (workloads/trading/control.py)
-and followed through the API (workloads/trading/cluster.py: the parts that need no server)."""
+"""The kill switch and RiskPolicy changes of a running session, journaled (workloads/trading/risk/control.py)
+and followed through the API (workloads/trading/node/cluster.py: the parts that need no server)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from kubequant.api.live import TradingState
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.cluster import RUNTIME_FIELDS, field_manager, runtime_status
-from kubequant.workloads.trading.control import policy_digest, set_kill_switch
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, read_session
+from kubequant.workloads.trading.node.cluster import RUNTIME_FIELDS, field_manager, runtime_status
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, read_session
+from kubequant.workloads.trading.risk.control import policy_digest, set_kill_switch
 
 pytestmark = pytest.mark.unit
 

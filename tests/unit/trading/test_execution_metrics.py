@@ -9,11 +9,11 @@ from decimal import Decimal
 import pytest
 from prometheus_client import REGISTRY
 
-from kubequant.workloads.trading import metrics
-from kubequant.workloads.trading.domain import OrderIntent, Side
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.node import metrics
 
 pytestmark = pytest.mark.unit
 
@@ -112,7 +112,7 @@ def test_each_tick_reports_the_newest_bars_time_and_whether_the_window_is_open(b
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
+    from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, prepare, read_session
 
     path = tmp_path / "session.yaml"
     path.write_text(SESSION.format(bundle=bundle))

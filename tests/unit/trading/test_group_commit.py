@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.brokers.base import BrokerAck, SubmitRequest
-from kubequant.workloads.trading.domain import OrderIntent, Side, client_order_id
-from kubequant.workloads.trading.events import AccountSnapshot, OrderCreated, OrderSubmitted
-from kubequant.workloads.trading.journal import Journal, JournalError
-from kubequant.workloads.trading.oms import NotReady
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.adapters.base import BrokerAck, SubmitRequest
+from kubequant.workloads.trading.execution.journal import Journal, JournalError
+from kubequant.workloads.trading.execution.oms import NotReady
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side, client_order_id
+from kubequant.workloads.trading.model.events import AccountSnapshot, OrderCreated, OrderSubmitted
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.model.state import OmsState
 
 pytestmark = pytest.mark.unit
 T0 = dt.datetime(2024, 3, 4, 2, 0, tzinfo=dt.UTC)

@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.brokers.base import RetryPolicy
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.domain import OrderIntent, Side
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
+from kubequant.workloads.trading.adapters.base import RetryPolicy
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 KILLS = 20
@@ -38,7 +38,7 @@ REDELIVER = 2 * BATCH  # after a restart the last signals come again: they must 
 
 
 def open_oms(root: Path, market: QlibMarket) -> tuple[Journal, PaperBroker, OrderManager]:
-    from kubequant.workloads.trading.risk_engine import RiskEngine
+    from kubequant.workloads.trading.risk.engine import RiskEngine
 
     journal = Journal(root / "journal.sqlite")
     broker = PaperBroker(market, root / "venue.sqlite", starting_cash=Decimal(10_000_000))

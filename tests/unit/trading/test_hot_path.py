@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.domain import ZERO, Fill, Side
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.oms import Marks
+from kubequant.workloads.trading.model.domain import ZERO, Fill, Side
+from kubequant.workloads.trading.model.events import (
     OrderAccepted,
     OrderCanceled,
     OrderCreated,
@@ -24,8 +25,7 @@ from kubequant.workloads.trading.events import (
     OrderSubmitted,
     PositionSnapshot,
 )
-from kubequant.workloads.trading.oms import Marks
-from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.model.state import OmsState
 
 pytestmark = pytest.mark.unit
 T0 = dt.datetime(2024, 3, 4, 2, 0, 0, 123456, tzinfo=dt.UTC)

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from kubequant.workloads.trading.brokers.base import BrokerAck, SubmitRequest
-from kubequant.workloads.trading.control import KillSwitchSet, RiskPolicyApplied
-from kubequant.workloads.trading.domain import Fill, OrderIntent, Side
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.adapters.base import BrokerAck, SubmitRequest
+from kubequant.workloads.trading.execution.journal import JOURNAL_WRITE_SECONDS, Journal
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import Fill, OrderIntent, Side
+from kubequant.workloads.trading.model.events import (
     EVENT_TYPES,
     AccountSnapshot,
     AdoptionAuthorized,
@@ -36,12 +38,10 @@ from kubequant.workloads.trading.events import (
     SignalReceived,
     encode,
 )
-from kubequant.workloads.trading.journal import JOURNAL_WRITE_SECONDS, Journal
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.scheduled import RebalancePlanned, RebalanceSlotsSkipped
-from kubequant.workloads.trading.state import OmsState
-from kubequant.workloads.trading.trading_state import TradingStateSet
+from kubequant.workloads.trading.model.state import OmsState
+from kubequant.workloads.trading.node.scheduled import RebalancePlanned, RebalanceSlotsSkipped
+from kubequant.workloads.trading.risk.control import KillSwitchSet, RiskPolicyApplied
+from kubequant.workloads.trading.risk.trading_state import TradingStateSet
 
 pytestmark = pytest.mark.unit
 T0 = dt.datetime(2024, 3, 4, 2, 0, 0, 123456, tzinfo=dt.UTC)
@@ -184,16 +184,16 @@ def test_a_fresh_process_decodes_events_registered_by_other_modules() -> None:
     import sys
 
     code = (
-        "from kubequant.workloads.trading.events import EVENT_TYPES, decode\n"
+        "from kubequant.workloads.trading.model.events import EVENT_TYPES, decode\n"
         "assert 'TradingStateSet' not in EVENT_TYPES\n"
-        "import kubequant.workloads.trading.trading_state as ts, kubequant.workloads.trading.scheduled as sc\n"
+        "import kubequant.workloads.trading.risk.trading_state as ts, kubequant.workloads.trading.node.scheduled as sc\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
     probe = (
         "import json\n"
-        "from kubequant.workloads.trading import events\n"
+        "from kubequant.workloads.trading.model import events\n"
         "try:\n"
         "    events.decode('TradingStateSet', '{}')\n"
         "except TypeError:\n"

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from kubequant.workloads.trading import reconcile
-from kubequant.workloads.trading.brokers.base import BrokerRejected, DuplicateOrder, SubmitRequest
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.domain import OrderIntent, Side
-from kubequant.workloads.trading.journal import CHECKPOINT_EVERY, Journal
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.adapters.base import BrokerRejected, DuplicateOrder, SubmitRequest
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution import reconcile
+from kubequant.workloads.trading.execution.journal import CHECKPOINT_EVERY, Journal
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.model.state import OmsState
 
 pytestmark = pytest.mark.unit
 CASH = Decimal(1_000_000)
@@ -313,7 +313,7 @@ def test_the_runtime_bounds_gil_hand_overs_and_its_tick_puts_the_state_out_of_th
 ) -> None:
     """With Python's 5 ms switch interval the journal's writer waited 20-30 ms for the GIL while a bar
     was dealt; a full collection walked every order of the session (~5-20 ms at 20k orders)."""
-    from kubequant.workloads.trading.runtime import (
+    from kubequant.workloads.trading.node.runtime import (
         SWITCH_INTERVAL,
         RuntimeConfig,
         TradingRuntime,
@@ -347,8 +347,8 @@ def test_signals_and_housekeeping_leave_no_cyclic_garbage_so_freezing_at_each_ti
     tmp_path: Path, market: QlibMarket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tick freezes whatever is alive; a cycle that became garbage after it would never be freed."""
-    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, read_session
-    from kubequant.workloads.trading.signal_api import SignalService
+    from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, read_session
+    from kubequant.workloads.trading.node.signal_api import SignalService
 
     path = tmp_path / "session.yaml"
     path.write_text(SESSION)
@@ -421,8 +421,8 @@ def wait_for(condition: Any, seconds: float = 10.0) -> bool:
 
 
 def test_the_journal_checkpoints_on_a_thread_of_its_own_never_in_a_commit(tmp_path: Path) -> None:
-    from kubequant.workloads.trading.domain import utcnow
-    from kubequant.workloads.trading.events import AccountSnapshot
+    from kubequant.workloads.trading.model.domain import utcnow
+    from kubequant.workloads.trading.model.events import AccountSnapshot
 
     journal = Journal(tmp_path / "journal.sqlite")
     assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
@@ -437,8 +437,8 @@ def test_the_journal_checkpoints_on_a_thread_of_its_own_never_in_a_commit(tmp_pa
 def test_under_a_steady_stream_of_commits_the_journals_wal_starts_over(tmp_path: Path) -> None:
     """A pass beside the commits never caught up, so the WAL grew without end (48 MB for 3,000
     signals) and every commit's fsync also committed the file system's journal."""
-    from kubequant.workloads.trading.domain import utcnow
-    from kubequant.workloads.trading.events import AccountSnapshot
+    from kubequant.workloads.trading.model.domain import utcnow
+    from kubequant.workloads.trading.model.events import AccountSnapshot
 
     journal = Journal(tmp_path / "journal.sqlite")
     n = 0

@@ -13,11 +13,11 @@ from kubequant.api.backtest import BacktestSpec, Exchange
 from kubequant.workloads.backtest.impact_exchange import ImpactExchange
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs
 from kubequant.workloads.data.qlib_format import read_feature
-from kubequant.workloads.trading.brokers.base import BrokerDisconnected, DuplicateOrder, SubmitRequest
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.domain import Side
-from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.adapters.base import BrokerDisconnected, DuplicateOrder, SubmitRequest
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.model.domain import Side
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 pytestmark = pytest.mark.unit
 CASH = Decimal(1_000_000)

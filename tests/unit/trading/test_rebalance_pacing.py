@@ -17,9 +17,9 @@ import pytest
 
 from kubequant.api.backtest import TopkDropout
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.scheduled import (
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.node.scheduled import (
     RebalancePlanned,
     Rebalancer,
     RebalanceSlotsSkipped,

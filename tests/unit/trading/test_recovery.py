@@ -8,13 +8,13 @@ from decimal import Decimal
 import pytest
 
 from kubequant.api.live import TradingState
-from kubequant.workloads.trading.brokers.base import SubmitRequest
-from kubequant.workloads.trading.domain import OrderIntent, Side, client_order_id
-from kubequant.workloads.trading.events import OrderFilled, RecoveryCompleted
-from kubequant.workloads.trading.oms import NotReady
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.reconcile import poll, sync_fills
-from kubequant.workloads.trading.recovery import recover
+from kubequant.workloads.trading.adapters.base import SubmitRequest
+from kubequant.workloads.trading.execution.oms import NotReady
+from kubequant.workloads.trading.execution.reconcile import poll, sync_fills
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, Side, client_order_id
+from kubequant.workloads.trading.model.events import OrderFilled, RecoveryCompleted
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 pytestmark = pytest.mark.unit
 
@@ -181,8 +181,8 @@ def test_an_empty_journal_on_an_account_that_holds_positions_fails_closed_until_
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     from kubequant.errors import KubequantError
-    from kubequant.workloads.trading.events import AdoptionAuthorized, PositionSnapshot
-    from kubequant.workloads.trading.trading_state import adopt_stopped
+    from kubequant.workloads.trading.model.events import AdoptionAuthorized, PositionSnapshot
+    from kubequant.workloads.trading.risk.trading_state import adopt_stopped
 
     s = open_session()
     s.broker.set_position("SYN0001", Decimal(500))  # what a lost journal volume leaves behind

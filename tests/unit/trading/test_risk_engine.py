@@ -12,13 +12,13 @@ import pytest
 
 from kubequant.api.live import TradingState
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.domain import OrderIntent, PortfolioView, Side
-from kubequant.workloads.trading.events import RiskStateChanged
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.policy import PolicyWatcher, load_policy
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import recover
-from kubequant.workloads.trading.risk_engine import Accept, Reason, Reject, RiskEngine
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import recover
+from kubequant.workloads.trading.model.domain import OrderIntent, PortfolioView, Side
+from kubequant.workloads.trading.model.events import RiskStateChanged
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk.engine import Accept, Reason, Reject, RiskEngine
+from kubequant.workloads.trading.risk.policy import PolicyWatcher, load_policy
 
 pytestmark = pytest.mark.unit
 
@@ -188,8 +188,8 @@ spec: {{}}
 
 
 def test_the_kill_switch_in_the_session_file_halts_a_running_session_at_once(tmp_path: Path, market) -> None:  # type: ignore[no-untyped-def]
-    from kubequant.workloads.trading.brokers.base import Broker
-    from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, read_session
+    from kubequant.workloads.trading.adapters.base import Broker
+    from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, read_session
 
     path = tmp_path / "session.yaml"
     path.write_text(SESSION.format(halted="false"))

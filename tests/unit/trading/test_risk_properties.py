@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from kubequant.api.live import TradingState
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.domain import OrderIntent, PortfolioView, Side
-from kubequant.workloads.trading.risk_engine import Accept, Counters, Reject, RiskEngine
+from kubequant.workloads.trading.model.domain import OrderIntent, PortfolioView, Side
+from kubequant.workloads.trading.risk.engine import Accept, Counters, Reject, RiskEngine
 
 pytestmark = pytest.mark.unit
 

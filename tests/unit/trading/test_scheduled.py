@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kubequant.api.backtest import TopkDropout
-from kubequant.workloads.trading.scheduled import (
+from kubequant.workloads.trading.node.scheduled import (
     ScoreBook,
     plan_parents,
     slice_quantity,

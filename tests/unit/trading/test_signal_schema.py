@@ -20,8 +20,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from pydantic import ValidationError
 
 from kubequant.api.live import SignalRateLimit
-from kubequant.workloads.trading.signal_api import BadRequest, ClientRateLimit, parse_json, parse_signal
-from kubequant.workloads.trading.signal_schema import (
+from kubequant.workloads.trading.node.signal_api import BadRequest, ClientRateLimit, parse_json, parse_signal
+from kubequant.workloads.trading.node.signal_schema import (
     DOCUMENT,
     SIGNAL_IN,
     TRADING_STATE_IN,
@@ -57,7 +57,7 @@ def test_the_published_document_matches_the_models(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert PUBLISHED.read_text() == render(openapi_document()), (
-        "docs/api/signal-api.json drifted; run `python -m kubequant.workloads.trading.signal_schema`"
+        "docs/api/signal-api.json drifted; run `python -m kubequant.workloads.trading.node.signal_schema`"
     )
     assert main(["--check", "--out", str(PUBLISHED)]) == 0
     stale = tmp_path / "signal-api.json"

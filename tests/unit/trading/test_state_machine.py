@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubequant.workloads.trading.domain import Fill, Side
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.model.domain import Fill, Side
+from kubequant.workloads.trading.model.events import (
     OrderAccepted,
     OrderCanceled,
     OrderCancelRequested,
@@ -23,7 +23,7 @@ from kubequant.workloads.trading.events import (
     OrderRejected,
     OrderSubmitted,
 )
-from kubequant.workloads.trading.orders import (
+from kubequant.workloads.trading.model.orders import (
     TERMINAL,
     TRANSITIONS,
     IllegalTransition,

@@ -18,8 +18,7 @@ from typing import Protocol, TypeVar
 
 from kubequant.api.live import TradingState
 from kubequant.errors import KubequantError
-from kubequant.workloads.trading import metrics
-from kubequant.workloads.trading.brokers.base import (
+from kubequant.workloads.trading.adapters.base import (
     Broker,
     BrokerAck,
     BrokerDisconnected,
@@ -31,7 +30,8 @@ from kubequant.workloads.trading.brokers.base import (
     SubmitRequest,
     with_retry,
 )
-from kubequant.workloads.trading.domain import (
+from kubequant.workloads.trading.execution.journal import Journal, JournalError
+from kubequant.workloads.trading.model.domain import (
     ZERO,
     Clock,
     OrderIntent,
@@ -39,7 +39,7 @@ from kubequant.workloads.trading.domain import (
     WallClock,
     client_order_id,
 )
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.model.events import (
     Event,
     OrderAccepted,
     OrderCancelRequested,
@@ -50,10 +50,10 @@ from kubequant.workloads.trading.events import (
     OrderSubmitted,
     RejectSource,
 )
-from kubequant.workloads.trading.journal import Journal, JournalError
-from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus
-from kubequant.workloads.trading.risk_engine import Reject, RiskEngine
-from kubequant.workloads.trading.state import OmsState
+from kubequant.workloads.trading.model.orders import IllegalTransition, Order, OrderStatus
+from kubequant.workloads.trading.model.state import OmsState
+from kubequant.workloads.trading.node import metrics
+from kubequant.workloads.trading.risk.engine import Reject, RiskEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,9 +16,9 @@ import asyncio
 import logging
 
 from kubequant.api.live import TradingState
-from kubequant.workloads.trading import metrics
-from kubequant.workloads.trading.brokers.base import BrokerDisconnected, BrokerOrder, BrokerTimeout
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.adapters.base import BrokerDisconnected, BrokerOrder, BrokerTimeout
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.model.events import (
     AccountSnapshot,
     OrderAccepted,
     OrderCanceled,
@@ -30,8 +30,8 @@ from kubequant.workloads.trading.events import (
     RejectSource,
     RiskStateChanged,
 )
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.orders import Order, OrderStatus
+from kubequant.workloads.trading.model.orders import Order, OrderStatus
+from kubequant.workloads.trading.node import metrics
 
 log = logging.getLogger(__name__)
 # Broker facts staged (or orders settled) between two waits for the journal, which give the loop back.

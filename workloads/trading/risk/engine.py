@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from kubequant.api.live import AccountType, LiveTradingSessionSpec, TradingState
 from kubequant.api.risk import BreachAction, RiskPolicySpec
-from kubequant.workloads.trading.domain import ZERO, OrderIntent, PortfolioView, to_decimal
+from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, PortfolioView, to_decimal
 
 # Enough digits that products of quantities and prices are exact, so a limit is never missed by rounding.
 EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.DivisionByZero])

@@ -26,7 +26,7 @@ from kubequant.api.backtest import BacktestSpec, Executor, Signal, SignalFile
 from kubequant.api.backtest import Exchange as ExchangeSpec
 from kubequant.api.common import DateRange
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs
-from kubequant.workloads.trading.domain import Side, as_money, as_price, as_quantity
+from kubequant.workloads.trading.model.domain import Side, as_money, as_price, as_quantity
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from enum import Enum, StrEnum
 from functools import cache
 from typing import Any, ClassVar
 
-from kubequant.workloads.trading.domain import Fill, Side
+from kubequant.workloads.trading.model.domain import Fill, Side
 
 
 class RejectSource(StrEnum):
@@ -263,9 +263,9 @@ def _decode(tp: Any, raw: Any) -> Any:
 
 # Events defined next to the code that writes them register themselves when their module is imported.
 EXTENSION_MODULES = (
-    "kubequant.workloads.trading.scheduled",
-    "kubequant.workloads.trading.trading_state",
-    "kubequant.workloads.trading.control",
+    "kubequant.workloads.trading.node.scheduled",
+    "kubequant.workloads.trading.risk.trading_state",
+    "kubequant.workloads.trading.risk.control",
 )
 
 

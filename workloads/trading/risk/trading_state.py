@@ -19,9 +19,9 @@ from typing import IO, ClassVar
 
 from kubequant.api.live import TradingState
 from kubequant.errors import ConfigError, InputError, ValidationError
-from kubequant.workloads.trading.domain import utcnow
-from kubequant.workloads.trading.events import EVENT_TYPES, Event, RiskStateChanged
-from kubequant.workloads.trading.risk_engine import STICKY, RiskEngine
+from kubequant.workloads.trading.model.domain import utcnow
+from kubequant.workloads.trading.model.events import EVENT_TYPES, Event, RiskStateChanged
+from kubequant.workloads.trading.risk.engine import STICKY, RiskEngine
 
 MANUAL = "manual"
 KILL_SWITCH = "kill_switch"
@@ -116,8 +116,8 @@ def reset_baseline(risk: RiskEngine, event: TradingStateSet) -> None:
 
 async def set_running(oms: object, state: str, reason: str, source: str = "api") -> TradingStateSet:
     """Change the state of a running runtime's OMS: journal it, then the new trading state (a halt cancels)."""
-    from kubequant.workloads.trading.oms import OrderManager
-    from kubequant.workloads.trading.reconcile import sync_risk_state
+    from kubequant.workloads.trading.execution.oms import OrderManager
+    from kubequant.workloads.trading.execution.reconcile import sync_risk_state
 
     assert isinstance(oms, OrderManager)
     target = check_request(state, reason, allowed=tuple(TradingState))
@@ -163,8 +163,8 @@ def resume_stopped(
     ``kill_switch`` is the session file's ``spec.halted`` when known; otherwise the journal's last
     trading state decides.
     """
-    from kubequant.workloads.trading.journal import Journal
-    from kubequant.workloads.trading.state import OmsState
+    from kubequant.workloads.trading.execution.journal import Journal
+    from kubequant.workloads.trading.model.state import OmsState
 
     target = check_request(to, reason, allowed=(TradingState.ACTIVE, TradingState.REDUCING))
     path = state_dir / "journal.sqlite"
@@ -210,9 +210,9 @@ def adopt_stopped(state_dir: Path, reason: str, *, source: str = "cli") -> Adopt
     start baselines from the broker and adopts its open orders. Refused when the journal already
     holds a history (adoption would throw it away) or while a runtime holds the state directory.
     """
-    from kubequant.workloads.trading.events import AdoptionAuthorized
-    from kubequant.workloads.trading.journal import Journal
-    from kubequant.workloads.trading.state import OmsState
+    from kubequant.workloads.trading.execution.journal import Journal
+    from kubequant.workloads.trading.model.events import AdoptionAuthorized
+    from kubequant.workloads.trading.model.state import OmsState
 
     if not reason.strip():
         raise ValidationError("a reason is required", where="--reason", fix="say why the account is adopted")

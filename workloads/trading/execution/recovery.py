@@ -11,27 +11,27 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from kubequant.api.live import TradingState
-from kubequant.workloads.trading.brokers.base import BrokerFill
-from kubequant.workloads.trading.domain import CLIENT_ORDER_ID_PREFIX
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.adapters.base import BrokerFill
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.reconcile import (
+    reconcile_orders,
+    refresh_account,
+    sync_fills,
+    sync_risk_state,
+)
+from kubequant.workloads.trading.model.domain import CLIENT_ORDER_ID_PREFIX
+from kubequant.workloads.trading.model.events import (
     AccountSnapshot,
     OrderSubmitted,
     PositionSnapshot,
     RecoveryCompleted,
     RiskStateChanged,
 )
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.reconcile import (
-    reconcile_orders,
-    refresh_account,
-    sync_fills,
-    sync_risk_state,
-)
-from kubequant.workloads.trading.risk_engine import RiskEngine
-from kubequant.workloads.trading.scheduled import RebalancePlanned  # noqa: F401  (registers the kind)
-from kubequant.workloads.trading.state import OmsState
-from kubequant.workloads.trading.trading_state import TradingStateSet, reset_baseline
+from kubequant.workloads.trading.model.state import OmsState
+from kubequant.workloads.trading.node.scheduled import RebalancePlanned  # noqa: F401  (registers the kind)
+from kubequant.workloads.trading.risk.engine import RiskEngine
+from kubequant.workloads.trading.risk.trading_state import TradingStateSet, reset_baseline
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 from enum import StrEnum
 
 from kubequant.errors import KubequantError
-from kubequant.workloads.trading.domain import ZERO, Fill, Side
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.model.domain import ZERO, Fill, Side
+from kubequant.workloads.trading.model.events import (
     OrderAccepted,
     OrderCanceled,
     OrderCancelRequested,

@@ -4,7 +4,7 @@ One set of pydantic models is both the request validation (compiled once, at imp
 contract published at ``/openapi.json`` and in ``docs/api/signal-api.json``, so the two cannot
 drift. What a JSON schema cannot say (a target per instrument, a limit price only for a target's
 instrument, an instrument the venue lists) is checked after validation and written in the
-operations' descriptions. ``python -m kubequant.workloads.trading.signal_schema [--check]`` writes
+operations' descriptions. ``python -m kubequant.workloads.trading.node.signal_schema [--check]`` writes
 (or drift-checks) the document.
 """
 
@@ -31,8 +31,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from kubequant.api.live import LiveTradingSessionStatus, SignalApi, TradingState
-from kubequant.workloads.trading.orders import OrderStatus
-from kubequant.workloads.trading.trading_state import MAX_REASON
+from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk.trading_state import MAX_REASON
 
 INSTRUMENT_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"  # kubequant.api.common.InstrumentCode
 SIGNAL_ID_PATTERN = r"^[A-Za-z0-9._:@/-]{1,128}$"
@@ -367,7 +367,7 @@ def openapi_document(max_targets: int = DEFAULT_MAX_TARGETS) -> dict[str, Any]:
             "session's orders, positions and status, and the trading state. Every operation needs "
             "`Authorization: Bearer <token>`; /healthz, /readyz, /metrics and this document do not, "
             "and are not operations of this API. Generated from the models the server validates with "
-            "(kubequant.workloads.trading.signal_schema).",
+            "(kubequant.workloads.trading.node.signal_schema).",
         },
         "paths": {
             "/v1/signals": {
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_COMMAND = "python -m kubequant.workloads.trading.signal_schema"
+_COMMAND = "python -m kubequant.workloads.trading.node.signal_schema"
 
 if __name__ == "__main__":
     sys.exit(main())

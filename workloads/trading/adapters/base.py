@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Protocol, TypeVar, runtime_checkable
 
 from kubequant.errors import BrokerError
-from kubequant.workloads.trading.domain import Fill, Side
-from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.model.domain import Fill, Side
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,6 +120,22 @@ class Broker(Protocol):
 
     def is_connected(self) -> bool:
         """Whether the connection is up right now (no I/O)."""
+        ...
+
+    async def connect(self, account: str | None) -> BrokerAccount | None:
+        """Check the credentials and, if given, that they belong to ``account`` (``spec.account``).
+
+        The account as the venue reports it; None for a venue without credentials (the paper broker).
+        A refused key or another account's key is a ConfigError naming the Secret or ``spec.account``.
+        """
+        ...
+
+    async def listed_instruments(self) -> frozenset[str] | None:
+        """What the account may trade; None when the venue does not say (the paper broker's bundle)."""
+        ...
+
+    def close(self) -> None:
+        """Release the venue's connections, threads or record; called once, when the runtime stops."""
         ...
 
 

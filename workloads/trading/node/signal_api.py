@@ -30,23 +30,23 @@ from pydantic import ValidationError as PydanticValidationError
 
 from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalRateLimit, TradingState
 from kubequant.errors import ConfigError, ValidationError
-from kubequant.workloads.trading.domain import ZERO, utcnow
-from kubequant.workloads.trading.events import SignalReceived
-from kubequant.workloads.trading.oms import NotReady, OrderManager
-from kubequant.workloads.trading.orders import Order, OrderStatus
-from kubequant.workloads.trading.risk_engine import Reason
-from kubequant.workloads.trading.signal_schema import (
+from kubequant.workloads.trading.execution.oms import NotReady, OrderManager
+from kubequant.workloads.trading.model.domain import ZERO, utcnow
+from kubequant.workloads.trading.model.events import SignalReceived
+from kubequant.workloads.trading.model.orders import Order, OrderStatus
+from kubequant.workloads.trading.model.signals import Signal, Target, plan_orders
+from kubequant.workloads.trading.node.signal_schema import (
     DEFAULT_MAX_TARGETS,
     MAX_NUMBER,
     SIGNAL_IN,
     TRADING_STATE_IN,
     openapi_document,
 )
-from kubequant.workloads.trading.signals import Signal, Target, plan_orders
-from kubequant.workloads.trading.trading_state import MAX_REASON, TradingStateRefused, set_running
+from kubequant.workloads.trading.risk.engine import Reason
+from kubequant.workloads.trading.risk.trading_state import MAX_REASON, TradingStateRefused, set_running
 
 if TYPE_CHECKING:
-    from kubequant.workloads.trading.runtime import TradingRuntime
+    from kubequant.workloads.trading.node.runtime import TradingRuntime
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from kubequant.workloads.trading.domain import ZERO, Account, Fill, Position
-from kubequant.workloads.trading.events import (
+from kubequant.workloads.trading.model.domain import ZERO, Account, Fill, Position
+from kubequant.workloads.trading.model.events import (
     AccountSnapshot,
     AdoptionAuthorized,
     Event,
@@ -20,7 +20,7 @@ from kubequant.workloads.trading.events import (
     RiskStateChanged,
     SignalReceived,
 )
-from kubequant.workloads.trading.orders import IllegalTransition, Order, OrderStatus, next_status
+from kubequant.workloads.trading.model.orders import IllegalTransition, Order, OrderStatus, next_status
 
 # Sums of quantities kept exact (no rounding at the default 28 digits) however many orders go through.
 _EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation])

@@ -1,6 +1,6 @@
 """The trading pod's program: journal, risk engine, OMS and broker, recovered, then serving the signal API.
 
-``python -m kubequant.workloads.trading.runtime --session session.yaml --state-dir /var/lib/kubequant``
+``python -m kubequant.workloads.trading.node.runtime --session session.yaml --state-dir /var/lib/kubequant``
 connects to the broker (``spec.broker``: the paper broker over qlib's bars, or Alpaca with its
 credentials Secret mounted at ``--secrets-dir``), recovers (journal replay and reconciliation;
 exit ``EXIT_HALTED`` if that fails closed), then serves the signal API on
@@ -38,21 +38,21 @@ from kubequant.api.risk import RiskPolicy
 from kubequant.errors import BrokerError, ConfigError, KubequantError
 from kubequant.manifests import load_resources
 from kubequant.workloads.data.bundle import resolve_bundle
-from kubequant.workloads.trading import metrics
-from kubequant.workloads.trading.brokers.base import Broker
-from kubequant.workloads.trading.brokers.factory import build_broker, build_price_source
-from kubequant.workloads.trading.brokers.paper import PaperBroker
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.control import PolicyTracker, document_generation, set_kill_switch
-from kubequant.workloads.trading.journal import Journal
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.policy import FileWatcher, PolicyWatcher, load_policy
-from kubequant.workloads.trading.reconcile import poll
-from kubequant.workloads.trading.recovery import RecoveryReport, recover
-from kubequant.workloads.trading.risk_engine import RiskEngine
-from kubequant.workloads.trading.scheduled import Rebalancer, ScoreBook, load_scores, wall_rebalance
-from kubequant.workloads.trading.signals import SyntheticSignals, plan_orders
-from kubequant.workloads.trading.trading_state import RuntimeLock
+from kubequant.workloads.trading.adapters.base import Broker
+from kubequant.workloads.trading.adapters.factory import build_broker, build_price_source
+from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.journal import Journal
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.reconcile import poll
+from kubequant.workloads.trading.execution.recovery import RecoveryReport, recover
+from kubequant.workloads.trading.model.signals import SyntheticSignals, plan_orders
+from kubequant.workloads.trading.node import metrics
+from kubequant.workloads.trading.node.scheduled import Rebalancer, ScoreBook, load_scores, wall_rebalance
+from kubequant.workloads.trading.risk.control import PolicyTracker, document_generation, set_kill_switch
+from kubequant.workloads.trading.risk.engine import RiskEngine
+from kubequant.workloads.trading.risk.policy import FileWatcher, PolicyWatcher, load_policy
+from kubequant.workloads.trading.risk.trading_state import RuntimeLock
 
 log = logging.getLogger(__name__)
 EXIT_HALTED = 3  # recovery failed closed: no strategy may start
@@ -269,12 +269,9 @@ class TradingRuntime:
 
     async def connect(self) -> None:
         """Check a real broker's credentials and account (``spec.account``) before recovery reads it."""
-        connect = getattr(self.broker, "connect", None)
-        if connect is None:
-            return
         spec = self.cfg.session.spec
         try:
-            account = await connect(spec.account)
+            account = await self.broker.connect(spec.account)
         except ConfigError:
             raise  # a refused key or another account's key: the error names the Secret or spec.account
         except BrokerError as err:
@@ -283,18 +280,19 @@ class TradingRuntime:
                 where="spec.broker.endpoint" if spec.broker.endpoint else "spec.broker",
                 fix="check the endpoint and the pod's network egress; the pod retries when restarted",
             ) from err
+        if account is None:
+            return  # the paper broker: no credentials, no listing
         self.connected_equity = account.equity
         log.info("connected to %s account %s: equity %s", str(spec.broker.type), spec.account, account.equity)
-        listing = getattr(self.broker, "listed_instruments", None)
-        if listing is not None:
-            try:
-                self.listed = await listing()
-            except BrokerError as err:
-                raise BrokerError(
-                    f"cannot read the instruments the {spec.broker.type!s} broker lists: {err}",
-                    where="spec.broker",
-                    fix="check the broker's API and the pod's network egress; the pod retries when restarted",
-                ) from err
+        try:
+            self.listed = await self.broker.listed_instruments()
+        except BrokerError as err:
+            raise BrokerError(
+                f"cannot read the instruments the {spec.broker.type!s} broker lists: {err}",
+                where="spec.broker",
+                fix="check the broker's API and the pod's network egress; the pod retries when restarted",
+            ) from err
+        if self.listed is not None:
             log.info("the broker lists %d tradable instruments", len(self.listed))
 
     def knows(self) -> Callable[[str], bool]:
@@ -395,9 +393,7 @@ class TradingRuntime:
     def close(self) -> None:
         """Close the journal, the broker (its record or its connections) and the market data feed."""
         self.journal.close()
-        close = getattr(self.broker, "close", None)
-        if close is not None:
-            close()
+        self.broker.close()
         if self.feed is not None:
             self.feed.close()
 
@@ -465,7 +461,7 @@ class Pod:
 
     async def run(self, token: str, on_listening: Callable[[int], None] | None = None) -> int:
         """Serve until SIGTERM (or ``stop``); the exit code."""
-        from kubequant.workloads.trading.signal_api import SignalService, build_app, serve
+        from kubequant.workloads.trading.node.signal_api import SignalService, build_app, serve
 
         runtime, cfg = self.runtime, self.cfg
         loop = asyncio.get_running_loop()
@@ -517,7 +513,7 @@ class Pod:
 
     def cluster_link(self, service: Any) -> Any:
         """The link that follows the session and its RiskPolicy through the API and reports status."""
-        from kubequant.workloads.trading.cluster import ApiCredentials, ClusterLink, KubeApi
+        from kubequant.workloads.trading.node.cluster import ApiCredentials, ClusterLink, KubeApi
 
         cfg, runtime = self.cfg, self.runtime
         assert cfg.api_dir is not None
@@ -598,7 +594,7 @@ class Pod:
 
 def session_token(cfg: RuntimeConfig) -> str:
     """The bearer token from the mounted Secret; a scheduled-only session without one gets a random token."""
-    from kubequant.workloads.trading.signal_api import load_token
+    from kubequant.workloads.trading.node.signal_api import load_token
 
     try:
         return load_token(cfg.token_file)

@@ -30,10 +30,10 @@ from kubequant.api.backtest import Signal as SignalSpec
 from kubequant.api.backtest import TopkDropout
 from kubequant.api.live import ScheduledStrategy
 from kubequant.errors import ConfigError, DataError
-from kubequant.workloads.trading.domain import ZERO, OrderIntent, Side
-from kubequant.workloads.trading.events import EVENT_TYPES, Event
-from kubequant.workloads.trading.oms import OrderManager, SubmitOutcome
-from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.execution.oms import OrderManager, SubmitOutcome
+from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, Side
+from kubequant.workloads.trading.model.events import EVENT_TYPES, Event
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 log = logging.getLogger(__name__)
 FIELD = "spec.strategy.scheduled"

@@ -1,6 +1,6 @@
 """Changes that reach a running session from outside: the kill switch and its RiskPolicy, journaled.
 
-Both arrive while the runtime trades — through the API (workloads/trading/cluster.py: the pod
+Both arrive while the runtime trades — through the API (workloads/trading/node/cluster.py: the pod
 follows its own LiveTradingSession and RiskPolicy) or through the mounted files (the start-up copy,
 which the kubelet refreshes about once a minute). Whichever comes first acts; the other then finds
 nothing to change. Each change is journaled with where it came from and who made it, before it acts.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.events import EVENT_TYPES, Event
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.reconcile import sync_risk_state
-from kubequant.workloads.trading.trading_state import KILL_SWITCH
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.execution.reconcile import sync_risk_state
+from kubequant.workloads.trading.model.events import EVENT_TYPES, Event
+from kubequant.workloads.trading.risk.trading_state import KILL_SWITCH
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 500

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from kubequant.workloads.trading.brokers.base import (
+from kubequant.workloads.trading.adapters.base import (
     BrokerAccount,
     BrokerAck,
     BrokerDisconnected,
@@ -30,10 +30,10 @@ from kubequant.workloads.trading.brokers.base import (
     DuplicateOrder,
     SubmitRequest,
 )
-from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-from kubequant.workloads.trading.domain import ZERO, Clock, Fill, Side, WallClock, as_money
-from kubequant.workloads.trading.journal import Checkpointer
-from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+from kubequant.workloads.trading.execution.journal import Checkpointer
+from kubequant.workloads.trading.model.domain import ZERO, Clock, Fill, Side, WallClock, as_money
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -588,6 +588,14 @@ class PaperBroker:
         """Change a holding behind everyone's back (a corporate action, a manual transfer): for tests."""
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?)", (instrument, str(quantity)))
+
+    async def connect(self, account: str | None) -> None:
+        """Nothing to check: the paper broker has no credentials and its account is its record."""
+        return None
+
+    async def listed_instruments(self) -> None:
+        """The paper broker trades whatever its bundle has bars for."""
+        return None
 
     def close(self) -> None:
         """Close the record."""

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from kubequant.api.risk import RiskPolicy, RiskPolicySpec
 from kubequant.errors import ValidationError
-from kubequant.workloads.trading.risk_engine import RiskEngine
+from kubequant.workloads.trading.risk.engine import RiskEngine
 
 log = logging.getLogger(__name__)
 

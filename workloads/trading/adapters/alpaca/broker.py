@@ -45,7 +45,7 @@ from urllib3.exceptions import NewConnectionError
 
 from kubequant.api.live import LiveTradingSession, SessionMode
 from kubequant.errors import BrokerError, ConfigError
-from kubequant.workloads.trading.brokers.base import (
+from kubequant.workloads.trading.adapters.base import (
     BrokerAccount,
     BrokerAck,
     BrokerDisconnected,
@@ -56,8 +56,8 @@ from kubequant.workloads.trading.brokers.base import (
     DuplicateOrder,
     SubmitRequest,
 )
-from kubequant.workloads.trading.domain import ZERO, Clock, Fill, Side, WallClock, as_money
-from kubequant.workloads.trading.orders import OrderStatus
+from kubequant.workloads.trading.model.domain import ZERO, Clock, Fill, Side, WallClock, as_money
+from kubequant.workloads.trading.model.orders import OrderStatus
 
 log = logging.getLogger(__name__)
 

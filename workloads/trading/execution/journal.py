@@ -38,7 +38,7 @@ from types import TracebackType
 from prometheus_client import Histogram
 
 from kubequant.errors import KubequantError
-from kubequant.workloads.trading.events import Event, OrderEvent, decode, encode
+from kubequant.workloads.trading.model.events import Event, OrderEvent, decode, encode
 
 JOURNAL_WRITE_SECONDS = Histogram(
     "kubequant_journal_write_seconds",

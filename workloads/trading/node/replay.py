@@ -32,9 +32,9 @@ from kubequant.api.backtest import TopkDropout
 from kubequant.api.live import LiveTradingSession, ReplayOptions, TradingState
 from kubequant.api.risk import RiskPolicy
 from kubequant.errors import ConfigError, ValidationError
-from kubequant.workloads.trading.runtime import RuntimeConfig, TradingRuntime, bundle_path, prepare
-from kubequant.workloads.trading.scheduled import Rebalancer, ScoreBook, load_scores
-from kubequant.workloads.trading.signal_api import SignalService, build_app, load_token, serve
+from kubequant.workloads.trading.node.runtime import RuntimeConfig, TradingRuntime, bundle_path, prepare
+from kubequant.workloads.trading.node.scheduled import Rebalancer, ScoreBook, load_scores
+from kubequant.workloads.trading.node.signal_api import SignalService, build_app, load_token, serve
 
 log = logging.getLogger(__name__)
 MOMENTUM = "$close/Ref($close,20)-1"

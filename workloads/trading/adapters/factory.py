@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from kubequant.api.live import BrokerType, LiveTradingSession
 from kubequant.errors import ConfigError
-from kubequant.workloads.trading.brokers.base import Broker
+from kubequant.workloads.trading.adapters.base import Broker
 
 if TYPE_CHECKING:
-    from kubequant.workloads.trading.brokers.qlib_market import QlibMarket
-    from kubequant.workloads.trading.oms import PriceSource
+    from kubequant.workloads.trading.adapters.paper.market import QlibMarket
+    from kubequant.workloads.trading.execution.oms import PriceSource
 
 
 def build_broker(
@@ -29,7 +29,7 @@ def build_broker(
     """
     spec = session.spec
     if spec.broker.type == BrokerType.PAPER:
-        from kubequant.workloads.trading.brokers.paper import PaperBroker
+        from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
 
         if market is None:
             raise ConfigError(
@@ -38,7 +38,7 @@ def build_broker(
         return PaperBroker(market, record_path, starting_cash=Decimal(repr(spec.starting_cash)))
     if spec.broker.type == BrokerType.ALPACA:
         _require_alpaca_py()
-        from kubequant.workloads.trading.brokers.alpaca import AlpacaBroker
+        from kubequant.workloads.trading.adapters.alpaca.broker import AlpacaBroker
 
         return AlpacaBroker.from_session(session, secrets_dir)
     raise ConfigError(f"no adapter for broker type {spec.broker.type}", where="spec.broker.type")
@@ -55,7 +55,7 @@ def build_price_source(
         return broker  # type: ignore[return-value]  # the PaperBroker prices its own bars
     if session.spec.broker.type == BrokerType.ALPACA:
         _require_alpaca_py()
-        from kubequant.workloads.trading.brokers.alpaca_market import AlpacaPrices
+        from kubequant.workloads.trading.adapters.alpaca.market import AlpacaPrices
 
         return AlpacaPrices.from_session(session, secrets_dir, **options)
     raise ConfigError(f"no price source for broker type {session.spec.broker.type}", where="spec.broker.type")

@@ -30,8 +30,8 @@ from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.requests import StockLatestTradeRequest
 
 from kubequant.api.live import LiveTradingSession
-from kubequant.workloads.trading.brokers.alpaca import AlpacaCredentials, load_credentials, take_over
-from kubequant.workloads.trading.domain import utcnow
+from kubequant.workloads.trading.adapters.alpaca.broker import AlpacaCredentials, load_credentials, take_over
+from kubequant.workloads.trading.model.domain import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import aiohttp
 from kubequant.api.live import LiveTradingSessionStatus
 from kubequant.errors import ConfigError, ValidationError
 from kubequant.version import API_GROUP, API_VERSION
-from kubequant.workloads.trading.control import PolicyTracker, set_kill_switch
-from kubequant.workloads.trading.oms import OrderManager
-from kubequant.workloads.trading.policy import parse_policy
+from kubequant.workloads.trading.execution.oms import OrderManager
+from kubequant.workloads.trading.risk.control import PolicyTracker, set_kill_switch
+from kubequant.workloads.trading.risk.policy import parse_policy
 
 log = logging.getLogger(__name__)
 

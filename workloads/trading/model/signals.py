@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
-from kubequant.workloads.trading.domain import ZERO, OrderIntent, Side
+from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, Side
 
 
 @dataclass(frozen=True, slots=True)
