@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel
-	$(BIN)/python -m pip install -q -e '.[dev,alpaca]'
+	$(BIN)/python -m pip install -q -e '.[dev,alpaca,cn]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -59,11 +59,11 @@ e2e: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/kubequant crds generate
 
-## requirements.lock: what the image installs (the dependencies, the alpaca extra, the build
+## requirements.lock: what the image installs (the dependencies, the alpaca and cn extras, the build
 ## backend), every version pinned and every file hashed; rerun after changing pyproject.toml
 ## (tests/unit/test_supply_chain.py fails until the lock covers it).
 lock: $(STAMP)
-	printf '%s\n' 'setuptools>=77' wheel | $(BIN)/uv pip compile pyproject.toml - --extra alpaca \
+	printf '%s\n' 'setuptools>=77' wheel | $(BIN)/uv pip compile pyproject.toml - --extra alpaca --extra cn \
 	  --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
 	  --output-file requirements.lock
 

@@ -10,6 +10,7 @@
 #     promtool                           (github.com/prometheus/prometheus/cmd/promtool)
 #     amtool                             (github.com/prometheus/alertmanager/cmd/amtool)
 #     prometheus                         (github.com/prometheus/prometheus/cmd/prometheus)
+#     toxiproxy-server                   (github.com/Shopify/toxiproxy/v2/cmd/server)
 #   ${KUBEQUANT_CACHE_DIR:-$HOME/.cache/kubequant}/k8s/<KUBERNETES_VERSION>/kuberay/<KUBERAY_VERSION>/crds/
 #     KubeRay's CRDs (ray.io_*.yaml), copied from the same module (config/crd/bases)
 #   ${KUBEQUANT_CACHE_DIR:-$HOME/.cache/kubequant}/k8s/<KUBERNETES_VERSION>/prometheus-operator/<PROMETHEUS_OPERATOR_VERSION>/crds/
@@ -25,7 +26,8 @@
 #   COMPONENT: kubernetes (= apiserver, controller-manager, scheduler, kubectl),
 #              kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 #              etcd, kwok (= kwok + kwokctl), helm, kuberay (= ray-operator + its CRDs),
-#              monitoring (= promtool + amtool + prometheus + the Prometheus operator's CRDs). Default: all;
+#              monitoring (= promtool + amtool + prometheus + the Prometheus operator's CRDs),
+#              toxiproxy. Default: all;
 #              kuberay and monitoring build in the background, alongside the others.
 #   --print-kuberay-crd-dir: print where KubeRay's CRDs are (or will be) and exit.
 #   --print-prometheus-operator-crd-dir: the same for the Prometheus operator's CRDs.
@@ -273,8 +275,10 @@ build_kuberay() {
 # `go install pkg@version` refuses, so (like etcd) build the command from a generated module that
 # requires the release. The Prometheus operator's CRDs are copied from its root module
 # (example/prometheus-operator-crd), so tests install the CRDs of one pinned release.
-build_go_cmd() { # build_go_cmd NAME MODULE VERSION PACKAGE
+build_go_cmd() { # build_go_cmd NAME MODULE VERSION PACKAGE [VERSION_VARIABLE]
   local name="$1" module="$2" version="$3" pkg="$4" dir="${WORK_DIR}/$1" start
+  # The variable that holds the version (default: Prometheus's), stamped with the pinned release.
+  local version_var="${5:-github.com/prometheus/common/version.Version}"
   is_built "${name}" "${version}" && return 0
   announce
   log "building ${name} ${version}"
@@ -283,7 +287,7 @@ build_go_cmd() { # build_go_cmd NAME MODULE VERSION PACKAGE
   printf 'module kubequant.local/%s-build\n\ngo 1.26.0\n\nrequire %s %s\n' "${name}" "${module}" "${version}" >"${dir}/go.mod"
   printf 'package tools\n\nimport _ "%s"\n' "${pkg}" >"${dir}/tools.go"
   (cd "${dir}" && go mod tidy && go build -trimpath \
-    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=release" \
+    -ldflags "-s -w -X ${version_var}=${version#v} -X github.com/prometheus/common/version.Branch=release" \
     -o "${WORK_DIR}/${name}-bin" "${pkg}")
   install_bin "${WORK_DIR}/${name}-bin" "${name}" "${version}"
   record "${name}" "$(($(now) - start))"
@@ -316,10 +320,17 @@ build_monitoring() {
   build_go_cmd prometheus github.com/prometheus/prometheus "${PROMETHEUS_VERSION}" github.com/prometheus/prometheus/cmd/prometheus
 }
 
+# Toxiproxy's server, the TCP fault proxy of the broker-fault tests. Its go.mod has no replace
+# directives, but building it like promtool keeps one way of building a pinned command.
+build_toxiproxy() {
+  build_go_cmd toxiproxy-server github.com/Shopify/toxiproxy/v2 "${TOXIPROXY_VERSION}" github.com/Shopify/toxiproxy/v2/cmd/server \
+    github.com/Shopify/toxiproxy/v2.Version
+}
+
 # ---------------------------------------------------------------------------
 main() {
   local components=("$@") c n total_start kuberay_pid="" monitoring_pid=""
-  ((${#components[@]})) || components=(kuberay monitoring kubernetes etcd kwok helm)
+  ((${#components[@]})) || components=(kuberay monitoring kubernetes etcd kwok helm toxiproxy)
   total_start="$(now)"
   for c in "${components[@]}"; do
     # KubeRay shares no packages with the others' big builds: build it alongside them, its
@@ -353,6 +364,7 @@ main() {
       helm) build_helm ;;
       kuberay | ray-operator) build_kuberay ;;
       monitoring | promtool | amtool | prometheus) build_monitoring ;;
+      toxiproxy | toxiproxy-server) build_toxiproxy ;;
       *) die "unknown component '${c}'" ;;
     esac
   done

@@ -9,7 +9,7 @@
 # Either way it first builds the pinned binaries if they are not cached yet
 # (hack/build-k8s.sh): the tests use its kubectl and helm.
 #
-# Usage: hack/run-tests.sh [PYTEST ARGS...]
+# Usage: [KUBEQUANT_COVERAGE=0] hack/run-tests.sh [PYTEST ARGS...]
 #   With no path among the arguments, runs every test under tests/; with one
 #   (e.g. `hack/run-tests.sh tests/e2e -x`), only those.
 # Exits with pytest's status, except that "no tests collected" (5) is a failure.
@@ -79,11 +79,23 @@ main() {
   local args=("$@")
   ((have_path)) || args=(tests "$@")
 
+  # Line and branch coverage of kubequant, operator and workloads, subprocesses included
+  # (pyproject.toml [tool.coverage]); KUBEQUANT_COVERAGE=0 skips it.
+  if [[ "${KUBEQUANT_COVERAGE:-1}" != 0 ]]; then
+    export KUBEQUANT_COVERAGE_DIR="${REPO_ROOT}/build/coverage"
+    rm -rf "${KUBEQUANT_COVERAGE_DIR}"
+    mkdir -p "${KUBEQUANT_COVERAGE_DIR}"
+    args+=(--cov --cov-report=)
+  fi
+
   local rc=0
   "${PYTEST}" "${args[@]}" || rc=$?
   if ((rc == 5)); then
     log "ERROR: pytest collected no tests"
     rc=1
+  fi
+  if [[ "${KUBEQUANT_COVERAGE:-1}" != 0 ]]; then
+    "${PYTHON}" "${HACK_DIR}/coverage_summary.py" || log "WARNING: no coverage summary"
   fi
   return "${rc}"
 }

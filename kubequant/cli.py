@@ -627,6 +627,179 @@ def trading_adopt(state_dir: Path, reason: str) -> None:
     )
 
 
+@trading.command("report")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The session's volume (the folder with journal.sqlite).",
+)
+@click.option(
+    "--session",
+    "session_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The LiveTradingSession manifest (default: session.yaml in --state-dir, as parity leaves it).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The qlib bundle, instead of the session's spec.data.",
+)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def trading_report(state_dir: Path, session_file: Path | None, data_path: Path | None, output: str) -> None:
+    """Compare a session's journaled fills with the Backtest's exchange model; fit spec.exchange.impact to them."""
+    from kubequant.workloads.realism.report import trading_report as build_report
+
+    report = build_report(state_dir, session_file, data_path)
+    if output == "json":
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in report.describe():
+            click.echo(line)
+
+
+@main.command("parity")
+@click.option(
+    "-f",
+    "--filename",
+    "file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The Backtest manifest (signal model or file).",
+)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A RiskPolicy for the replay (default: a permissive one, no limits).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where parity.json, the charts and the replay's journal go (default ./reports/<name>/parity).",
+)
+@click.option(
+    "--check", is_flag=True, help="Exit 1 when a goal is missed (fills 1 bp, net value 0.1 %, trades)."
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show qlib's own output here (default: run.log in --out)."
+)
+@_allow_module_option
+def parity(
+    file: Path,
+    output: str,
+    policy_file: Path | None,
+    out_dir: Path | None,
+    check: bool,
+    verbose: bool,
+    allow_modules: tuple[str, ...],
+) -> None:
+    """Run a Backtest, replay its daily decisions through the trading runtime, and compare fills and net value."""
+    from kubequant.api import Backtest
+    from kubequant.api.risk import RiskPolicy
+    from kubequant.errors import ValidationError
+    from kubequant.manifests import load_resources
+    from kubequant.workloads.backtest.import_guard import guarded_imports
+    from kubequant.workloads.realism.parity import run_parity
+
+    allowed = _allow_list(allow_modules)
+    backtests = [r for r in load_resources(file, allowed) if isinstance(r, Backtest)]
+    if not backtests:
+        raise ValidationError("no Backtest in the file", where=str(file), fix="give a Backtest manifest")
+    bt = backtests[0]
+    policy = None
+    if policy_file is not None:
+        policies = [r for r in load_resources(policy_file, allowed) if isinstance(r, RiskPolicy)]
+        if not policies:
+            raise ValidationError(
+                "no RiskPolicy in the file", where="--policy", fix="give a RiskPolicy manifest"
+            )
+        policy = policies[0]
+    out = out_dir or Path("reports") / bt.metadata.name / "parity"
+    with (
+        guarded_imports(allowed),
+        console.run_output(out / console.LOG_NAME, verbose, (), bar=False) as shown,
+    ):
+        report = run_parity(bt, out, policy, shown.progress)
+    if shown.log_path is not None:
+        click.echo(console.log_note(shown.log_path), err=True)
+    if output == "json":
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        for line in report.describe():
+            click.echo(line)
+    if check and not report.met():
+        raise SystemExit(1)
+
+
+@main.command("gateway")
+@click.option(
+    "--client",
+    "client",
+    type=click.Choice(["universal", "miniqmt"]),
+    required=True,
+    help="The desktop client easytrader drives: Tonghuashun's universal client, or miniQMT.",
+)
+@click.option("--account", required=True, help="The fund account the client is logged in to (spec.account).")
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    default=Path("kubequant-gateway.sqlite"),
+    show_default=True,
+    help="The SQLite file of client order ids and fills (keep it across restarts).",
+)
+@click.option(
+    "--client-path", default=None, help="xiadan.exe of the universal client, or miniQMT's userdata_mini."
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA of the trading pod's client certificate: mutual TLS.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A file holding the bearer token the pod must present.",
+)
+def gateway(
+    client: str,
+    account: str,
+    listen: str,
+    state: Path,
+    client_path: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    token_file: Path | None,
+) -> None:
+    """Serve a Windows desktop trading client to a trading pod (broker.type gateway; docs/brokers/gateway.md)."""
+    from kubequant.workloads.trading.adapters.gateway.server import run_gateway
+
+    run_gateway(
+        client=client,
+        account=account,
+        listen=listen,
+        state=state,
+        client_path=client_path,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        client_ca=client_ca,
+    )
+
+
 @main.group(cls=_Group)
 def workload() -> None:
     """Entrypoints of the pods the operator creates."""
@@ -669,7 +842,7 @@ def workload_backtest(
     """
     from kubequant.api import Backtest
     from kubequant.manifests import load_resources
-    from kubequant.workloads.backtest.runner import run_backtest
+    from kubequant.workloads.backtest.runner import run_backtest, termination_payload
 
     def leave(payload: str) -> None:
         if termination_log.parent.exists():
@@ -695,7 +868,7 @@ def workload_backtest(
         text = err.one_line() if isinstance(err, KubequantError) else f"{type(err).__name__}: {err}"
         leave(json.dumps({"error": redact(text, limit=2048)}))
         raise
-    payload = json.dumps(outcome.results.to_manifest(), separators=(",", ":"), sort_keys=True)
+    payload = termination_payload(outcome.results)
     leave(payload)
     click.echo(payload)
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -191,10 +191,79 @@ class ResultsTracker(Collector):
             yield family
 
 
+class DataQualityTracker(Collector):
+    """The data quality of each finished Backtest, from ``.status.results.dataQuality``: the
+    missing-value ratio by field read, and the universe members with no data in the period."""
+
+    families = (
+        (
+            "kubequant_run_data_missing_ratio",
+            "Fraction of the cells a finished run read that are missing, by field (.status.results.dataQuality).",
+            ("kind", "namespace", "name", "field"),
+        ),
+        (
+            "kubequant_run_instruments_missing",
+            "Universe members with no data in a finished run's period (.status.results.dataQuality).",
+            ("kind", "namespace", "name"),
+        ),
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, str, str], tuple[dict[str, float], float | None]] = {}
+
+    def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+        """Take ``kind`` ``namespace``/``name``'s data quality from its ``status`` (none: its series go)."""
+        results = (status or {}).get("results")
+        quality = results.get("dataQuality") if isinstance(results, Mapping) else None
+        ratios: dict[str, float] = {}
+        missing: float | None = None
+        if isinstance(quality, Mapping):
+            by_field = quality.get("missingRatio")
+            if isinstance(by_field, Mapping):
+                ratios = {str(f): float(v) for f, v in by_field.items() if _finite(v)}
+            count = quality.get("instrumentsMissing")
+            missing = float(count) if _finite(count) else None
+        with self._lock:
+            if ratios or missing is not None:
+                self._values[(kind, namespace, name)] = (ratios, missing)
+            else:
+                self._values.pop((kind, namespace, name), None)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop a deleted object's series."""
+        with self._lock:
+            self._values.pop((kind, namespace, name), None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, help_, labels in self.families:
+            yield GaugeMetricFamily(name, help_, labels=list(labels))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            items = sorted(self._values.items())
+        (n1, h1, l1), (n2, h2, l2) = self.families
+        ratio = GaugeMetricFamily(n1, h1, labels=list(l1))
+        absent = GaugeMetricFamily(n2, h2, labels=list(l2))
+        for (kind, namespace, name), (ratios, missing) in items:
+            for field_name, value in sorted(ratios.items()):
+                ratio.add_metric([kind, namespace, name, field_name], value)
+            if missing is not None:
+                absent.add_metric([kind, namespace, name], missing)
+        yield ratio
+        yield absent
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 PHASES = PhaseTracker()
 REGISTRY.register(PHASES)
 RESULTS = ResultsTracker()
 REGISTRY.register(RESULTS)
+DATA_QUALITY = DataQualityTracker()
+REGISTRY.register(DATA_QUALITY)
 
 
 @contextmanager

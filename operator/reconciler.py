@@ -25,7 +25,7 @@ from kubequant.operator import kube
 from kubequant.operator.builders.common import controller_reference, with_spec_hash
 from kubequant.operator.builders.policy import policy_violations
 from kubequant.operator.config import OperatorConfig
-from kubequant.operator.metrics import PHASES, RESULTS, observe_reconcile
+from kubequant.operator.metrics import DATA_QUALITY, PHASES, RESULTS, observe_reconcile
 from kubequant.operator.status.conditions import transition_events, unchanged
 
 # Longest refusal written to status (status.message allows 4096 characters; a crafted spec can
@@ -262,6 +262,7 @@ def reconcile(
         # operator still serves its phase and results.
         PHASES.set(kind.name, ctx.key, old_phase)
         RESULTS.observe(kind.name, ctx.namespace, ctx.name, previous)
+        DATA_QUALITY.observe(kind.name, ctx.namespace, ctx.name, previous)
         return None
     with observe_reconcile(kind.name):
         try:
@@ -293,6 +294,7 @@ def _finish(
     """Write ``new`` if it changes anything, keep the gauge, announce a phase change; whether it changed."""
     PHASES.set(kind.name, ctx.key, new.get("phase") or "Unknown")
     RESULTS.observe(kind.name, ctx.namespace, ctx.name, {**ctx.previous, **new})
+    DATA_QUALITY.observe(kind.name, ctx.namespace, ctx.name, {**ctx.previous, **new})
     if unchanged(ctx.previous, new):
         return False
     write(new)
@@ -310,3 +312,4 @@ def forget(kind: Kind, body: Mapping[str, Any]) -> None:
     namespace, name = str(body["metadata"].get("namespace")), str(body["metadata"]["name"])
     PHASES.forget(kind.name, f"{namespace}/{name}")
     RESULTS.forget(kind.name, namespace, name)
+    DATA_QUALITY.forget(kind.name, namespace, name)

@@ -384,6 +384,15 @@ class Exchange(ApiModel):
         0.0015, ge=0, lt=1, description="Cost rate of selling (commission plus stamp duty)."
     )
     min_cost: float = Field(5.0, ge=0, description="Minimum cost of one trade, in account currency.")
+    stamp_duty: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Stamp duty on sells, as a fraction of value, charged on top of closeCost "
+        "(China: 0.0005 since 2023-08-28). 0 by default because closeCost's default 0.0015 already "
+        "holds qlib's historical 0.1 % duty; for today's China costs set closeCost to the commission "
+        "(e.g. 0.0005) and stampDuty 0.0005. The Backtest and the paper broker charge it alike.",
+    )
     limit_threshold: float | None = Field(
         0.095,
         gt=0,

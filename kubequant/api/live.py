@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints
 
 from kubequant.api.backtest import Exchange, Signal, TopkDropout, Universe
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
+from kubequant.api.broker_capabilities import CAPABILITIES, needs_universe, refusals
 from kubequant.api.common import (
     DataSource,
     LocalObjectReference,
@@ -30,6 +31,8 @@ class SessionMode(StrEnum):
 class BrokerType(StrEnum):
     PAPER = "paper"
     ALPACA = "alpaca"
+    GATEWAY = "gateway"
+    XUEQIU = "xueqiu"
 
 
 class AccountType(StrEnum):
@@ -40,7 +43,12 @@ class AccountType(StrEnum):
 class Broker(ApiModel):
     """The broker adapter and its credentials."""
 
-    type: BrokerType = Field(BrokerType.PAPER, description="paper (built-in, fills against bars) or alpaca.")
+    type: BrokerType = Field(
+        BrokerType.PAPER,
+        description="paper (built-in, fills against bars), alpaca, gateway (a Windows desktop client "
+        "through `kubequant gateway`; endpoint is the gateway's URL), or xueqiu (a Xueqiu simulated "
+        "portfolio through easytrader; account is its ZH code).",
+    )
     account_type: AccountType = Field(
         AccountType.CASH,
         description="cash or margin. Short selling is refused unless the account is margin outside region cn "
@@ -201,6 +209,10 @@ class ReplayOptions(ApiModel):
     )
 
 
+# The broker type in a CEL rule, defaults included (an absent broker or type is the paper broker).
+_TYPE = "(has(self.broker) && has(self.broker.type) ? self.broker.type : 'paper')"
+
+
 class LiveTradingSessionSpec(ApiModel):
     """A trading session."""
 
@@ -221,7 +233,12 @@ class LiveTradingSessionSpec(ApiModel):
     exchange: Exchange = Field(
         default_factory=Exchange, description="Costs the paper broker charges (as a Backtest)."
     )
-    starting_cash: float = Field(10_000_000, gt=0, description="Paper account's starting cash.")
+    starting_cash: float = Field(
+        10_000_000,
+        gt=0,
+        description="Paper account's starting cash; for broker xueqiu, the money the portfolio's net value "
+        "1.0 stands for (easytrader's initial_assets, at least 1000).",
+    )
     timezone: TimeZone = Field(
         "Asia/Shanghai",
         description="Exchange time zone: the trading day of the daily limits and the daily-loss breaker, "
@@ -259,6 +276,45 @@ class LiveTradingSessionSpec(ApiModel):
                 s.replay is None or (s.mode == SessionMode.PAPER and s.broker.type == BrokerType.PAPER)
             ),
         ),
+        Rule(
+            cel=f"!({_TYPE} == 'gateway') || has(self.broker.endpoint)",
+            message="broker type gateway needs the gateway's URL; set broker.endpoint to https://HOST:PORT "
+            "of `kubequant gateway`",
+            field="broker.endpoint",
+            check=lambda s: s.broker.type != BrokerType.GATEWAY or s.broker.endpoint is not None,
+        ),
+        Rule(
+            cel="self.broker.type != 'xueqiu' || self.mode == 'paper'",
+            message="a Xueqiu portfolio is simulated (no real money); set mode paper for broker type xueqiu",
+            field="mode",
+            check=lambda s: s.broker.type != BrokerType.XUEQIU or s.mode == SessionMode.PAPER,
+        ),
+        # What the broker lacks (kubequant/api/broker_capabilities.py; docs/brokers/capabilities.md).
+        Rule(
+            cel="!(has(self.broker) && has(self.broker.accountType) && self.broker.accountType == 'margin'"
+            f" && {_TYPE} in {[t for t, c in CAPABILITIES.items() if not c.short_selling]})",
+            message="the broker cannot sell short (docs/brokers/capabilities.md), so a margin account gives "
+            "nothing; set broker.accountType cash",
+            field="broker.accountType",
+            check=lambda s: not any(f == "broker.accountType" for f, _ in refusals(s)),
+        ),
+        Rule(
+            cel=f"!({_TYPE} in {needs_universe()}) || (has(self.universe)"
+            " && has(self.universe.instruments) && size(self.universe.instruments) > 0)",
+            message="the broker does not list what the account may trade (docs/brokers/capabilities.md); list "
+            "the instruments in universe.instruments",
+            field="universe.instruments",
+            check=lambda s: not any(f == "universe.instruments" for f, _ in refusals(s)),
+        ),
+        Rule(
+            cel="!(has(self.strategy) && has(self.strategy.scheduled))"
+            f" || !({_TYPE} in {[t for t, c in CAPABILITIES.items() if not c.market_orders]})",
+            message="the scheduled strategy sends market orders and the broker takes none "
+            "(docs/brokers/capabilities.md); remove strategy.scheduled and send limit prices through "
+            "strategy.signalApi",
+            field="strategy.scheduled",
+            check=lambda s: not any(f == "strategy.scheduled" for f, _ in refusals(s)),
+        ),
     )
 
 
@@ -280,6 +336,19 @@ class SessionPhase(StrEnum):
     def is_terminal(self) -> bool:
         """Whether the operator has given up on the session until its spec changes."""
         return self is SessionPhase.FAILED
+
+
+class LiveDataQuality(ApiModel):
+    """Gaps in the latest bar of a session's universe."""
+
+    missing_ratio: dict[str, float] | None = Field(
+        None,
+        max_length=16,
+        description="By field the session trades on (close and volume of the paper market's bar, a venue's "
+        "last trade price): the fraction of the universe without a value.",
+    )
+    instruments: int | None = Field(None, ge=0, description="Instruments checked.")
+    instruments_missing: int | None = Field(None, ge=0, description="Instruments with no value in any field.")
 
 
 class LiveTradingSessionStatus(WorkloadStatus):
@@ -304,6 +373,20 @@ class LiveTradingSessionStatus(WorkloadStatus):
     fills_today: int | None = Field(None, ge=0, description="Fills received today.")
     rejections_today: int | None = Field(None, ge=0, description="Orders rejected by the risk engine today.")
     last_heartbeat_time: dt.datetime | None = Field(None, description="Last time the runtime reported.")
+    applied_policy_generation: int | None = Field(
+        None,
+        ge=0,
+        description="metadata.generation of the RiskPolicy whose limits the runtime enforces now "
+        "(behind the policy's own generation until a change has reached the pod).",
+    )
+    data_quality: LiveDataQuality | None = Field(
+        None, description="Gaps in the latest bar of the session's universe (measured once per bar)."
+    )
+    live_rank_ic: float | None = Field(
+        None,
+        description="Mean over the last 20 trading days of the Spearman IC between the scores each day's "
+        "rebalance traded on and the returns until the next day's rebalance.",
+    )
 
 
 class LiveTradingSession(Resource):

@@ -59,6 +59,24 @@ class SingleLevelComparison(ApiModel):
     trades: int | None = Field(None, description="Number of filled orders.")
 
 
+class DataQuality(ApiModel):
+    """Data quality of the cells a run read: each universe member on each trading day of the period."""
+
+    missing_ratio: dict[str, float] | None = Field(
+        None,
+        max_length=64,
+        description="By field the run reads (close, volume, ...): the fraction of its cells that are NaN or "
+        "absent from the bundle.",
+    )
+    instruments: int | None = Field(None, ge=0, description="Universe members during the period.")
+    instruments_missing: int | None = Field(
+        None, ge=0, description="Members with no value in any field read during the period."
+    )
+    missing_instruments: list[str] | None = Field(
+        None, max_length=20, description="The first of those members (sorted), at most 20."
+    )
+
+
 class BacktestResults(ApiModel):
     """Headline figures of a finished backtest (the object `kubequant run -o json` prints)."""
 
@@ -92,5 +110,8 @@ class BacktestResults(ApiModel):
     single_level: SingleLevelComparison | None = Field(
         None,
         description="For nested runs: the same signal with the single-level executor, to show what realism costs.",
+    )
+    data_quality: DataQuality | None = Field(
+        None, description="Missing values and instruments with no data among what the run read."
     )
     report: str | None = Field(None, max_length=2048, description="Where the full report was written.")

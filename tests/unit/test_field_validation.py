@@ -149,20 +149,21 @@ def _models(root: type[BaseModel]) -> set[type[BaseModel]]:
     return seen
 
 
-def _float_fields() -> list[tuple[type[BaseModel], str, bool]]:
-    """(model, field, whether the floats are list items) of every field that holds floats."""
+def _float_fields() -> list[tuple[type[BaseModel], str, str]]:
+    """(model, field, where the floats are: "value", "list" items or "dict" values) of every field that holds floats."""
     out = set()
     for kind in KINDS.values():
         for model in _models(kind):
             for name, info in model.model_fields.items():
-                todo, floats, in_list = [info.annotation], False, False
+                todo, floats, container = [info.annotation], False, "value"
                 while todo:
                     tp = todo.pop()
                     floats |= tp is float
-                    in_list |= get_origin(tp) is list
+                    if get_origin(tp) in (list, dict):
+                        container = get_origin(tp).__name__
                     todo.extend(get_args(tp))
                 if floats:
-                    out.add((model, info.alias or name, in_list))
+                    out.add((model, info.alias or name, container))
     return sorted(out, key=lambda m: (m[0].__name__, m[1]))
 
 
@@ -180,10 +181,11 @@ def test_there_are_float_fields_in_spec_and_status() -> None:
     "model,field,in_list", FLOAT_FIELDS, ids=[f"{m.__name__}.{f}" for m, f, _ in FLOAT_FIELDS]
 )
 def test_every_float_field_refuses_nan_and_infinity(
-    model: type[BaseModel], field: str, in_list: bool, value: float
+    model: type[BaseModel], field: str, in_list: str, value: float
 ) -> None:
+    held = {"list": [1.0, value], "dict": {"close": 0.5, "volume": value}}.get(in_list, value)
     with pytest.raises(Exception) as raised:
-        model.model_validate({field: [1.0, value] if in_list else value})
+        model.model_validate({field: held})
     kinds = {(e["loc"][0], e["type"]) for e in raised.value.errors()}  # type: ignore[attr-defined]
     assert (field, "finite_number") in kinds, kinds
 

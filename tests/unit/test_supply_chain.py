@@ -65,13 +65,14 @@ def read_lock(text: str) -> list[Pin]:
 
 
 def declared_requirements() -> list[Requirement]:
-    """What the image installs: the dependencies, the alpaca extra, and the build backend."""
+    """What the image installs: the dependencies, the alpaca and cn extras, and the build backend."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     return [
         Requirement(r)
         for r in (
             *project["project"]["dependencies"],
             *project["project"]["optional-dependencies"]["alpaca"],
+            *project["project"]["optional-dependencies"]["cn"],
             *project["build-system"]["requires"],
         )
     ]

@@ -252,7 +252,9 @@ def plain_exchange_kwargs(spec: BacktestSpec) -> dict[str, Any]:
         "limit_threshold": ex.limit_threshold,
         "deal_price": ex.deal_price,
         "open_cost": ex.open_cost,
-        "close_cost": ex.close_cost,
+        # Stamp duty is a tax on sells: qlib's Exchange charges it as part of the close cost (so the
+        # minimum cost applies to the sum, as with qlib's own 0.0015 that folds the duty in).
+        "close_cost": ex.close_cost + ex.stamp_duty,
         "min_cost": ex.min_cost,
         "impact_cost": ex.impact_cost,
     }

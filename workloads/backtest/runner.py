@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,7 +16,7 @@ import pandas as pd
 
 from kubequant.api.backtest import Backtest, BacktestSpec
 from kubequant.api.modules import DEFAULT_ALLOWED_MODULES
-from kubequant.api.results import BacktestResults, SingleLevelComparison
+from kubequant.api.results import BacktestResults, DataQuality, SingleLevelComparison
 from kubequant.errors import ConfigError
 from kubequant.workloads.backtest import execution, metrics, preflight, report
 from kubequant.workloads.backtest.import_guard import guarded_imports
@@ -32,6 +33,7 @@ from kubequant.workloads.backtest.signal import (
     score_with_artifact,
     train_and_predict,
 )
+from kubequant.workloads.data import quality
 from kubequant.workloads.data.bundle import resolve_bundle
 
 log = logging.getLogger(__name__)
@@ -181,9 +183,44 @@ def _run_backtest(
         init_qlib(bundle_path, spec.data.region, Path(scratch))
         lap("data")
         try:
-            return _run_in_qlib(bt, report_dir, progress, timings, lap, model)
+            return _run_in_qlib(bt, report_dir, progress, timings, lap, bundle_path, model)
         finally:
             _end_qlib_experiment()
+
+
+# Kubernetes keeps at most 4096 bytes of a container's termination message.
+TERMINATION_LIMIT = 4096
+# What gives way, in order, when the results do not fit: the named missing instruments (their count
+# stays), the per-level execution indicators, the single-level comparison. The report has them all.
+_DROPPED_FIRST = (("dataQuality", "missingInstruments"), ("execution",), ("singleLevel",))
+
+
+def termination_payload(results: BacktestResults, limit: int = TERMINATION_LIMIT) -> str:
+    """The results as compact JSON of at most ``limit`` bytes, for the operator to copy into status."""
+    body = results.to_manifest()
+    for path in (None, *_DROPPED_FIRST):
+        if path is not None:
+            holder = body
+            for part in path[:-1]:
+                holder = holder.get(part) or {}
+            holder.pop(path[-1], None)
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) <= limit:
+            return text
+    raise ValueError(f"the Backtest's headline results take more than {limit} bytes")
+
+
+def run_data_quality(spec: BacktestSpec, bundle_path: Path) -> DataQuality:
+    """What the run read, measured on the bundle: the handler's fields (only the exchange's with a
+    signal file) for the universe's members over the period (qlib initialised)."""
+    model = spec.signal.model
+    fields = (
+        quality.handler_fields(model.handler.class_name) if model is not None else quality.EXCHANGE_FIELDS
+    )
+    market = spec.universe.resolved_market()
+    start, end = spec.period.start, spec.period.end
+    measured = quality.measure(bundle_path, quality.universe_spans(market, start, end), start, end, fields)
+    return DataQuality.model_validate(measured.to_results())
 
 
 def _end_qlib_experiment() -> None:
@@ -202,6 +239,7 @@ def _run_in_qlib(
     progress: Progress,
     timings: dict[str, float],
     lap: Callable[[str], None],
+    bundle_path: Path,
     model: Any = None,
 ) -> BacktestOutcome:
     spec = bt.spec
@@ -239,6 +277,8 @@ def _run_in_qlib(
         progress("compare", "the same signal with the single-level daily executor")
         update["single_level"] = _single_level(spec, signal.scores)
         lap("compare")
+    update["data_quality"] = run_data_quality(spec, bundle_path)
+    lap("quality")
     out = report_dir or Path("reports") / bt.metadata.name
     update["report"] = str(out)
     results = results.model_copy(update=update)

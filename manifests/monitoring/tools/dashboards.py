@@ -485,6 +485,23 @@ quality = dash(
             "none",
         ),
         (
+            "Finished runs: missing-value ratio by field",
+            "timeseries",
+            [
+                (
+                    f"kubequant_run_data_missing_ratio{{{OPERATOR}}}",
+                    "{{kind}} {{namespace}}/{{name}} {{field}}",
+                )
+            ],
+            "percentunit",
+        ),
+        (
+            "Finished runs: universe members without data",
+            "timeseries",
+            [(f"kubequant_run_instruments_missing{{{OPERATOR}}}", "{{kind}} {{namespace}}/{{name}}")],
+            "none",
+        ),
+        (
             "Risk policy reloads",
             "timeseries",
             [

@@ -155,6 +155,15 @@ def test_replay_trades_the_scheduled_strategy(tmp_path: Path, scheduled_session:
     times = sorted({e.ts for e in first})
     assert [t - times[0] for t in times] == [dt.timedelta(seconds=60 * k) for k in range(4)]
     assert times[0].astimezone(dt.timezone(dt.timedelta(hours=8))).time() == dt.time(9, 35)
+    # Off the signal path, once per bar and once per day: the data quality and the live rank IC.
+    from prometheus_client import REGISTRY
+
+    live_ic = REGISTRY.get_sample_value("kubequant_live_rolling_rank_ic")
+    assert live_ic is not None and -1.0 <= live_ic <= 1.0
+    for field in ("close", "volume"):
+        ratio = REGISTRY.get_sample_value("kubequant_data_missing_ratio", {"field": field})
+        assert ratio is not None and 0.0 <= ratio < 0.5
+    assert REGISTRY.get_sample_value("kubequant_data_instruments_missing") is not None
 
 
 def test_replay_refuses_a_missing_scores_file_and_a_model_ref(tmp_path: Path, trading_bundle: Path) -> None:

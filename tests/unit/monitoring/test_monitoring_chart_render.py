@@ -64,6 +64,8 @@ ALERTS = {
     "KubequantOrdersRejectedByRisk": "info",
     "KubequantSignalLatencyHigh": "warning",
     "KubequantBarDataStale": "warning",
+    "KubequantDataMissing": "warning",
+    "KubequantRunDataMissing": "info",
     "KubequantJournalVolumeNearlyFull": "warning",
 }
 RECEIVERS = {"critical": "kubequant-pager", "warning": "kubequant-team", "info": "kubequant-null"}

@@ -4,6 +4,9 @@ It answers with the reference's example objects (``alpaca_responses/``, see its 
 orders, fill activities and positions the way the API describes them, so alpaca-py's real clients
 run over real HTTP. Shared by the adapter's unit tests, the price source's tests and the pod's
 end-to-end test (``tests/integration/trading/test_alpaca_pod.py``, which loads this file by path).
+For the broker fault tests (``tests/integration/trading/test_broker_faults.py``,
+``benchmarks/broker_faults.py``) it can also answer a seeded fraction of requests with a 5xx or a
+429 with Retry-After (``set_faults``) and execute market orders as they are placed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import random
+import sys
 import threading
 import time
 import uuid
@@ -48,11 +53,45 @@ class FakeAlpaca:
         self.assets: dict[str, bool] = {s: True for s in ("AAPL", "MSFT", "TSLA", "BRK.B", "SPY")}
         self.requests: Counter[tuple[str, str]] = Counter()
         self.bodies: list[dict[str, Any]] = []
-        # (method, route) -> steps run before the real answer: (status, body) answers instead; a float sleeps.
-        self.script: dict[tuple[str, str], list[tuple[int, Any] | float]] = {}
+        # (method, route) -> steps run before the real answer: (status, body) answers instead; a float sleeps;
+        # a string is one of the HTTP faults of set_faults ("503", "504", "429") for that request.
+        self.script: dict[tuple[str, str], list[tuple[int, Any] | float | str]] = {}
         self.clock = dt.datetime(2024, 3, 1, 14, 30, tzinfo=dt.UTC)
         self.lock = threading.Lock()
         self.url = ""
+        # HTTP-level faults (a TCP fault proxy cannot make them), drawn per request: see set_faults.
+        self.server_error_rate = 0.0
+        self.rate_limit_rate = 0.0
+        self.retry_after = 1  # seconds, the Retry-After header of a 429
+        self.fault_rng = random.Random(0)
+        self.injected: Counter[tuple[str, str, str]] = Counter()  # (fault, method, route) -> count
+        # A market order is executed in full at the symbol's last trade as it is placed (a liquid venue).
+        self.fill_market_orders = False
+        self.default_price = Decimal("100")
+        # client order id -> time.monotonic() when the POST that placed it arrived (latency measurements).
+        self.placed_at: dict[str, float] = {}
+
+    def set_faults(self, server_errors: float = 0.0, rate_limits: float = 0.0, seed: int = 0) -> None:
+        """Answer a fraction of requests with a 5xx or a 429 (Retry-After), drawn from a seeded generator.
+
+        Half of the 5xx are answered before the request is processed (503: nothing was done), half
+        after (504: the order is placed, only the answer is an error), as a gateway in front of a
+        venue fails both ways. A 429 is answered before anything is done.
+        """
+        with self.lock:
+            self.server_error_rate, self.rate_limit_rate = server_errors, rate_limits
+            self.fault_rng = random.Random(seed)
+
+    def _draw_fault(self) -> str | None:
+        """The HTTP fault this request gets (holding the lock): '503', '504', '429' or None."""
+        if not (self.server_error_rate or self.rate_limit_rate):
+            return None
+        draw = self.fault_rng.random()
+        if draw < self.server_error_rate:
+            return "503" if self.fault_rng.random() < 0.5 else "504"
+        if draw < self.server_error_rate + self.rate_limit_rate:
+            return "429"
+        return None
 
     def tick(self) -> dt.datetime:
         self.clock += dt.timedelta(seconds=1)
@@ -134,15 +173,24 @@ class FakeAlpaca:
             self.requests[method, route] += 1
             steps = self.script.get((method, route), [])
             step = steps.pop(0) if steps else None
+            fault = step if isinstance(step, str) else self._draw_fault() if step is None else None
+            if fault is not None:
+                self.injected[fault, method, route] += 1
+        if fault == "429":
+            return 429, {"code": 42910000, "message": "rate limit exceeded"}
+        if fault == "503":
+            return 503, {"code": 50310000, "message": "service unavailable"}
         delay = 0.0
         if isinstance(step, float):
             delay = step
-        elif step is not None:
+        elif isinstance(step, tuple):
             return step
         with self.lock:
             answer = self.answer(method, route, path, query, body)
         if delay:
             time.sleep(delay)  # the order is placed; only the answer is late
+        if fault == "504":  # processed (an order placed), but the gateway answers an error
+            return 504, {"code": 50410000, "message": "gateway timeout"}
         return answer
 
     def answer(
@@ -164,6 +212,10 @@ class FakeAlpaca:
                 time_in_force=body["time_in_force"],
                 limit_price=None if body.get("limit_price") is None else str(body["limit_price"]),
             )
+            self.placed_at[order["client_order_id"]] = time.monotonic()
+            if self.fill_market_orders and body["type"] == "market":
+                price = self.last_trades.get(body["symbol"], self.default_price)
+                self.fill(order, order["qty"], str(price))
             return 200, order
         if (method, route) == ("GET", "/v2/orders:by_client_order_id"):
             order = self.by_client_id(query["client_order_id"])
@@ -240,6 +292,8 @@ def _handler(api: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
                 self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", str(api.retry_after))
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
@@ -253,10 +307,17 @@ def _handler(api: FakeAlpaca) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client (or a fault proxy) that resets the connection mid-request is not the fake's error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def serve(fake: FakeAlpaca) -> Iterator[FakeAlpaca]:
     """Serve ``fake`` on a free loopback port (``fake.url``) until the block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server = _Server(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()

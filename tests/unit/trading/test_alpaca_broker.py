@@ -218,6 +218,38 @@ def test_a_rate_limited_submit_is_safe_to_send_again(api: FakeAlpaca, broker: Al
     assert api.posts == 2 and len(api.orders) == 1 and ack.broker_order_id in api.orders
 
 
+def test_a_rate_limited_submit_waits_for_retry_after(api: FakeAlpaca, broker: AlpacaBroker) -> None:
+    """A limiter that refuses until Retry-After has passed: backing off 20-160 ms used up every attempt
+    in 0.3 s and rejected the order (found by the Toxiproxy fault test); waiting as asked places it."""
+    api.retry_after = 1
+    api.script["POST", "/v2/orders"] = ["429"]
+    started = time.perf_counter()
+    ack = run(with_retry(lambda: broker.submit(request("kq-ra")), FAST_RETRY, (BrokerDisconnected,)))
+    assert time.perf_counter() - started >= 1.0
+    assert api.posts == 2 and ack.broker_order_id in api.orders
+
+
+def test_a_retry_after_beyond_the_cap_is_not_waited_for(api: FakeAlpaca, broker: AlpacaBroker) -> None:
+    api.retry_after = 60
+    api.script["POST", "/v2/orders"] = ["429"]
+    started = time.perf_counter()
+    with pytest.raises(BrokerRateLimited) as raised:
+        run(with_retry(lambda: broker.submit(request("kq-ra60")), FAST_RETRY, (BrokerDisconnected,)))
+    assert raised.value.retry_after == 60 and time.perf_counter() - started < 5.0
+    assert api.posts == 1 and not api.orders
+
+
+def test_retry_after_reads_seconds_an_http_date_or_alpacas_reset_time() -> None:
+    now = 1_800_000_000.0
+    assert alpaca_module.retry_after_seconds({"Retry-After": "2"}, now) == 2.0
+    assert alpaca_module.retry_after_seconds(
+        {"Retry-After": "Fri, 15 Jan 2027 08:00:03 GMT"}, 1_800_000_000.0
+    ) == (pytest.approx(dt.datetime(2027, 1, 15, 8, 0, 3, tzinfo=dt.UTC).timestamp() - now))
+    assert alpaca_module.retry_after_seconds({"X-RateLimit-Reset": str(now + 7)}, now) == 7.0
+    assert alpaca_module.retry_after_seconds({"Retry-After": "soon"}, now) is None
+    assert alpaca_module.retry_after_seconds({}, now) is None
+
+
 def test_an_unreachable_broker_is_disconnected_and_nothing_was_sent() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

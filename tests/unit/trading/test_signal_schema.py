@@ -335,3 +335,23 @@ def test_a_json_number_becomes_the_decimal_it_was_written_as(number: float | int
     expected = Decimal(repr(number)) if isinstance(number, float) else Decimal(number)
     assert signal.targets[0].quantity == expected
     assert str(signal.targets[0].quantity) == str(expected)
+
+
+def test_a_limit_price_to_a_market_only_venue_is_refused_naming_the_field() -> None:
+    from kubequant.api.broker_capabilities import limit_price_refusal
+
+    body = {
+        "id": "s1",
+        "targets": [{"instrument": "SH600000", "quantity": 100}],
+        "limitPrices": {"SH600000": 10.5},
+    }
+    assert limit_price_refusal("paper") is None
+    assert parse_signal(body, None, 8, limit_price_refusal("paper")).targets[0].limit_price is not None
+    refusal = limit_price_refusal("xueqiu")
+    assert refusal is not None
+    with pytest.raises(BadRequest) as raised:
+        parse_signal(body, None, 8, refusal)
+    assert raised.value.field == "limitPrices.SH600000"
+    assert "market orders only" in raised.value.error and raised.value.fix.startswith("send the target")
+    market = {"id": "s2", "targets": [{"instrument": "SH600000", "quantity": 100}]}
+    assert parse_signal(market, None, 8, refusal).targets[0].limit_price is None  # no limit price: fine

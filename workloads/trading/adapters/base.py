@@ -8,8 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
+from kubequant.api.broker_capabilities import BrokerCapabilities
 from kubequant.errors import BrokerError
 from kubequant.workloads.trading.model.domain import Fill, Side
 from kubequant.workloads.trading.model.orders import OrderStatus
@@ -32,6 +33,22 @@ class BrokerTimeout(BrokerError):
 
 class BrokerDisconnected(BrokerError):
     """There is no connection: the request did not reach the broker, so it is safe to try again."""
+
+
+class BrokerBusy(BrokerDisconnected):
+    """The venue refused the request unprocessed (a rate limit: HTTP 429) and may say when to come back.
+
+    ``retry_after``: the seconds the venue asked to wait (its Retry-After), None when it did not say.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: str | None) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+# The longest Retry-After a retry honours: a venue asking for more gets the error instead, so a signal
+# is not held for minutes (the OMS rejects it as retryable; the caller may send it again later).
+MAX_RETRY_AFTER = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,9 @@ class BrokerAccount:
 @runtime_checkable
 class Broker(Protocol):
     """A venue. Implementations map their SDK's errors onto BrokerRejected/BrokerTimeout/BrokerDisconnected."""
+
+    # What the venue supports: its row of kubequant/api/broker_capabilities.py (a test holds them equal).
+    capabilities: ClassVar[BrokerCapabilities]
 
     async def submit(self, request: SubmitRequest) -> BrokerAck:
         """Place an order; a duplicate client order id is rejected, never placed twice."""
@@ -170,6 +190,12 @@ async def with_retry(
         except retry_on as err:
             if attempt == len(delays):
                 raise
-            log.warning("%s failed (%s); retrying in %.3fs", what, err, delays[attempt])
-            await asyncio.sleep(delays[attempt])
+            delay = delays[attempt]
+            asked = err.retry_after if isinstance(err, BrokerBusy) else None
+            if asked is not None:
+                if asked > MAX_RETRY_AFTER:
+                    raise  # the venue wants a long pause: not while a signal waits
+                delay = max(delay, asked)  # the venue said when: earlier attempts would be refused too
+            log.warning("%s failed (%s); retrying in %.3fs", what, err, delay)
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")

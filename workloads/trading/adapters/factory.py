@@ -35,12 +35,29 @@ def build_broker(
             raise ConfigError(
                 "the paper broker needs the market's bars", where="spec.data", fix="set spec.data"
             )
-        return PaperBroker(market, record_path, starting_cash=Decimal(repr(spec.starting_cash)))
+        from kubequant.workloads.trading.risk.ashare import AShareRules
+
+        # The venue enforces the same A-share rules as the OMS (region cn), as the live account would.
+        return PaperBroker(
+            market,
+            record_path,
+            starting_cash=Decimal(repr(spec.starting_cash)),
+            ashare_rules=AShareRules.for_session(spec),
+        )
     if spec.broker.type == BrokerType.ALPACA:
         _require_alpaca_py()
         from kubequant.workloads.trading.adapters.alpaca.broker import AlpacaBroker
 
         return AlpacaBroker.from_session(session, secrets_dir)
+    if spec.broker.type == BrokerType.GATEWAY:
+        from kubequant.workloads.trading.adapters.gateway.broker import GatewayBroker
+
+        return GatewayBroker.from_session(session, secrets_dir)
+    if spec.broker.type == BrokerType.XUEQIU:
+        _require_easytrader()
+        from kubequant.workloads.trading.adapters.xueqiu.broker import XueqiuBroker
+
+        return XueqiuBroker.from_session(session, secrets_dir)
     raise ConfigError(f"no adapter for broker type {spec.broker.type}", where="spec.broker.type")
 
 
@@ -58,6 +75,17 @@ def build_price_source(
         from kubequant.workloads.trading.adapters.alpaca.market import AlpacaPrices
 
         return AlpacaPrices.from_session(session, secrets_dir, **options)
+    if session.spec.broker.type == BrokerType.GATEWAY:
+        from kubequant.workloads.trading.adapters.gateway.broker import GatewayBroker, GatewayPrices
+
+        assert isinstance(broker, GatewayBroker)
+        return GatewayPrices(broker, symbols=session.spec.universe.instruments or ())
+    if session.spec.broker.type == BrokerType.XUEQIU:
+        from kubequant.workloads.trading.adapters.xueqiu.broker import XueqiuBroker
+        from kubequant.workloads.trading.adapters.xueqiu.market import XueqiuPrices
+
+        assert isinstance(broker, XueqiuBroker)
+        return XueqiuPrices.for_broker(broker, **options)
     raise ConfigError(f"no price source for broker type {session.spec.broker.type}", where="spec.broker.type")
 
 
@@ -69,4 +97,15 @@ def _require_alpaca_py() -> None:
             f"broker type alpaca needs alpaca-py, which is not installed ({err})",
             where="spec.broker.type",
             fix="pip install 'kubequant[alpaca]'",
+        ) from err
+
+
+def _require_easytrader() -> None:
+    try:
+        import easytrader.xqtrader  # noqa: F401  (the optional extra)
+    except ImportError as err:
+        raise ConfigError(
+            f"broker type xueqiu needs easytrader, which is not installed ({err})",
+            where="spec.broker.type",
+            fix="pip install 'kubequant[cn]'",
         ) from err

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, TypeVar
 
@@ -53,6 +54,7 @@ from kubequant.workloads.trading.model.events import (
 from kubequant.workloads.trading.model.orders import IllegalTransition, Order, OrderStatus
 from kubequant.workloads.trading.model.state import OmsState
 from kubequant.workloads.trading.node import metrics
+from kubequant.workloads.trading.risk.ashare import MarketFacts, day_start
 from kubequant.workloads.trading.risk.engine import Reject, RiskEngine
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ class PriceSource(Protocol):
 
     A source may also say how old a price is (``price_age(instrument)``, seconds); the risk engine
     refuses exposure-increasing orders on a price older than the policy's ``maxPriceAgeSeconds``.
+    For the A-share rules (region cn) it may also give ``previous_close(instrument)`` (the day's
+    price-limit reference; without it the limit is left to the venue), ``is_st(instrument)``,
+    ``is_trading_day(date)`` (the exchange calendar) and ``trading_day_start(now)`` (from when a
+    fill counts as today's for T+1, where the venue's day is not the calendar's).
     """
 
     def last_price(self, instrument: str) -> Decimal | None: ...
@@ -315,6 +321,24 @@ class OrderManager:
         marks = Marks(self.prices.last_price, projected, frozenset(instruments))
         return PortfolioView(equity, projected, marks, filled, resting, ages)
 
+    def market_facts(self, instrument: str, now: datetime) -> MarketFacts:
+        """What the A-share rules need: today's buys (the journal's fills) and the price source's facts."""
+        prices = self.prices
+        previous: Callable[[str], Decimal | None] | None = getattr(prices, "previous_close", None)
+        is_st: Callable[[str], bool] | None = getattr(prices, "is_st", None)
+        start = day_start(self.risk.trading_day(now), self.risk.exchange_tz)
+        # A venue whose trading day is not the calendar's (the paper market's is its bar) says when it began.
+        venue_day: Callable[[datetime], datetime | None] | None = getattr(prices, "trading_day_start", None)
+        if venue_day is not None and (began := venue_day(now)) is not None:
+            start = max(start, began)
+        return MarketFacts(
+            bought_today=self.state.bought_since(instrument, start),
+            previous_close=previous(instrument) if previous is not None else None,
+            limits_known=previous is not None,
+            st=bool(is_st(instrument)) if is_st is not None else False,
+            trading_day=getattr(prices, "is_trading_day", None),
+        )
+
     # --- submit ----------------------------------------------------------------------------
     async def submit(self, intent: OrderIntent, received: float | None = None) -> SubmitOutcome:
         """Check, journal and send one intent; a leg already known returns its order (idempotent).
@@ -334,7 +358,8 @@ class OrderManager:
             return SubmitOutcome(old, accepted=old.status is not OrderStatus.REJECTED, duplicate=True)
         now = self.clock.now()
         view = self.view(intent.instrument)
-        verdict = self.risk.check(intent, view, now)
+        facts = self.market_facts(intent.instrument, now) if self.risk.ashare is not None else None
+        verdict = self.risk.check(intent, view, now, facts)
         created = OrderCreated(
             now,
             cid,

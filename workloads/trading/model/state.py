@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
 import decimal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from kubequant.workloads.trading.model.domain import ZERO, Account, Fill, Position
+from kubequant.workloads.trading.model.domain import ZERO, Account, Fill, Position, Side
 from kubequant.workloads.trading.model.events import (
     AccountSnapshot,
     AdoptionAuthorized,
@@ -24,6 +26,8 @@ from kubequant.workloads.trading.model.orders import IllegalTransition, Order, O
 
 # Sums of quantities kept exact (no rounding at the default 28 digits) however many orders go through.
 _EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation])
+# Buy fills older than this before the newest one cannot fall on a later check's trading day (T+1).
+_BUYS_KEPT = dt.timedelta(days=2)
 
 
 @dataclass
@@ -57,6 +61,9 @@ class OmsState:
     live_by_instrument: dict[str, dict[str, None]] = field(default_factory=dict, compare=False, repr=False)
     _live_sums: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict, compare=False, repr=False)
     _pending: dict[str, Decimal] = field(default_factory=dict, compare=False, repr=False)
+    # Recent buy fills per instrument, oldest first: (time, shares). What T+1 keeps from selling
+    # today (``bought_since``); replay rebuilds it, so it survives a restart.
+    buys: dict[str, list[tuple[dt.datetime, Decimal]]] = field(default_factory=dict, repr=False)
 
     @property
     def has_history(self) -> bool:
@@ -135,6 +142,13 @@ class OmsState:
             order.apply(event)
             self._track(order)
         self.fill_ids.add(fill.fill_id)
+        if fill.side is Side.BUY:
+            recent = self.buys.setdefault(fill.instrument, [])
+            # Kept in time order (a late fill may come after newer ones).
+            bisect.insort(recent, (fill.ts, fill.quantity), key=lambda entry: entry[0])
+            horizon = recent[-1][0] - _BUYS_KEPT
+            while recent[0][0] < horizon:
+                del recent[0]
         pos = self.positions.get(fill.instrument) or Position(fill.instrument)
         self.positions[fill.instrument] = pos.apply(fill)
         if event.cursor is not None:
@@ -175,6 +189,15 @@ class OmsState:
         """Signed filled quantity of ``instrument``."""
         pos = self.positions.get(instrument)
         return pos.quantity if pos else ZERO
+
+    def bought_since(self, instrument: str, start: dt.datetime) -> Decimal:
+        """Shares of ``instrument`` bought by fills at or after ``start`` (the trading day's start, for T+1)."""
+        total = ZERO
+        for ts, quantity in reversed(self.buys.get(instrument, ())):
+            if ts < start:
+                break
+            total = _EXACT.add(total, quantity)
+        return total
 
     def position_quantities(self) -> dict[str, Decimal]:
         """Non-zero filled positions by instrument."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -178,3 +179,10 @@ def record_bar(timestamp: float, *, in_window: bool) -> None:
     """The newest bar's time (Unix seconds) and whether the trading window is open."""
     LAST_BAR_TIMESTAMP.set(timestamp)
     TRADING_WINDOW_OPEN.set(1 if in_window else 0)
+
+
+def record_data_quality(missing_ratio: Mapping[str, float], instruments_missing: int) -> None:
+    """The latest bar's missing-value ratio by field, and the universe's instruments with no value."""
+    for field, ratio in missing_ratio.items():
+        DATA_MISSING_RATIO.labels(field).set(ratio)
+    DATA_INSTRUMENTS_MISSING.set(instruments_missing)

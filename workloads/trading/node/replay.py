@@ -285,6 +285,8 @@ async def _replay(
             day, start = clock.day(), clock.at(rebalance_at)
             last = start
             if runtime.risk.state is not TradingState.HALTED:
+                clock.set(start)
+                runtime.observe_day(day, rebalancer.scores)
                 # Child k is sent at start + k * sliceIntervalSeconds on the replay's clock.
                 when: dt.datetime | None = start
                 while when is not None:

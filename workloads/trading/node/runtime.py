@@ -25,6 +25,7 @@ import logging
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,6 +49,12 @@ from kubequant.workloads.trading.execution.reconcile import poll
 from kubequant.workloads.trading.execution.recovery import RecoveryReport, recover
 from kubequant.workloads.trading.model.signals import SyntheticSignals, plan_orders
 from kubequant.workloads.trading.node import metrics
+from kubequant.workloads.trading.node.live_quality import (
+    LiveQuality,
+    RollingRankIc,
+    feed_quality,
+    paper_bar_quality,
+)
 from kubequant.workloads.trading.node.scheduled import Rebalancer, ScoreBook, load_scores, wall_rebalance
 from kubequant.workloads.trading.risk.control import PolicyTracker, document_generation, set_kill_switch
 from kubequant.workloads.trading.risk.engine import RiskEngine
@@ -64,12 +71,19 @@ DEFAULT_SECRETS_DIR = Path("/var/run/secrets/kubequant/broker")  # the credentia
 SWITCH_INTERVAL = 0.0005
 
 
+# A venue's prices are checked for gaps at most this often (its refresh is faster; the check is O(universe)).
+QUALITY_FEED_SECONDS = 60.0
+
+
 class RefreshedPrices(Protocol):
     """A price source fed from a market data API (Alpaca's): a cache the housekeeping tick refreshes."""
 
     def last_price(self, instrument: str) -> Decimal | None: ...
 
     def watch(self, *symbols: str) -> None: ...
+
+    @property
+    def watched(self) -> tuple[str, ...]: ...
 
     async def refresh(self) -> int: ...
 
@@ -254,6 +268,9 @@ class TradingRuntime:
         self.session_generation: int | None = document_generation(session_document(cfg.session_path))
         self.connected_equity: Decimal | None = None  # a real broker's equity when this process connected
         self.listed: frozenset[str] | None = None  # what a real broker lets the account trade (read at start)
+        self.live_ic = RollingRankIc()
+        self.quality = LiveQuality()  # the latest data quality and live rank IC, for the status
+        self._quality_due: object = None  # the paper bar, or the feed's time slot, last measured
 
     async def start(self) -> RecoveryReport:
         """Connect to the broker, replay the journal and reconcile; ``oms.ready`` says whether to trade."""
@@ -362,6 +379,7 @@ class TradingRuntime:
             self.feed.refresh_soon()
         await poll(self.oms)  # journals the new state, and a halt cancels the open orders
         self.record_data_age()
+        await self.record_data_quality()
         # What survived until now is the session's state (orders, fills, positions), kept for the
         # session's life: frozen, the collector's full collections walk only what came since the
         # last tick. Unfrozen they walked every order of the session, holding the loop longer as it
@@ -377,6 +395,45 @@ class TradingRuntime:
             if when.tzinfo is None:  # a bundle's bar: the exchange's local time
                 when = when.replace(tzinfo=self.risk.exchange_tz)
             metrics.record_bar(when.timestamp(), in_window=self.risk.in_trading_window(self.oms.clock.now()))
+
+    async def record_data_quality(self) -> None:
+        """kubequant_data_missing_ratio and kubequant_data_instruments_missing, once per new bar (paper)
+        or per feed refresh period, measured on a worker thread (O(universe): never on the signal path)."""
+        if self.paper is not None:
+            bar, market = self.paper.bar, self.paper.market
+            if bar == self._quality_due or not 0 <= bar < len(market.calendar):
+                return
+            self._quality_due = bar
+            t = market.bar_time(bar)
+            quality = await asyncio.to_thread(paper_bar_quality, market.exchange, market.instruments, t)
+        elif self.feed is not None:
+            slot = int(time.monotonic() // QUALITY_FEED_SECONDS)
+            if slot == self._quality_due:
+                return
+            self._quality_due = slot
+            quality = await asyncio.to_thread(feed_quality, self.feed.last_price, self.feed.watched)
+        else:
+            return
+        self.quality.bar = quality
+        metrics.record_data_quality(quality.missing_ratio, quality.instruments_missing)
+
+    def status_fields(self) -> dict[str, Any]:
+        """The status fields the runtime knows besides the OMS: the policy generation it enforces, the
+        latest data quality, the live rank IC (snake_case, as LiveTradingSessionStatus takes them)."""
+        out = self.quality.status()
+        if self.policy.generation is not None:
+            out["applied_policy_generation"] = self.policy.generation
+        return out
+
+    def observe_day(self, day: dt.date, scores: ScoreBook) -> None:
+        """Day ``day``'s rebalance starts on the scores dated before it: update the live rolling rank IC."""
+        latest = scores.latest_before(day)
+        if latest is None:
+            return
+        value = self.live_ic.observe(day, latest[1], self.prices.last_price)
+        if value is not None:
+            self.quality.rank_ic = value
+            metrics.LIVE_RANK_IC.set(value)
 
     def saw_session(self, generation: int | None) -> bool:
         """Record the session generation a change came from; False when it is older than one already applied."""
@@ -572,6 +629,8 @@ class Pod:
         now = runtime.oms.clock.now()
         when = self.rebalance_window(now)
         if when is not None:
+            if when[1] <= now:
+                runtime.observe_day(when[0], rebalancer.scores)
             await rebalancer.run_due(*when, now)
 
     def rebalance_window(self, now: dt.datetime) -> tuple[dt.date, dt.datetime] | None:

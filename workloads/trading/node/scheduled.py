@@ -31,9 +31,10 @@ from kubequant.api.backtest import TopkDropout
 from kubequant.api.live import ScheduledStrategy
 from kubequant.errors import ConfigError, DataError
 from kubequant.workloads.trading.execution.oms import OrderManager, SubmitOutcome
-from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, Side
+from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, Side, WallClock
 from kubequant.workloads.trading.model.events import EVENT_TYPES, Event
 from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk import ashare
 
 log = logging.getLogger(__name__)
 FIELD = "spec.strategy.scheduled"
@@ -52,11 +53,23 @@ class RebalancePlanned(Event):
     slices: int = 1
     interval_seconds: float = 0.0
     orders: dict[str, Decimal] = field(default_factory=dict)
+    # The slots run on the exchange's trading time (region cn): the lunch break 11:30-13:00 is
+    # skipped and a start outside the sessions waits for the next opening (risk/ashare.py).
+    trading_time: bool = False
 
     def due(self, k: int) -> dt.datetime:
         """When child ``k`` (0-based) may be sent."""
         assert self.start is not None
+        if self.trading_time:
+            return ashare.trading_seconds_after(self.start, self.interval_seconds * k)
         return self.start + dt.timedelta(seconds=self.interval_seconds * k)
+
+    def elapsed(self, now: dt.datetime) -> float:
+        """Seconds from the start to ``now`` as the slots count them (trading time when ``trading_time``)."""
+        assert self.start is not None
+        if self.trading_time:
+            return ashare.trading_seconds_between(self.start, now)
+        return (now - self.start).total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,11 +385,21 @@ class Rebalancer:
             slices=self.slices,
             interval_seconds=self.interval,
             orders=parents,
+            trading_time=self.on_trading_time(),
         )
         self.oms.commit(event)
         self.plans[event.rebalance_id] = event
         log.info("rebalance %s from scores of %s: %d orders", event.rebalance_id, scores_day, len(parents))
         return event
+
+    def on_trading_time(self) -> bool:
+        """Whether a plan's slots keep to the A-share sessions (region cn), skipping the lunch break.
+
+        Wherever the clock is the exchange's: a real broker's session (the session hours bind) and a
+        replay (its bar clock); not a paper session on the wall clock, whose bars trade round the clock.
+        """
+        rules = self.oms.risk.ashare
+        return rules is not None and (rules.sessions or not isinstance(self.oms.clock, WallClock))
 
     def slot_share(self, plan: RebalancePlanned, inst: str, k: int) -> Decimal:
         """The most slot ``k`` sends of a parent (unsigned): its planned child, then an even share in lots."""
@@ -434,7 +457,11 @@ class Rebalancer:
         assert plan.start is not None
         if plan.interval_seconds <= 0:
             return plan.slices - 1
-        return int((now - plan.start).total_seconds() // plan.interval_seconds)
+        slot = int(plan.elapsed(now) // plan.interval_seconds)
+        # On trading time a slot opens when it is due: in the lunch break the next one waits for 13:00.
+        while slot > 0 and plan.due(slot) > now:
+            slot -= 1
+        return slot
 
     async def run_due(self, day: dt.date, start: dt.datetime, now: dt.datetime) -> list[SubmitOutcome]:
         """Plan ``day`` once ``now`` reaches ``start``, then send the child of the slot open at ``now``."""

@@ -28,6 +28,7 @@ from aiolimiter import AsyncLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import ValidationError as PydanticValidationError
 
+from kubequant.api.broker_capabilities import limit_price_refusal
 from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalRateLimit, TradingState
 from kubequant.errors import ConfigError, ValidationError
 from kubequant.workloads.trading.execution.oms import NotReady, OrderManager
@@ -144,7 +145,9 @@ def signal_digest(signal: Signal) -> str:
     return hashlib.sha256(json.dumps(targets, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def parse_signal(body: Any, knows: Any = None, max_targets: int = DEFAULT_MAX_TARGETS) -> Signal:
+def parse_signal(
+    body: Any, knows: Any = None, max_targets: int = DEFAULT_MAX_TARGETS, limit_refusal: str | None = None
+) -> Signal:
     """A Signal from the request JSON, validated by the published model; BadRequest names the first field at fault.
 
     ``knows(instrument)`` says whether the venue lists the instrument (None skips that check).
@@ -180,6 +183,9 @@ def parse_signal(body: Any, knows: Any = None, max_targets: int = DEFAULT_MAX_TA
     for inst in limits:
         if inst not in seen:
             raise BadRequest(f"no target for {inst}", f"limitPrices.{inst}", "remove it or add a target")
+    if limits and limit_refusal is not None:  # a market-only venue: a limit price would be silently dropped
+        error, _, fix = limit_refusal.partition("; ")
+        raise BadRequest(error.removeprefix("limitPrices: "), f"limitPrices.{next(iter(limits))}", fix)
     return Signal(wire.id, tuple(parsed))
 
 
@@ -326,8 +332,14 @@ class SignalService:
         lot: Decimal = Decimal(1),
         max_targets: int = DEFAULT_MAX_TARGETS,
         rate_limit: SignalRateLimit | None = None,
+        extra_status: Callable[[], Mapping[str, Any]] | None = None,
+        limit_refusal: str | None = None,
     ) -> None:
         self.oms = oms
+        # Why this venue cannot take a limit price (a market-only venue), or None: refused per signal.
+        self.limit_refusal = limit_refusal
+        # What the runtime measures besides the OMS (the applied policy, data quality, live rank IC).
+        self.extra_status = extra_status
         self.starting_equity = starting_equity
         self.knows = knows
         self.lot = lot
@@ -348,6 +360,8 @@ class SignalService:
             lot=runtime.lot(),
             max_targets=api.max_targets if api is not None else DEFAULT_MAX_TARGETS,
             rate_limit=api.rate_limit if api is not None else None,
+            extra_status=runtime.status_fields,
+            limit_refusal=limit_price_refusal(str(spec.broker.type)),
         )
 
     def _index(self) -> dict[str, list[str]]:
@@ -369,7 +383,7 @@ class SignalService:
         oms = self.oms
         if not oms.ready:  # first: the venue's instrument list is read during the start
             raise NotReady(oms.failed or "recovery has not finished", fix="wait for /readyz")
-        signal = parse_signal(body, self.knows, self.max_targets)
+        signal = parse_signal(body, self.knows, self.max_targets, self.limit_refusal)
         index = self._index()
         pending = self._pending.get(signal.signal_id)
         if pending is not None:  # the same id is being submitted right now: answer once it is done
@@ -523,6 +537,7 @@ class SignalService:
             rejections_today=counts["rejections"],
             last_heartbeat_time=utcnow(),
             message=oms.failed,
+            **(self.extra_status() if self.extra_status is not None else {}),
         )
         return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 

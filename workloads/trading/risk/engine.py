@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 from kubequant.api.live import AccountType, LiveTradingSessionSpec, TradingState
 from kubequant.api.risk import BreachAction, RiskPolicySpec
 from kubequant.workloads.trading.model.domain import ZERO, OrderIntent, PortfolioView, to_decimal
+from kubequant.workloads.trading.risk import ashare
+from kubequant.workloads.trading.risk.ashare import AShareRules, MarketFacts
 
 # Enough digits that products of quantities and prices are exact, so a limit is never missed by rounding.
 EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.DivisionByZero])
@@ -47,6 +49,11 @@ class Reason(StrEnum):
     DAILY_TURNOVER = "DAILY_TURNOVER"
     CONCENTRATION = "CONCENTRATION"
     GROSS_EXPOSURE = "GROSS_EXPOSURE"
+    # China A-share rules (region cn; risk/ashare.py): the values of ``ashare.Rule``.
+    MARKET_CLOSED = "MARKET_CLOSED"
+    T_PLUS_ONE = "T_PLUS_ONE"
+    ODD_LOT = "ODD_LOT"
+    PRICE_LIMIT = "PRICE_LIMIT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +137,11 @@ class RiskEngine:
         kill_switch: bool = False,
         exchange_tz: str = DEFAULT_EXCHANGE_TZ,
         short_selling: bool = False,
+        ashare_rules: AShareRules | None = None,
     ) -> None:
         self.policy = policy
+        # The A-share venue rules (T+1, lots, price limits, sessions) for a session in region cn.
+        self.ashare = ashare_rules
         self.tz = ZoneInfo(policy.timezone)
         self.exchange_tz = ZoneInfo(exchange_tz)
         self.short_selling = short_selling  # the session's default; the policy's longOnly overrides
@@ -184,6 +194,7 @@ class RiskEngine:
             kill_switch=session.halted,
             exchange_tz=session.timezone,
             short_selling=session.broker.account_type == AccountType.MARGIN and session.data.region != "cn",
+            ashare_rules=AShareRules.for_session(session),
         )
 
     def update_policy(self, policy: RiskPolicySpec) -> None:
@@ -215,12 +226,20 @@ class RiskEngine:
         )
 
     # --- pre-trade -------------------------------------------------------------------------
-    def check(self, intent: OrderIntent, view: PortfolioView, now: dt.datetime) -> Verdict:
-        """Accept, or Reject with the first limit ``intent`` breaks; pure."""
-        with decimal.localcontext(EXACT):
-            return self._check(intent, view, now)
+    def check(
+        self, intent: OrderIntent, view: PortfolioView, now: dt.datetime, facts: MarketFacts | None = None
+    ) -> Verdict:
+        """Accept, or Reject with the first limit ``intent`` breaks; pure.
 
-    def _check(self, intent: OrderIntent, view: PortfolioView, now: dt.datetime) -> Verdict:
+        ``facts`` feed the A-share rules (``self.ashare``): without them T+1 counts nothing as
+        bought today and the price limit is left to the venue; lots and sessions need none.
+        """
+        with decimal.localcontext(EXACT):
+            return self._check(intent, view, now, facts)
+
+    def _check(
+        self, intent: OrderIntent, view: PortfolioView, now: dt.datetime, facts: MarketFacts | None
+    ) -> Verdict:
         policy, limits, inst = self.policy, self.policy.limits, intent.instrument
         if "kill_switch" in self.conditions:
             return Reject(Reason.KILL_SWITCH, "the kill switch is on")
@@ -234,6 +253,10 @@ class RiskEngine:
             return Reject(
                 Reason.OUTSIDE_TRADING_WINDOW, f"{now.astimezone(self.tz):%a %H:%M} {policy.timezone}"
             )
+        rules = self.ashare
+        if rules is not None and rules.sessions:
+            if closed := ashare.check_session(now, facts.trading_day if facts is not None else None):
+                return Reject(Reason(closed.rule.value), closed.detail)
         last, limit = view.marks.get(inst), intent.limit_price
         filled = view.filled.get(inst, ZERO)
         resting = view.resting.get(inst, (ZERO, ZERO))
@@ -262,6 +285,10 @@ class RiskEngine:
                 Reason.SHORT_SELLING,
                 f"selling {qty} {inst} would go short: filled {filled}, resting sells {resting[1]}",
             )
+        if rules is not None:
+            broken = self._check_ashare(rules, intent, filled, resting[1], last, facts or MarketFacts())
+            if broken is not None:
+                return Reject(Reason(broken.rule.value), broken.detail)
         if (cap := _limit(limits.max_order_quantity)) is not None and qty > cap:
             return Reject(Reason.ORDER_QUANTITY, f"quantity {qty} > {cap}")
         if (cap := _limit(limits.max_order_notional)) is not None and notional > cap:
@@ -286,6 +313,30 @@ class RiskEngine:
             return Reject(Reason.DAILY_TURNOVER, f"turnover {turnover} + {notional} > {cap}")
         reject = self._check_exposure(inst, before, after, ref if last is None else last, view)
         return reject or Accept(notional)
+
+    @staticmethod
+    def _check_ashare(
+        rules: AShareRules,
+        intent: OrderIntent,
+        filled: Decimal,
+        resting_sells: Decimal,
+        last: Decimal | None,
+        facts: MarketFacts,
+    ) -> ashare.Violation | None:
+        """T+1, lots and the price limit of one order (the venue's rules; ``ashare``)."""
+        inst, qty, buy = intent.instrument, intent.quantity, intent.side.sign > 0
+        if rules.t_plus_one and not buy and filled > 0:
+            broken = ashare.check_sellable(inst, qty, filled, facts.bought_today, resting_sells)
+            if broken is not None:
+                return broken
+        if rules.lots and (broken := ashare.check_lot(buy, qty, rules.lot, filled)) is not None:
+            return broken
+        if rules.price_limits and facts.limits_known:
+            # A market order is checked at its reference price (the last price).
+            price = intent.limit_price if intent.limit_price is not None else last
+            if price is not None:
+                return ashare.check_price(inst, price, facts.previous_close, facts.st)
+        return None
 
     def _check_exposure(
         self, inst: str, before: Decimal, after: Decimal, price: Decimal, view: PortfolioView

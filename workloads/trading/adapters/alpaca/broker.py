@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
@@ -43,11 +45,13 @@ from alpaca.trading.requests import (
 from pydantic import ValidationError as PydanticValidationError
 from urllib3.exceptions import NewConnectionError
 
+from kubequant.api.broker_capabilities import BrokerCapabilities, capabilities_of
 from kubequant.api.live import LiveTradingSession, SessionMode
 from kubequant.errors import BrokerError, ConfigError
 from kubequant.workloads.trading.adapters.base import (
     BrokerAccount,
     BrokerAck,
+    BrokerBusy,
     BrokerDisconnected,
     BrokerFill,
     BrokerOrder,
@@ -96,8 +100,32 @@ _WORKING = {
 }
 
 
-class BrokerRateLimited(BrokerDisconnected):
+class BrokerRateLimited(BrokerBusy):
     """Alpaca answered 429: the request was refused unprocessed, so it is safe to send again after a pause."""
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """How long a 429 asks to wait: ``Retry-After`` (seconds or an HTTP date), else ``X-RateLimit-Reset``
+    (Alpaca's Unix time when the window resets); None when neither says."""
+    if not headers:
+        return None
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            return None
+    return None
 
 
 class _NotFound(BrokerRejected):
@@ -241,7 +269,9 @@ def _api_error(err: APIError, what: str, *, submit: bool) -> BrokerError:
     ):
         return DuplicateOrder(f"{what}: {detail}")
     if status == 429:
-        return BrokerRateLimited(f"{what}: {detail}")
+        response = err.response
+        wait = retry_after_seconds(getattr(response, "headers", None))
+        return BrokerRateLimited(f"{what}: {detail}", retry_after=wait)
     if status >= 500:
         # The venue failed while handling it: an order may or may not have been placed.
         return BrokerTimeout(f"{what}: {detail}")
@@ -274,6 +304,8 @@ def _side(value: object) -> Side:
 
 class AlpacaBroker:
     """A Broker on Alpaca's Trading API. Takes over ``client``: sets its timeout and turns its retry off."""
+
+    capabilities: ClassVar[BrokerCapabilities] = capabilities_of("alpaca")
 
     def __init__(
         self,

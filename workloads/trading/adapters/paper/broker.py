@@ -4,6 +4,12 @@ It keeps its own record (orders, every submit attempt, fills, positions, cash, t
 its own SQLite file, one transaction per request, so it behaves like a venue that outlives the
 trading process: the crash test compares the OMS journal with this record. Faults can be
 injected (lost submits, lost acks, query timeouts, disconnects) for tests.
+
+With ``ashare`` rules (a session in region cn) it refuses, as a Chinese venue would, what breaks
+T+1, the lot size, the day's price limit or the trading sessions, with a BrokerRejected naming
+the rule (``risk/ashare.py``, the same functions as the risk engine's): an order that slipped
+past the OMS fares at the paper venue as at the live one. Its trading day for T+1 is its bar (a
+fill is dealt at a bar's close; the next bar is the next day), within the Shanghai calendar day.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import ClassVar
 
+from kubequant.api.broker_capabilities import BrokerCapabilities, capabilities_of
 from kubequant.workloads.trading.adapters.base import (
     BrokerAccount,
     BrokerAck,
@@ -34,6 +42,8 @@ from kubequant.workloads.trading.adapters.paper.market import QlibMarket
 from kubequant.workloads.trading.execution.journal import Checkpointer
 from kubequant.workloads.trading.model.domain import ZERO, Clock, Fill, Side, WallClock, as_money
 from kubequant.workloads.trading.model.orders import OrderStatus
+from kubequant.workloads.trading.risk import ashare
+from kubequant.workloads.trading.risk.ashare import AShareRules
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -101,6 +111,8 @@ def _fill_id(seq: int) -> str:
 class PaperBroker:
     """A Broker over a QlibMarket; ``advance`` deals the open orders at the current bar, then moves on."""
 
+    capabilities: ClassVar[BrokerCapabilities] = capabilities_of("paper")
+
     def __init__(
         self,
         market: QlibMarket,
@@ -109,8 +121,10 @@ class PaperBroker:
         starting_cash: Decimal,
         start_bar: int = 1,
         clock: Clock | None = None,
+        ashare_rules: AShareRules | None = None,
     ) -> None:
         self.market = market
+        self.ashare = ashare_rules
         self.clock = clock or WallClock()
         self.faults = Faults()
         self.path = Path(path)
@@ -128,11 +142,17 @@ class PaperBroker:
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('cash', ?)", (str(as_money(starting_cash)),))
             db.execute("INSERT OR IGNORE INTO meta VALUES ('bar', ?)", (str(start_bar),))
+            # When the bar now trading opened (the last bar was dealt): the venue's trading day for T+1.
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('bar_opened', '')")
         # The record has one writer at a time (this object; a restarted process opens its own), so
         # the bar and the last prices it implies are kept in memory: the risk view reads them per order.
         self._bar = int(self._meta("bar"))
+        opened = self._meta("bar_opened")
+        self._bar_opened = dt.datetime.fromisoformat(opened) if opened else None
         # instrument -> (last close, index of the bar it closed) up to the last completed bar.
         self._last_prices: dict[str, tuple[Decimal | None, int]] = {}
+        # instrument -> the price-limit reference of the bar now trading (the risk check reads it per order).
+        self._references: dict[str, Decimal | None] = {}
         # Client order ids the record has (duplicates are refused without a query), the orders of
         # the bar being dealt (None when not dealing), and the fills this object made, which
         # ``fills_since`` serves from memory rather than re-reading and re-parsing the record.
@@ -216,6 +236,82 @@ class PaperBroker:
                 break
         self._last_prices[instrument] = found
         return found
+
+    # --- the A-share facts (region cn) ------------------------------------------------------
+    def _day(self) -> dt.date:
+        """The date of the bar now trading (orders placed now are dealt at its close)."""
+        day: dt.date = self.market.bar_time(min(self._bar, len(self.market.calendar) - 1)).date()
+        return day
+
+    def previous_close(self, instrument: str) -> Decimal | None:
+        """The price-limit reference of the bar now trading: the previous close, ex-rights."""
+        try:
+            return self._references[instrument]
+        except KeyError:
+            found = self._references[instrument] = self.market.reference_close(instrument, self._bar)
+            return found
+
+    def is_st(self, instrument: str) -> bool:
+        """Whether the bundle marks ``instrument`` ST on the bar now trading."""
+        return self.market.is_st(instrument, self._day())
+
+    def is_trading_day(self, day: dt.date) -> bool:
+        """The exchange calendar: the bundle's, weekdays beyond it."""
+        return self.market.is_trading_day(day)
+
+    def trading_day_start(self, now: dt.datetime) -> dt.datetime | None:
+        """From when a fill counts as today's (T+1): just after the last bar was dealt.
+
+        The paper venue's trading day is its bar: a fill is dealt at a bar's close, and the next bar
+        is the next trading day, whatever the wall clock says (a paper session off replay moves its
+        bars on a timer). None before the first bar was dealt.
+        """
+        opened = self._bar_opened
+        return None if opened is None else opened + dt.timedelta(microseconds=1)
+
+    def _venue_rules(self, request: SubmitRequest, now: dt.datetime) -> ashare.Violation | None:
+        """What a Chinese venue refuses of ``request``, from the record: sessions, T+1, lots, price limit."""
+        rules = self.ashare
+        if rules is None:
+            return None
+        inst, buy = request.instrument, request.side is Side.BUY
+        if rules.sessions and (closed := ashare.check_session(now, self.is_trading_day)) is not None:
+            return closed
+        row = self._db.execute("SELECT quantity FROM positions WHERE instrument = ?", (inst,)).fetchone()
+        held = Decimal(row[0]) if row else ZERO
+        if rules.t_plus_one and not buy:
+            start = ashare.day_start(now.astimezone(ashare.CN_TZ).date(), ashare.CN_TZ)
+            start = max(start, self.trading_day_start(now) or start)
+            # Fill times are UTC ISO strings (the clocks are UTC), so text order is time order.
+            bought = sum(
+                (
+                    Decimal(q)
+                    for (q,) in self._db.execute(
+                        "SELECT quantity FROM fills WHERE instrument = ? AND side = 'BUY' AND ts >= ?",
+                        (inst, start.isoformat()),
+                    )
+                ),
+                ZERO,
+            )
+            resting = sum(
+                (
+                    Decimal(q) - Decimal(f)
+                    for q, f in self._db.execute(
+                        "SELECT quantity, filled FROM orders WHERE instrument = ? AND side = 'SELL'"
+                        " AND status IN (?, ?)",
+                        (inst, *OPEN),
+                    )
+                ),
+                ZERO,
+            )
+            if (broken := ashare.check_sellable(inst, request.quantity, held, bought, resting)) is not None:
+                return broken
+        if rules.lots and (broken := ashare.check_lot(buy, request.quantity, rules.lot, held)) is not None:
+            return broken
+        if rules.price_limits and request.limit_price is not None:
+            # A market order trades at the bar's price, which qlib keeps inside the band.
+            return ashare.check_price(inst, request.limit_price, self.previous_close(inst), self.is_st(inst))
+        return None
 
     def advance(self) -> list[Fill]:
         """Deal every open order at the current bar, expire what is left (day orders), move to the next bar."""
@@ -357,7 +453,7 @@ class PaperBroker:
         except BaseException:
             self._dealing = None
             raise
-        out.meta.extend([(str(cash), "cash"), (str(bar + 1), "bar")])
+        out.meta.extend([(str(cash), "cash"), (str(bar + 1), "bar"), (ts, "bar_opened")])
         out.holdings.extend((inst, str(holdings[inst])) for inst in sorted(moved))
         return out
 
@@ -391,7 +487,8 @@ class PaperBroker:
 
     def _close_bar(self, dealt: _Bar, fills: list[tuple[int, Fill]]) -> list[Fill]:
         """Move to the next bar in memory once its outcome is in the record."""
-        self._bar, self._last_prices = dealt.bar + 1, {}
+        self._bar, self._last_prices, self._references = dealt.bar + 1, {}, {}
+        self._bar_opened = dt.datetime.fromisoformat(dict((k, v) for v, k in dealt.meta)["bar_opened"])
         self._fills.extend(fills)
         return [fill for _, fill in fills]
 
@@ -420,6 +517,8 @@ class PaperBroker:
             reason = "quantity must be positive"
         elif not self.market.knows(request.instrument):
             reason = f"unknown instrument {request.instrument}"
+        elif (broken := self._venue_rules(request, now)) is not None:
+            reason = str(broken)
         dup = request.client_order_id in self._ids
         # One statement, committed on its own (autocommit): atomic without BEGIN/COMMIT round trips.
         # (A thread of its own for these writes was tried: the hand-overs cost the loop more CPU
