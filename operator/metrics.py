@@ -145,14 +145,41 @@ RESULT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-class ResultsTracker(Collector):
-    """The headline results of each finished Backtest/TrainingJob, from the status the operator wrote."""
+class StatusFigures(Collector):
+    """Figures of each finished object taken from its status, by (kind, namespace, name); a deleted
+    object's series go with it. Subclasses say which families they serve and how to read a status."""
 
-    families = tuple((name, help_, ("namespace", "name")) for name, help_, _, _ in RESULT_GAUGES)
+    families: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._values: dict[tuple[str, str, str], Any] = {}
+
+    def _put(self, key: tuple[str, str, str], figures: Any) -> None:
+        """Keep ``figures`` for ``key``; None (nothing to serve) drops its series."""
+        with self._lock:
+            if figures is None:
+                self._values.pop(key, None)
+            else:
+                self._values[key] = figures
+
+    def _items(self) -> list[tuple[tuple[str, str, str], Any]]:
+        with self._lock:
+            return sorted(self._values.items())
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop a deleted object's series."""
+        self._put((kind, namespace, name), None)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, help_, labels in self.families:
+            yield GaugeMetricFamily(name, help_, labels=list(labels))
+
+
+class ResultsTracker(StatusFigures):
+    """The headline results of each finished Backtest/TrainingJob, from the status the operator wrote."""
+
+    families = tuple((name, help_, ("namespace", "name")) for name, help_, _, _ in RESULT_GAUGES)
 
     def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
         """Take the figures of ``kind`` ``namespace``/``name`` from its ``status`` (absent ones are dropped)."""
@@ -163,26 +190,12 @@ class ResultsTracker(Collector):
             value: Any = status or {}
             for part in path:
                 value = value.get(part) if isinstance(value, Mapping) else None
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if _finite(value):
                 values[metric] = float(value)
-        with self._lock:
-            if values:
-                self._values[(kind, namespace, name)] = values
-            else:
-                self._values.pop((kind, namespace, name), None)
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        """Drop a deleted object's series."""
-        with self._lock:
-            self._values.pop((kind, namespace, name), None)
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        for name, help_, labels in self.families:
-            yield GaugeMetricFamily(name, help_, labels=list(labels))
+        self._put((kind, namespace, name), values or None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            items = sorted(self._values.items())
+        items = self._items()
         for metric, help_, _, _ in RESULT_GAUGES:
             family = GaugeMetricFamily(metric, help_, labels=["namespace", "name"])
             for (_, namespace, name), values in items:
@@ -191,7 +204,7 @@ class ResultsTracker(Collector):
             yield family
 
 
-class DataQualityTracker(Collector):
+class DataQualityTracker(StatusFigures):
     """The data quality of each finished Backtest, from ``.status.results.dataQuality``: the
     missing-value ratio by field read, and the universe members with no data in the period."""
 
@@ -208,10 +221,6 @@ class DataQualityTracker(Collector):
         ),
     )
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, str, str], tuple[dict[str, float], float | None]] = {}
-
     def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
         """Take ``kind`` ``namespace``/``name``'s data quality from its ``status`` (none: its series go)."""
         results = (status or {}).get("results")
@@ -224,24 +233,10 @@ class DataQualityTracker(Collector):
                 ratios = {str(f): float(v) for f, v in by_field.items() if _finite(v)}
             count = quality.get("instrumentsMissing")
             missing = float(count) if _finite(count) else None
-        with self._lock:
-            if ratios or missing is not None:
-                self._values[(kind, namespace, name)] = (ratios, missing)
-            else:
-                self._values.pop((kind, namespace, name), None)
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        """Drop a deleted object's series."""
-        with self._lock:
-            self._values.pop((kind, namespace, name), None)
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        for name, help_, labels in self.families:
-            yield GaugeMetricFamily(name, help_, labels=list(labels))
+        self._put((kind, namespace, name), (ratios, missing) if ratios or missing is not None else None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            items = sorted(self._values.items())
+        items = self._items()
         (n1, h1, l1), (n2, h2, l2) = self.families
         ratio = GaugeMetricFamily(n1, h1, labels=list(l1))
         absent = GaugeMetricFamily(n2, h2, labels=list(l2))

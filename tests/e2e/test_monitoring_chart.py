@@ -124,7 +124,7 @@ def test_mode_a_objects_are_admitted_with_the_release_label(
         assert obj["metadata"]["labels"]["release"] == "prom-e2e"
     # What the server stored is what the chart rendered (no field pruned by the CRD's schema).
     alerts = [r for g in rules[0]["spec"]["groups"] for r in g["rules"]]
-    assert len(alerts) == 18 and all(r["annotations"]["runbook_url"] for r in alerts)
+    assert len(alerts) == 20 and all(r["annotations"]["runbook_url"] for r in alerts)
     receivers = {r["name"]: r for r in amcs[0]["spec"]["receivers"]}
     assert receivers["kubequant-team"]["wechatConfigs"][0]["apiSecret"]["name"] == "kubequant-alerting-wechat"
     assert amcs[0]["spec"]["inhibitRules"][0]["equal"] == ["alert_family", "namespace", "session", "name"]

@@ -298,13 +298,10 @@ def _run_in_qlib(
     return BacktestOutcome(results=results, report_dir=out, files=files, timings=timings)
 
 
-def _backtest(
-    spec: BacktestSpec, scores: pd.Series
-) -> tuple[pd.DataFrame, Any, dict[str, Any], pd.DataFrame]:
-    """qlib's backtest of the spec: the outermost level's daily report, positions, every level's indicators, fills."""
+def recorded_backtest(spec: BacktestSpec, scores: pd.Series) -> tuple[Any, Any, Any, list[Any]]:
+    """qlib's backtest of the spec with a strategy that keeps every execute result qlib hands it:
+    qlib's portfolio metrics and indicators, the executor it ran, and those results in execution order."""
     from qlib.backtest import backtest as qlib_backtest
-
-    from kubequant.workloads.backtest.compiled_slicing import CompiledSlicingExecutor
 
     executed: list[Any] = []
     strategy = recording_strategy(strategy_config(spec), scores, executed)
@@ -318,6 +315,16 @@ def _backtest(
         account=spec.account,
         exchange_kwargs=exchange_kwargs(spec),
     )
+    return portfolio, indicators, executor, executed
+
+
+def _backtest(
+    spec: BacktestSpec, scores: pd.Series
+) -> tuple[pd.DataFrame, Any, dict[str, Any], pd.DataFrame]:
+    """qlib's backtest of the spec: the outermost level's daily report, positions, every level's indicators, fills."""
+    from kubequant.workloads.backtest.compiled_slicing import CompiledSlicingExecutor
+
+    portfolio, indicators, executor, executed = recorded_backtest(spec, scores)
     daily, positions = next(iter(portfolio.values()))
     if isinstance(executor, CompiledSlicingExecutor):
         return daily, positions, executor.level_indicators(), executor.trades()

@@ -122,24 +122,9 @@ def _float(value: Any) -> float:
 
 def record_decisions(spec: BacktestSpec, scores: pd.Series, level: str = "day") -> BacktestRun:
     """Run qlib's backtest of ``spec`` on ``scores`` and keep every order of every step, in execution order."""
-    from qlib.backtest import backtest as qlib_backtest
+    from kubequant.workloads.backtest.runner import recorded_backtest
 
-    from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config, strategy_config
-    from kubequant.workloads.backtest.runner import recording_strategy
-    from kubequant.workloads.backtest.signal import init_class
-
-    executed: list[Any] = []
-    strategy = recording_strategy(strategy_config(spec), scores, executed)
-    executor = init_class(executor_config(spec), "spec.executor")
-    portfolio, _indicators = qlib_backtest(
-        start_time=str(spec.period.start),
-        end_time=str(spec.period.end),
-        strategy=strategy,
-        executor=executor,
-        benchmark=spec.benchmark,
-        account=spec.account,
-        exchange_kwargs=exchange_kwargs(spec),
-    )
+    portfolio, _indicators, executor, executed = recorded_backtest(spec, scores)
     daily, _positions = next(iter(portfolio.values()))
     orders: list[BacktestOrder] = []
     seq_of_day: dict[dt.date, int] = {}

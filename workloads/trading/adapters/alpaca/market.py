@@ -31,6 +31,7 @@ from alpaca.data.requests import StockLatestTradeRequest
 
 from kubequant.api.live import LiveTradingSession
 from kubequant.workloads.trading.adapters.alpaca.broker import AlpacaCredentials, load_credentials, take_over
+from kubequant.workloads.trading.adapters.price_cache import WatchedPriceCache
 from kubequant.workloads.trading.model.domain import utcnow
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def data_url(endpoint: str | None) -> str | None:
     return None if endpoint is None else endpoint.rstrip("/").removesuffix("/v2")
 
 
-class AlpacaPrices:
+class AlpacaPrices(WatchedPriceCache):
     """A PriceSource over Alpaca's latest trades: ``last_price`` reads a cache, ``refresh`` fills it in a thread."""
 
     def __init__(
@@ -67,16 +68,11 @@ class AlpacaPrices:
     ) -> None:
         take_over(client, timeout)
         self.client = client
-        self.refresh_seconds = refresh_seconds
-        self.max_age = max_age
-        self._now = monotonic
         self._wall = wall
-        self._watched: dict[str, None] = {}
         self._prices: dict[str, _Quote] = {}
-        self._last_refresh: float | None = None
-        self._task: asyncio.Task[int] | None = None
-        self._error: str | None = None
-        self.watch(*symbols)
+        super().__init__(
+            symbols=symbols, refresh_seconds=refresh_seconds, max_age=max_age, monotonic=monotonic
+        )
 
     @classmethod
     def create(
@@ -135,27 +131,6 @@ class AlpacaPrices:
         return max((q.traded for q in self._prices.values() if q.traded is not None), default=None)
 
     # --- the cache ----------------------------------------------------------------------------
-    def watch(self, *symbols: str) -> None:
-        """Add symbols to those every refresh fetches."""
-        for s in symbols:
-            if s and s not in self._watched:
-                self._watched[s] = None
-
-    @property
-    def watched(self) -> tuple[str, ...]:
-        """The symbols every refresh fetches."""
-        return tuple(self._watched)
-
-    @property
-    def due(self) -> bool:
-        """Whether the cache is older than ``refresh_seconds`` (or was never filled)."""
-        return self._last_refresh is None or self._now() - self._last_refresh >= self.refresh_seconds
-
-    def refresh_soon(self) -> None:
-        """Start a background refresh if one is due and none is running (the housekeeping tick's call)."""
-        if (self._task is None or self._task.done()) and self.due and self._watched:
-            self._task = asyncio.get_running_loop().create_task(self.refresh())
-
     async def refresh(self) -> int:
         """Fetch the latest trades of the watched symbols on a worker thread; the number of symbols priced.
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from kubequant.errors import BrokerError
+from kubequant.workloads.trading.adapters.price_cache import WatchedPriceCache
 from kubequant.workloads.trading.adapters.xueqiu import parsing
 from kubequant.workloads.trading.adapters.xueqiu.client import XueqiuClient, broker_error
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class XueqiuPrices:
+class XueqiuPrices(WatchedPriceCache):
     """A PriceSource over Xueqiu's stock search: ``last_price`` reads a cache, ``refresh`` fills it in a thread."""
 
     def __init__(
@@ -39,15 +40,10 @@ class XueqiuPrices:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.refresh_seconds = refresh_seconds
-        self.max_age = max_age
-        self._now = monotonic
-        self._watched: dict[str, None] = {}
         self._prices: dict[str, tuple[Decimal, float]] = {}
-        self._last_refresh: float | None = None
-        self._task: asyncio.Task[int] | None = None
-        self._error: str | None = None
-        self.watch(*symbols)
+        super().__init__(
+            symbols=symbols, refresh_seconds=refresh_seconds, max_age=max_age, monotonic=monotonic
+        )
 
     @classmethod
     def for_broker(cls, broker: XueqiuBroker, **options: Any) -> XueqiuPrices:
@@ -68,27 +64,6 @@ class XueqiuPrices:
         """Seconds since the price was fetched."""
         cached = self._prices.get(instrument)
         return None if cached is None else self._now() - cached[1]
-
-    def watch(self, *symbols: str) -> None:
-        """Add symbols to those every refresh fetches."""
-        for s in symbols:
-            if s and s not in self._watched:
-                self._watched[s] = None
-
-    @property
-    def watched(self) -> tuple[str, ...]:
-        """The symbols every refresh fetches."""
-        return tuple(self._watched)
-
-    @property
-    def due(self) -> bool:
-        """Whether the cache is older than ``refresh_seconds`` (or was never filled)."""
-        return self._last_refresh is None or self._now() - self._last_refresh >= self.refresh_seconds
-
-    def refresh_soon(self) -> None:
-        """Start a background refresh if one is due and none is running."""
-        if (self._task is None or self._task.done()) and self.due and self._watched:
-            self._task = asyncio.get_running_loop().create_task(self.refresh())
 
     async def refresh(self) -> int:
         """Search each watched symbol on a worker thread; the number priced. A failure keeps the old cache."""
