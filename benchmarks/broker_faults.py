@@ -26,9 +26,10 @@ request reset       0.10   ``reset_peer`` upstream: a TCP reset; the request nev
 
 The adapter reads every one of them but a 429 and the latencies as "the outcome is unknown"
 (``BrokerTimeout``): a submit stays in flight until a query by client order id settles it, and an
-order the venue never saw is then rejected (``UNKNOWN_AT_BROKER``), never resent on a guess. So the
-faults that lose the request (swallowed, reset, 503: 0.30 of the mix) cost orders; a 429 is sent
-again. (The downstream ``timeout`` toxic does not hold the connection open until its timeout: the
+order the venue never saw is sent once more under the same client order id (Alpaca refuses a reused
+one, so this cannot duplicate), and rejected (``UNKNOWN_AT_BROKER``) only if that resend is lost too.
+So the faults that lose the request (swallowed, reset, 503: 0.30 of the mix) cost an order only when
+they hit it twice; a 429 is sent again after its ``Retry-After``. (The downstream ``timeout`` toxic does not hold the connection open until its timeout: the
 fake closes each connection after its answer, and Toxiproxy closes the client's side as soon as the
 venue's side ends. A submit answered after the client's 10 s read timeout takes the same path in
 the OMS and is tested in ``tests/unit/trading/test_alpaca_broker.py``.)

@@ -24,6 +24,10 @@ class BrokerCapabilities:
     short_selling: bool
     fractional_quantities: bool
     lists_instruments: bool
+    # The venue itself refuses a second order under a client order id it already holds (Alpaca's
+    # 422 "client_order_id must be unique"): a submit its query says it never received may then be
+    # sent once more under the same id, since a copy that did arrive can only be refused.
+    refuses_duplicate_client_order_id: bool
     notes: str = ""
 
 
@@ -37,6 +41,7 @@ COLUMNS = {
     "short_selling": "Short selling",
     "fractional_quantities": "Fractional quantities",
     "lists_instruments": "Lists tradable instruments",
+    "refuses_duplicate_client_order_id": "Refuses a reused client order id",
 }
 
 CAPABILITIES: dict[str, BrokerCapabilities] = {
@@ -49,8 +54,9 @@ CAPABILITIES: dict[str, BrokerCapabilities] = {
         short_selling=True,
         fractional_quantities=False,
         lists_instruments=False,
+        refuses_duplicate_client_order_id=True,
         notes="Fills against the bundle's bars with the Backtest's deal rules (lots, volume limits); short "
-        "selling only with accountType margin outside region cn.",
+        "selling only with accountType margin outside region cn; its record refuses a reused client order id.",
     ),
     "alpaca": BrokerCapabilities(
         market_orders=True,
@@ -61,8 +67,10 @@ CAPABILITIES: dict[str, BrokerCapabilities] = {
         short_selling=True,
         fractional_quantities=True,
         lists_instruments=True,
+        refuses_duplicate_client_order_id=True,
         notes="US equities; short selling needs a margin account; fractional quantities only in market day "
-        "orders (Alpaca's rule).",
+        "orders (Alpaca's rule); Alpaca refuses a reused client order id (422 \"client_order_id must be "
+        'unique"), so a submit its query says never arrived is sent once more.',
     ),
     "xueqiu": BrokerCapabilities(
         market_orders=True,
@@ -73,11 +81,13 @@ CAPABILITIES: dict[str, BrokerCapabilities] = {
         short_selling=False,
         fractional_quantities=True,
         lists_instruments=False,
+        refuses_duplicate_client_order_id=False,
         notes="A simulated portfolio (mode paper only) rebalanced by weight at Xueqiu's current price: market "
         "orders only, the weight rounded to 0.01 % towards fewer shares (one fill, the rest canceled); no "
         "cancel (a pending rebalance executes at the next open); no short sales; the client order id is kept "
-        "in the rebalance's comment, so an order is found by it; quantities are volume x startingCash, "
-        "fractional.",
+        "in the rebalance's comment, so an order is found by it (the adapter looks there before posting, but "
+        "Xueqiu itself refuses no reused id and a new rebalance may not show yet: a lost submit is never sent "
+        "again); quantities are volume x startingCash, fractional.",
     ),
     "gateway": BrokerCapabilities(
         market_orders=True,
@@ -88,8 +98,10 @@ CAPABILITIES: dict[str, BrokerCapabilities] = {
         short_selling=False,
         fractional_quantities=False,
         lists_instruments=False,
+        refuses_duplicate_client_order_id=False,
         notes="A Windows desktop client (Tonghuashun universal client, miniQMT) through `kubequant gateway`; "
-        "A-share cash accounts: no short selling, whole shares; client order ids are kept by the gateway.",
+        "A-share cash accounts: no short selling, whole shares; client order ids are kept by the gateway (a "
+        "repeated submit gets the first answer), not by the brokerage, so a lost submit is never sent again.",
     ),
 }
 

@@ -79,6 +79,7 @@ class ContainerState:
     restarts: int
     termination: Termination | None  # how it last ended (now, or before its restart)
     start_time: str | None
+    running_since: str | None = None  # when the running container started (state.running.startedAt)
 
 
 def container_state(pod: dict[str, Any] | None) -> ContainerState:
@@ -103,6 +104,7 @@ def container_state(pod: dict[str, Any] | None) -> ContainerState:
         restarts=int(cs.get("restartCount") or 0),
         termination=latest_termination([pod]),
         start_time=status.get("startTime"),
+        running_since=(state.get("running") or {}).get("startedAt"),
     )
 
 

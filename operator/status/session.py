@@ -40,6 +40,18 @@ def _age(stamp: str | None, now: dt.datetime) -> float | None:
     return (now - then).total_seconds()
 
 
+def _reported_since(previous: Mapping[str, Any], since: str | None) -> bool:
+    """Whether the runtime reported (a heartbeat) after the running container started."""
+    if not since or not previous.get("lastHeartbeatTime"):
+        return False
+    try:
+        started = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+        beat = dt.datetime.fromisoformat(str(previous["lastHeartbeatTime"]).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return beat > started
+
+
 def _pod_waits(reason: str, message: str, secrets: Sequence[tuple[str, str]]) -> str:
     text = f"the trading pod is waiting ({reason or 'Pending'})"
     if message:
@@ -93,6 +105,17 @@ def session_status(
             (
                 state.waiting_reason or "PodPending",
                 _pod_waits(state.waiting_reason, state.waiting_message, secrets),
+            ),
+        )
+    elif not state.ready and _reported_since(previous, state.running_since):
+        # This container's runtime was up and reporting; now its readiness probe fails (a hang, a stopped
+        # process, a blocked event loop, or a journal that failed closed).
+        phase, ready = (
+            RECONCILING,
+            (
+                "NotReady",
+                f"pod {pod_name} fails its readiness probe (GET /readyz) after it had started: the runtime "
+                "is hung or failed closed; the liveness probe (GET /healthz) restarts a hung one",
             ),
         )
     elif not state.ready:

@@ -230,6 +230,45 @@ def test_other_kinds_with_a_pod_are_checked_too(installed: Installed) -> None:
     assert proc.returncode != 0 and "spec.pod.serviceAccountName" in proc.stderr, proc.stderr
 
 
+def training_with_ray(name: str, ray: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubequant.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {"dataset": {"segments": SEGMENTS}, "ray": ray},
+    }
+
+
+@pytest.mark.parametrize(
+    ("ray", "field"),
+    [
+        ({"headResources": {"requests": {"cpu": "17"}}}, "spec.ray.headResources.requests.cpu: 17 cpu"),
+        ({"headResources": {"limits": {"memory": "65Gi"}}}, "spec.ray.headResources.limits.memory: 65Gi"),
+        (
+            {"workers": {"replicas": 2, "resources": {"limits": {"amd.com/gpu": "1"}}}},
+            "spec.ray.workers.resources.limits.amd.com/gpu",
+        ),
+        ({"workers": {"replicas": 1, "gpusPerWorker": 8}}, "spec.ray.workers.gpusPerWorker: 8 GPUs per pod"),
+    ],
+    ids=lambda v: re.sub(r"\W+", "-", str(v))[:40],
+)
+def test_a_trainingjobs_ray_pods_are_held_to_the_ceilings(
+    installed: Installed, ray: dict[str, Any], field: str
+) -> None:
+    proc = create(installed.namespace, training_with_ray("ray-over", ray), "--dry-run=server")
+    assert proc.returncode != 0, f"the API server accepted {ray}"
+    assert field in proc.stderr and "workload policy" in proc.stderr, proc.stderr
+
+
+def test_a_trainingjob_with_ray_pods_inside_the_ceilings_is_accepted(installed: Installed) -> None:
+    ray = {
+        "headResources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": 4}},
+        "workers": {"replicas": 2, "gpusPerWorker": 4, "resources": {"requests": {"cpu": "16"}}},
+    }
+    proc = create(installed.namespace, training_with_ray("ray-ok", ray), "--dry-run=server")
+    assert proc.returncode == 0, proc.stderr
+
+
 def _policy_manifests() -> list[Path]:
     return [p for p in BAD if p.read_text().splitlines()[0].endswith("| server: policy")]
 

@@ -363,6 +363,19 @@ def test_recovering_pod_is_reconciling() -> None:
     assert st["phase"] == "Reconciling" and conds(st)["Trading"] == ("False", "NotReported")
 
 
+def test_a_runtime_that_reported_then_fails_its_readiness_probe_is_not_called_recovering() -> None:
+    # The container started 09:00; its runtime reported at 09:05 (so recovery had finished); now /readyz fails.
+    reported = {"tradingState": "ACTIVE", "lastHeartbeatTime": "2026-03-02T09:05:00Z"}
+    st = run_status(pod(ready=False), reported)
+    assert st["phase"] == "Reconciling" and conds(st)["Ready"] == ("False", "NotReady")
+    assert "readiness probe" in st["message"] and "liveness probe" in st["message"]
+    # A heartbeat from before this container started (the previous incarnation's): still recovering.
+    earlier = {"tradingState": "ACTIVE", "lastHeartbeatTime": "2026-03-02T08:59:00Z"}
+    assert conds(run_status(pod(ready=False), earlier))["Ready"] == ("False", "Recovering")
+    broken = {"tradingState": "ACTIVE", "lastHeartbeatTime": "not a time"}
+    assert conds(run_status(pod(ready=False), broken))["Ready"] == ("False", "Recovering")
+
+
 def test_policy_status_lists_its_sessions() -> None:
     st = policy_status.policy_status(7, ["b", "a", "a"], None, T0)
     assert st["sessions"] == 2 and st["sessionNames"] == ["a", "b"] and st["observedGeneration"] == 7

@@ -26,6 +26,7 @@ from qlib.backtest.exchange import Exchange
 from qlib.data import D
 
 from kubequant.workloads.backtest.impact_exchange import SIGMA_FIELD, ImpactExchange
+from kubequant.workloads.data.bars import is_raw, local_features_dir, read_panel
 
 MINUTE = "1min"
 
@@ -131,6 +132,16 @@ class MinuteFields:
             return cls(instruments, calendar, values, present)
         _, _, first, _last = Cal.locate_index(calendar[0], calendar[-1], freq=MINUTE, future=False)
         stamps = calendar.to_numpy()
+        # Raw fields ($close, $volume, ...) straight from the memory-mapped files, the same values and
+        # ranges ExpressionD gives (tests/integration/test_bundle_bars.py); expressions through qlib.
+        features_dir = local_features_dir(MINUTE)
+        raw = [f for f in fields if is_raw(f)] if features_dir is not None else []
+        panel = (
+            read_panel(features_dir, instruments, raw, MINUTE, first, first + len(calendar) - 1)
+            if features_dir is not None and raw
+            else None
+        )
+        computed = [f for f in fields if f not in raw]
         for row, code in enumerate(instruments):
             inside = (
                 np.zeros(len(calendar), dtype=bool)
@@ -142,7 +153,11 @@ class MinuteFields:
                     stamps <= np.datetime64(pd.Timestamp(finish))
                 )
             had_rows = np.zeros(len(calendar), dtype=bool)
-            for field in fields:
+            if panel is not None:
+                for field in raw:
+                    values[field][row] = panel.values[field][row]
+                had_rows |= panel.has_row[row]
+            for field in computed:
                 series = ExpressionD.expression(code, field, calendar[0], calendar[-1], MINUTE)
                 if series.empty:
                     continue

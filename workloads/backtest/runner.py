@@ -69,6 +69,7 @@ def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
     import qlib
 
     from kubequant.workloads.backtest import qlib_compat
+    from kubequant.workloads.data.bars import DATASET_PROVIDER
 
     qlib_compat.apply()
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -78,6 +79,8 @@ def init_qlib(provider_uri: Path, region: str, scratch: Path) -> None:
         logging_level=logging.WARNING,
         expression_cache=None,
         dataset_cache=None,
+        # raw fields (the Exchange's quote, the bars) read straight from the .bin files: same frames
+        dataset_provider=DATASET_PROVIDER,
         exp_manager={
             "class": "MLflowExpManager",
             "module_path": "qlib.workflow.expm",

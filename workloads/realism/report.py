@@ -234,6 +234,7 @@ def trading_report(
     import qlib
 
     from kubequant.workloads.backtest import qlib_compat
+    from kubequant.workloads.data.bars import DATASET_PROVIDER
     from kubequant.workloads.trading.node.runtime import bundle_path
 
     qlib_compat.apply()
@@ -244,6 +245,8 @@ def trading_report(
         logging_level=logging.WARNING,
         expression_cache=None,
         dataset_cache=None,
+        # raw fields (the Exchange's quote, the bars) read straight from the .bin files: same frames
+        dataset_provider=DATASET_PROVIDER,
     )
     days = sorted({f.ts.astimezone(tz).date() for f in fills})
     exchange = _model_exchange(session, sorted({f.instrument for f in fills}), days[0], days[-1])

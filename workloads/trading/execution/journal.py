@@ -289,7 +289,7 @@ class Journal:
         if self._broken is not None:
             raise JournalError(
                 f"the journal {self.path} refuses writes after a failed one ({self._broken.message})",
-                fix="restart the runtime: it rebuilds its state from the journal",
+                fix=self._broken.fix or "restart the runtime: it rebuilds its state from the journal",
             )
 
     def _write(self, rows: list[Row]) -> int:
@@ -313,8 +313,13 @@ class Journal:
                     self._db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as err:
+            full = getattr(err, "sqlite_errorname", "") == "SQLITE_FULL"
             self._broken = JournalError(
-                f"cannot write the journal {self.path}: {err}", fix="check the volume"
+                f"cannot write the journal {self.path}: {err}",
+                fix="free space on the journal's volume or grow it, then restart the runtime: it recovers "
+                "from the journal"
+                if full
+                else "check the journal's volume, then restart the runtime: it recovers from the journal",
             )
             raise self._broken from err
         JOURNAL_WRITE_SECONDS.observe(time.perf_counter() - start)

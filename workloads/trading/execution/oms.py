@@ -3,7 +3,10 @@
 Every state change goes to the journal before anything outside the process sees it: an order is
 journaled as submitted before the broker call, a fill before it counts. Nothing is ever sent
 twice on a guess: a submit that times out stays in flight until a query about that client order
-id resolves it.
+id resolves it. Only when that query says the venue never received it, and the venue refuses a
+reused client order id (so a first copy that did arrive turns a second into a refusal, never a
+second order), is it sent once more (``resend``), while its signal is young and the risk engine
+still allows it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from kubequant.workloads.trading.model.events import (
     OrderEvent,
     OrderFilled,
     OrderRejected,
+    OrderResent,
     OrderSubmitted,
     RejectSource,
 )
@@ -60,6 +64,10 @@ from kubequant.workloads.trading.risk.engine import Reject, RiskEngine
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DURABLE_READ_ROUNDS = 50
+# How long after its signal a submit the venue never received may still be sent once more. It covers
+# an adapter's read timeout (Alpaca's 10 s) and a few housekeeping rounds; an older signal is stale,
+# so its order is rejected as unknown (retryable) and whoever sent the signal decides.
+RESEND_WITHIN_SECONDS = 15.0
 
 
 class PriceSource(Protocol):
@@ -147,6 +155,9 @@ class OrderManager:
         self.ready = False  # set by recovery once every in-flight order is resolved
         self.failed: str | None = None
         self._sending: set[str] = set()
+        # Orders sent once more after a query found them missing at the venue (``resend``); from the
+        # journal's OrderResent on restart, so no order is ever resent twice.
+        self.resent: set[str] = set()
         self._tail: asyncio.Future[int] | None = None  # the last events queued for the journal
         self.anomalies: list[str] = []
 
@@ -395,7 +406,9 @@ class OrderManager:
             self._sending.discard(cid)
         return SubmitOutcome(order, accepted=order.status is not OrderStatus.REJECTED, reason=order.reason)
 
-    async def _send(self, order: Order) -> None:
+    async def _send(self, order: Order, *, again: bool = False) -> str:
+        """One submit call (retried only on a disconnect); what became of it: accepted, rejected,
+        unreachable (rejected, provably never sent), duplicate (the venue has the id) or in-flight."""
         request = SubmitRequest(
             order.client_order_id, order.instrument, order.side, order.quantity, order.limit_price
         )
@@ -407,24 +420,77 @@ class OrderManager:
             )
         except DuplicateOrder:
             log.warning("broker already has %s; a query will settle it", cid)
+            return "duplicate"
         except BrokerRejected as err:
             await self.try_commit_async(
                 OrderRejected(self.clock.now(), cid, RejectSource.BROKER, "BROKER_REJECTED", str(err))
             )
+            return "rejected"
         except BrokerDisconnected as err:
             await self.try_commit_async(
                 OrderRejected(
                     self.clock.now(), cid, RejectSource.BROKER, "BROKER_DISCONNECTED", str(err), True
                 )
             )
+            return "unreachable"
         except BrokerTimeout:
-            log.warning("submit of %s timed out; it stays in flight until a query resolves it", cid)
-        else:
-            order = self.state.orders.get(ack.client_order_id) or order
-            if order.status is OrderStatus.SUBMITTED:
-                await self.commit_async(
-                    OrderAccepted(self.clock.now(), order.client_order_id, ack.broker_order_id)
-                )
+            if again:
+                log.warning("the resend of %s timed out; the next query settles it, nothing is resent", cid)
+            else:
+                log.warning("submit of %s timed out; it stays in flight until a query resolves it", cid)
+            return "in-flight"
+        order = self.state.orders.get(ack.client_order_id) or order
+        if order.status is OrderStatus.SUBMITTED:
+            await self.commit_async(
+                OrderAccepted(self.clock.now(), order.client_order_id, ack.broker_order_id)
+            )
+        return "accepted"
+
+    # --- resend ----------------------------------------------------------------------------
+    def resend_refusal(self, order: Order, now: datetime) -> str | None:
+        """Why an order the venue's query says it never received must not be sent once more; None if it may.
+
+        Only on a venue that refuses a reused client order id, only once, only while the OMS is open
+        (recovery sends nothing) and the signal is under ``RESEND_WITHIN_SECONDS`` old, and only if
+        the risk engine still lets the order out (a halt, reduce-only for an order adding exposure,
+        a closed window or a stale price stop it).
+        """
+        caps = getattr(self.broker, "capabilities", None)
+        if caps is None or not caps.refuses_duplicate_client_order_id:
+            return "the venue does not refuse a reused client order id, so a resend could place it twice"
+        if not self.ready:
+            return "the OMS is not open (recovery resolves in-flight orders without sending anything)"
+        if order.client_order_id in self.resent:
+            return "it was sent once more already"
+        age = (now - order.created).total_seconds()
+        if age > RESEND_WITHIN_SECONDS:
+            return f"its signal is {age:.0f}s old (a resend only within {RESEND_WITHIN_SECONDS:g}s)"
+        adds = any(o is order for o in self.state.exposure_increasing())
+        refusal = self.risk.check_resend(
+            order.instrument,
+            adds,
+            now,
+            price_age=self._price_age(order.instrument) if self._price_age is not None else None,
+            trading_day=getattr(self.prices, "is_trading_day", None),
+        )
+        return None if refusal is None else f"{refusal.reason.value}: {refusal.detail}"
+
+    async def resend(self, order: Order, detail: str) -> str:
+        """Send ``order`` once more under its client order id (``resend_refusal`` said it may); journaled first.
+
+        Returns what became of it, as ``_send`` says; "duplicate" means the first copy reached the
+        venue after all, and the venue's report of it must settle the order.
+        """
+        cid = order.client_order_id
+        # No await from the caller's check to here: the order is marked before anything can look again.
+        self.resent.add(cid)
+        self._sending.add(cid)
+        try:
+            await self.commit_async(OrderResent(self.clock.now(), cid, detail))
+            log.warning("resending %s under the same client order id: %s", cid, detail)
+            return await self._send(order, again=True)
+        finally:
+            self._sending.discard(cid)
 
     def on_ack(self, ack: BrokerAck) -> None:
         """Record the broker's acknowledgement (a late one, after a fill or cancel request, is ignored)."""

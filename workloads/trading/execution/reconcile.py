@@ -13,6 +13,7 @@ acted on outside the process before it is on disk.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 from kubequant.api.live import TradingState
@@ -101,14 +102,18 @@ async def settle(oms: OrderManager, order: Order, report: BrokerOrder | None) ->
     now, cid = oms.clock.now(), order.client_order_id
     if report is None:
         if order.status is OrderStatus.SUBMITTED and not order.fills:
-            # One targeted query said the broker never received it: reject it, never resend on a guess.
+            # One targeted query said the broker never received it: sent once more only where the
+            # venue refuses a reused id (see ``OrderManager.resend_refusal``), else rejected.
+            refusal = oms.resend_refusal(order, now)
+            if refusal is None:
+                return await resend(oms, order, now)
             oms.try_stage(
                 OrderRejected(
                     now,
                     cid,
                     RejectSource.RECOVERY,
                     "UNKNOWN_AT_BROKER",
-                    "the broker never received it",
+                    f"the broker never received it; not sent again: {refusal}",
                     True,
                 )
             )
@@ -130,6 +135,24 @@ async def settle(oms: OrderManager, order: Order, report: BrokerOrder | None) ->
     elif report.status is OrderStatus.EXPIRED and not order.is_terminal:
         oms.try_stage(OrderExpired(now, cid, report.reason or "expired at the broker"))
     return str(order.status)
+
+
+async def resend(oms: OrderManager, order: Order, now: dt.datetime) -> str:
+    """Send an order the venue never received once more; returns "resent-" and what became of it.
+
+    A refusal as a duplicate client order id means the first copy reached the venue after the
+    query: the venue's report of it settles the order, as for any other.
+    """
+    cid = order.client_order_id
+    age = (now - order.created).total_seconds()
+    outcome = await oms.resend(order, f"the venue's query found no order {cid} {age:.1f}s after its signal")
+    if outcome != "duplicate":
+        return f"resent-{outcome}"
+    report = await oms.call(lambda: oms.broker.get_order(cid), "get order")
+    if report is None:
+        oms.anomaly(f"the venue refused the resend of {cid} as a duplicate but reports no such order")
+        return "anomaly"
+    return f"resent-{await settle(oms, order, report)}"
 
 
 async def reconcile_orders(oms: OrderManager) -> tuple[int, dict[str, int]]:
@@ -173,19 +196,67 @@ async def reconcile_orders(oms: OrderManager) -> tuple[int, dict[str, int]]:
 
 
 async def poll(oms: OrderManager) -> None:
-    """Fills, in-flight orders, account, connectivity and the trading state; halting cancels orders."""
+    """Fills, in-flight orders, account, connectivity and the trading state; halting cancels orders.
+
+    Back after an outage that changed the trading state (the policy's brokerDisconnect), the state
+    holds until the OMS has reconciled and the resting orders it cancels are cancelled: nothing could
+    be cancelled while the venue was unreachable, and clearing it on the reconnect would let those
+    orders keep working (``resume_after_outage``).
+    """
     now = oms.clock.now()
     connected = oms.broker.is_connected()
     metrics.record_connectivity(connected)  # also counts kubequant_broker_reconnects_total
-    oms.risk.observe_connectivity(connected, now)
+    outage = oms.risk.outage_state() if connected else None
+    if outage is None:
+        oms.risk.observe_connectivity(connected, now)
+    reconciled = False
     if connected:
         try:
             await sync_fills(oms)
             await reconcile_orders(oms)
             await refresh_account(oms)
+            reconciled = True
         except (BrokerTimeout, BrokerDisconnected) as err:
             log.warning("broker poll failed: %s", err)
+    asked = await sync_risk_state(oms)
+    if outage is not None and reconciled:
+        await resume_after_outage(oms, outage, asked)
+
+
+async def resume_after_outage(oms: OrderManager, outage: TradingState, asked: int) -> bool:
+    """Clear the outage's state once nothing it cancels is still working at the venue; True when cleared.
+
+    ``asked``: the cancels ``sync_risk_state`` just sent, whose outcome a second reconciliation
+    reads. HALTED cancels every live order, REDUCING those adding exposure; on a venue that cannot
+    cancel, reconciling is all there is to wait for. Until then the state holds and the next poll
+    asks again.
+    """
+    if asked:
+        try:
+            await sync_fills(oms)
+            await reconcile_orders(oms)
+        except (BrokerTimeout, BrokerDisconnected) as err:
+            log.warning("reconciling the cancels after the outage failed: %s", err)
+            return False
+    caps = getattr(oms.broker, "capabilities", None)
+    if caps is not None and not caps.cancel:
+        working: list[Order] = []
+    elif outage is TradingState.HALTED:
+        working = oms.state.live_orders()
+    else:
+        working = oms.state.exposure_increasing()
+    if working:
+        log.warning(
+            "broker reachable again; %s holds until %d resting orders are cancelled (%s)",
+            outage,
+            len(working),
+            ", ".join(o.client_order_id for o in working[:5]),
+        )
+        return False
+    oms.risk.observe_connectivity(True, oms.clock.now())
     await sync_risk_state(oms)
+    log.warning("broker reachable again, reconciled and its resting orders cancelled: %s lifted", outage)
+    return True
 
 
 async def refresh_account(oms: OrderManager) -> None:
@@ -201,8 +272,9 @@ async def refresh_account(oms: OrderManager) -> None:
     metrics.record_risk(oms.risk, acct.equity)  # drawdown, daily PnL and loss, breaker limits, conditions
 
 
-async def sync_risk_state(oms: OrderManager) -> None:
-    """Journal a change of the trading state; while halted cancel whatever is still live, while reducing what adds exposure."""
+async def sync_risk_state(oms: OrderManager) -> int:
+    """Journal a change of the trading state; while halted cancel whatever is still live, while reducing
+    what adds exposure. Returns how many cancels were asked."""
     state, conditions = oms.risk.state, oms.risk.describe()
     if (state.value, conditions) != (oms.state.risk_state, oms.state.risk_conditions):
         await oms.commit_async(RiskStateChanged(oms.clock.now(), state.value, conditions))
@@ -211,12 +283,14 @@ async def sync_risk_state(oms: OrderManager) -> None:
         metrics.record_conditions(set(oms.risk.conditions))
         log.warning("trading state %s: %s", state, conditions or "all clear")
     if state is TradingState.ACTIVE or not oms.broker.is_connected():
-        return
+        return 0
+    asked = 0
     try:
         if state is TradingState.HALTED:
-            await oms.cancel_all("halted")
+            asked = await oms.cancel_all("halted")
         else:  # REDUCING: resting orders that add exposure would keep adding it
             for order in oms.state.exposure_increasing():
-                await oms.cancel(order.client_order_id, "reduce-only: the order adds exposure")
+                asked += await oms.cancel(order.client_order_id, "reduce-only: the order adds exposure")
     except (BrokerTimeout, BrokerDisconnected) as err:
         log.warning("cancelling on %s failed: %s", state, err)
+    return asked

@@ -23,6 +23,7 @@ from kubequant.workloads.trading.execution.reconcile import (
 from kubequant.workloads.trading.model.domain import CLIENT_ORDER_ID_PREFIX
 from kubequant.workloads.trading.model.events import (
     AccountSnapshot,
+    OrderResent,
     OrderSubmitted,
     PositionSnapshot,
     RecoveryCompleted,
@@ -60,8 +61,11 @@ class RecoveryReport:
         return out | {f"resolved_{k}": v for k, v in sorted(self.resolved.items())}
 
 
-def rebuild(journal: Journal, risk: RiskEngine) -> OmsState:
-    """The OMS state from the journal, with the risk engine's counters, peak equity and latched breakers."""
+def rebuild(journal: Journal, risk: RiskEngine, resent: set[str] | None = None) -> OmsState:
+    """The OMS state from the journal, with the risk engine's counters, peak equity and latched breakers.
+
+    ``resent`` collects the orders already sent once more (``OrderResent``): none is resent again.
+    """
     state = OmsState()
     last_risk: RiskStateChanged | None = None
     for _, event in journal.replay():
@@ -75,6 +79,8 @@ def rebuild(journal: Journal, risk: RiskEngine) -> OmsState:
                 risk.observe_equity(equity, ts, evaluate=False)
             case RiskStateChanged():
                 last_risk = event
+            case OrderResent(client_order_id=cid) if resent is not None:
+                resent.add(cid)
             case TradingStateSet():
                 reset_baseline(risk, event)  # a resume's accepted loss stays accepted after a restart
     if last_risk is not None:
@@ -127,7 +133,8 @@ async def recover(oms: OrderManager) -> RecoveryReport:
     """Replay and reconcile; on return every order is settled and ``oms.ready`` says whether to trade."""
     report = RecoveryReport()
     oms.ready = False
-    oms.state = rebuild(oms.journal, oms.risk)
+    oms.resent = set()
+    oms.state = rebuild(oms.journal, oms.risk, oms.resent)
     report.replayed = oms.state.events
     broker, now = oms.broker, oms.clock.now()
     if not oms.state.has_history:

@@ -81,6 +81,21 @@ class OrderRejected(OrderEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class OrderResent(Event):
+    """A submit the venue's targeted query said it never received is sent once more, under the same id.
+
+    Written before the second call, so a restart knows the order had its one resend. Only on a
+    venue that refuses a reused client order id (``refuses_duplicate_client_order_id``): a first
+    copy that did arrive makes the resend a refusal, never a second order. Not an ``OrderEvent``:
+    the order stays submitted (the state machine has no transition for it).
+    """
+
+    kind: ClassVar[str] = "OrderResent"
+    client_order_id: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class OrderFilled(OrderEvent):
     """One fill; ``cursor`` is the broker's fill cursor just after it."""
 
@@ -175,6 +190,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OrderSubmitted,
         OrderAccepted,
         OrderRejected,
+        OrderResent,
         OrderFilled,
         OrderCancelRequested,
         OrderCanceled,

@@ -146,6 +146,20 @@ def record_conditions(held: set[str]) -> None:
     _held.update(held)
 
 
+# The condition a failed journal write holds: not the risk engine's, so record_risk never clears it
+# (the housekeeping that calls record_risk stops with the OMS; only a restart clears the condition).
+JOURNAL_WRITE_FAILED = "journal_write_failed"
+
+
+def record_journal_failed(states: tuple[str, ...]) -> None:
+    """The journal refused a write: the session trades nothing until a restart. Shown as HALTED (so
+    KubequantSessionHalted fires) with the condition ``journal_write_failed``; ``states``: every
+    trading state's name, HALTED among them."""
+    for state in states:
+        TRADING_STATE.labels(state).set(1 if state == "HALTED" else 0)
+    record_conditions(_held | {JOURNAL_WRITE_FAILED})
+
+
 def record_connectivity(connected: bool) -> None:
     """Set kubequant_broker_connected; count a reconnect when a lost connection comes back."""
     if connected and _connected and not _connected[-1]:

@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -70,6 +71,10 @@ DEFAULT_SECRETS_DIR = Path("/var/run/secrets/kubequant/broker")  # the credentia
 # those waits queued up: 20-30 ms gaps between two group commits while a bar was dealt.
 SWITCH_INTERVAL = 0.0005
 
+
+# After a failed journal write the pod exits (and its restart recovers) once the journal's volume has
+# this much free: room for the restart's recovery and some trading, not just for the next page.
+JOURNAL_ROOM_BYTES = 16 * 1024 * 1024
 
 # A venue's prices are checked for gaps at most this often (its refresh is faster; the check is O(universe)).
 QUALITY_FEED_SECONDS = 60.0
@@ -201,6 +206,8 @@ def prepare(cfg: RuntimeConfig, *, init: bool = True) -> QlibMarket:
     import qlib
     from qlib.data import D
 
+    from kubequant.workloads.data.bars import DATASET_PROVIDER
+
     spec = cfg.session.spec
     if init:
         qlib.init(
@@ -210,6 +217,8 @@ def prepare(cfg: RuntimeConfig, *, init: bool = True) -> QlibMarket:
             logging_level=logging.WARNING,
             expression_cache=None,
             dataset_cache=None,
+            # raw fields (the Exchange's quote, the bars) read straight from the .bin files: same frames
+            dataset_provider=DATASET_PROVIDER,
         )
     if spec.replay is not None and spec.replay.period is not None:
         start, end = spec.replay.period.split("..")
@@ -515,6 +524,8 @@ class Pod:
         self.exit_code = 0
         self.failure: str | None = None  # why the start failed closed (for the termination message)
         self._bar: tuple[int, dt.datetime] | None = None  # the paper bar in trade and when it opened
+        self._failed_logged = False  # the OMS's failure was logged
+        self._failed_shown = False  # ... and, the journal's volume being full, shown in the metrics
 
     async def run(self, token: str, on_listening: Callable[[int], None] | None = None) -> int:
         """Serve until SIGTERM (or ``stop``); the exit code."""
@@ -604,14 +615,39 @@ class Pod:
                 return
             except TimeoutError:
                 pass
+            if self.runtime.oms.failed:
+                self._failed_closed()  # nothing more runs: every step would act on an unjournaled state
+                continue
             try:
                 await step()
             except Exception:
                 log.exception("%s failed", what)
             if self.runtime.oms.failed:
-                # The journal can no longer be trusted: stop rather than act unjournaled; a restart recovers.
-                log.error("the OMS stopped: %s", self.runtime.oms.failed)
-                self.stop("the OMS failed", 1)
+                self._failed_closed()
+
+    def _failed_closed(self) -> None:
+        """The OMS stopped (a journal write failed): trade nothing, say so, and exit once a restart can recover.
+
+        The state in memory is then ahead of the journal, so only a restart (which rebuilds it from
+        the journal) may trade again; but on a full volume a restart could not write either and would
+        only crash-loop out of sight. So the pod stays up, fail-closed, while the volume has no room:
+        the signal API answers 503 naming the journal and /readyz 503, kubequant_trading_state says
+        HALTED (KubequantSessionHalted fires) with the condition journal_write_failed. Once the volume
+        has room again it exits 1, and its restart recovers from the journal.
+        """
+        if not self._failed_logged:
+            self._failed_logged = True
+            log.error("the OMS stopped; trading nothing until a restart: %s", self.runtime.oms.failed)
+        try:
+            usage = shutil.disk_usage(self.cfg.journal_path.parent)
+            room = usage.free >= min(JOURNAL_ROOM_BYTES, usage.total // 4)  # a small volume: a quarter of it
+        except OSError:
+            room = True  # the volume cannot even be read: a restart is all that is left
+        if room:
+            self.stop("the OMS failed", 1)
+        elif not self._failed_shown:  # the journal's volume is full: that is why the OMS stopped
+            self._failed_shown = True
+            metrics.record_journal_failed(tuple(s.value for s in TradingState))
 
     async def _advance(self) -> None:
         broker = self.runtime.paper

@@ -31,6 +31,7 @@ from pydantic import ValidationError as PydanticValidationError
 from kubequant.api.broker_capabilities import limit_price_refusal
 from kubequant.api.live import LiveTradingSessionStatus, SessionPhase, SignalRateLimit, TradingState
 from kubequant.errors import ConfigError, ValidationError
+from kubequant.workloads.trading.execution.journal import JournalError
 from kubequant.workloads.trading.execution.oms import NotReady, OrderManager
 from kubequant.workloads.trading.model.domain import ZERO, utcnow
 from kubequant.workloads.trading.model.events import SignalReceived
@@ -293,6 +294,14 @@ def refusal(err: PydanticValidationError, refusals: Refusals) -> BadRequest:
     return BadRequest(message, json_path(error["loc"]), fix)
 
 
+FAILED_CLOSED_FIX = "free space on the journal's volume if it is full; the pod exits and its restart recovers from the journal"
+
+
+def _not_ready_fix(oms: OrderManager) -> str:
+    """What a client can do about a 503: wait for recovery, or (the OMS failed closed) nothing until a restart."""
+    return FAILED_CLOSED_FIX if oms.failed else "wait for /readyz"
+
+
 def _code(order: Order) -> str:
     return order.reason.partition(":")[0] if order.status is OrderStatus.REJECTED else ""
 
@@ -382,7 +391,7 @@ class SignalService:
         received = time.perf_counter() if received is None else received
         oms = self.oms
         if not oms.ready:  # first: the venue's instrument list is read during the start
-            raise NotReady(oms.failed or "recovery has not finished", fix="wait for /readyz")
+            raise NotReady(oms.failed or "recovery has not finished", fix=_not_ready_fix(oms))
         signal = parse_signal(body, self.knows, self.max_targets, self.limit_refusal)
         index = self._index()
         pending = self._pending.get(signal.signal_id)
@@ -439,7 +448,7 @@ class SignalService:
         except PydanticValidationError as err:
             raise refusal(err, TRADING_STATE_REFUSALS) from None
         if not self.oms.ready:
-            raise NotReady(self.oms.failed or "recovery has not finished", fix="wait for /readyz")
+            raise NotReady(self.oms.failed or "recovery has not finished", fix=_not_ready_fix(self.oms))
         try:
             event = await set_running(self.oms, wire.state, wire.reason)
         except ValidationError as err:
@@ -662,6 +671,9 @@ def build_app(service: SignalService, token: str) -> web.Application:
             return _json(err.body(), err.status)
         except NotReady as err:
             return _json({"error": err.message, "field": "", "fix": err.fix or "retry later"}, 503)
+        except JournalError as err:
+            # This request's own event could not be made durable: nothing was sent, the runtime fails closed.
+            return _json({"error": err.message, "field": "", "fix": err.fix or FAILED_CLOSED_FIX}, 503)
         return _json(answer, status)
 
     async def post_signal(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -29,6 +30,8 @@ SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTE
 # The session's default exchange zone (LiveTradingSessionSpec.timezone).
 DEFAULT_EXCHANGE_TZ = LiveTradingSessionSpec.model_fields["timezone"].default
 STICKY = frozenset({"max_daily_loss", "max_drawdown", "reconciliation", "manual"})
+# The condition a broker outage past the policy's grace period sets (brokerDisconnect.action).
+DISCONNECT = "broker_disconnect"
 
 
 class Reason(StrEnum):
@@ -314,6 +317,48 @@ class RiskEngine:
         reject = self._check_exposure(inst, before, after, ref if last is None else last, view)
         return reject or Accept(notional)
 
+    def check_resend(
+        self,
+        instrument: str,
+        adds_exposure: bool,
+        now: dt.datetime,
+        *,
+        price_age: float | None = None,
+        trading_day: Callable[[dt.date], bool] | None = None,
+    ) -> Reject | None:
+        """Whether an order that passed ``check`` may still go out now, for its one resend; None when it may.
+
+        The checks whose answer can change between the first send and the resend: the kill switch,
+        the trading state, the instrument lists, the trading window and sessions, and the age of the
+        price of an order that adds exposure. The limits (quantities, notional, rate, daily counts)
+        counted the order when it was first sent: a resend is the same order, not another one.
+        """
+        policy = self.policy
+        if "kill_switch" in self.conditions:
+            return Reject(Reason.KILL_SWITCH, "the kill switch is on")
+        if self.state is TradingState.HALTED:
+            return Reject(Reason.HALTED, "; ".join(self.describe().values()))
+        if self.state is TradingState.REDUCING and adds_exposure:
+            return Reject(Reason.REDUCE_ONLY, f"reduce-only: the order of {instrument} adds exposure")
+        if policy.instruments.blocked and instrument in policy.instruments.blocked:
+            return Reject(Reason.INSTRUMENT_BLOCKED, f"{instrument} is blocked")
+        if policy.instruments.allowed is not None and instrument not in policy.instruments.allowed:
+            return Reject(Reason.INSTRUMENT_NOT_ALLOWED, f"{instrument} is not in the allowed list")
+        if not self.in_trading_window(now):
+            return Reject(
+                Reason.OUTSIDE_TRADING_WINDOW, f"{now.astimezone(self.tz):%a %H:%M} {policy.timezone}"
+            )
+        if self.ashare is not None and self.ashare.sessions:
+            if closed := ashare.check_session(now, trading_day):
+                return Reject(Reason(closed.rule.value), closed.detail)
+        max_age = policy.limits.max_price_age_seconds
+        if adds_exposure and price_age is not None and max_age is not None and price_age > max_age:
+            return Reject(
+                Reason.STALE_PRICE,
+                f"the last price of {instrument} is {price_age:.0f}s old (limit {max_age:g}s)",
+            )
+        return None
+
     @staticmethod
     def _check_ashare(
         rules: AShareRules,
@@ -406,16 +451,24 @@ class RiskEngine:
                     "max_drawdown", action, f"drawdown {peak - equity} >= {cap} of peak {peak}"
                 )
 
+    def outage_state(self) -> TradingState | None:
+        """The state a broker outage past its grace period holds the session in; None when none does.
+
+        After a reconnect the OMS keeps it (it does not report the connection here) until the
+        resting orders that state cancels are cancelled and the OMS has reconciled: only then does
+        ``observe_connectivity(True, ...)`` clear it and trading resume.
+        """
+        held = self.conditions.get(DISCONNECT)
+        return held.state if held is not None else None
+
     def observe_connectivity(self, connected: bool, now: dt.datetime) -> None:
         """Act on a broker disconnect that outlasts the grace period in trading hours; clear on reconnect."""
         if connected:
             self.disconnected_since = None
-            self.conditions.pop("broker_disconnect", None)
+            self.conditions.pop(DISCONNECT, None)
             return
         self.disconnected_since = self.disconnected_since or now
         rule = self.policy.broker_disconnect
         down = (now - self.disconnected_since).total_seconds()
         if down >= rule.grace_period_seconds and self.in_trading_window(now):
-            self.set_condition(
-                "broker_disconnect", _action_state(rule.action), f"broker disconnected for {down:.0f}s"
-            )
+            self.set_condition(DISCONNECT, _action_state(rule.action), f"broker disconnected for {down:.0f}s")

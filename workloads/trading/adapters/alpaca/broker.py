@@ -10,7 +10,9 @@ Two SDK defaults are changed because they contradict the OMS's rules: requests g
 (``requests`` has none by default), and the SDK's own retry is off (it would re-POST an order
 after a 429/504 and sleep seconds inside the call). Retrying belongs to the OMS, which knows which
 calls are idempotent: a submit whose outcome is unknown surfaces as BrokerTimeout and is resolved
-by a query by client order id, never resent.
+by a query by client order id. Only when that query answers 404 does the OMS send it once more
+under the same id: Alpaca refuses a reused client order id (422 "client_order_id must be unique",
+``DuplicateOrder`` here), so a first copy that did arrive can never become a second order.
 """
 
 from __future__ import annotations
