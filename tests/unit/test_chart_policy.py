@@ -91,11 +91,11 @@ def test_admission_policy_matches_the_kinds_with_a_pod_and_is_bound() -> None:
     # Metadata patches (kopf's annotations) and a session's kill switch on objects admitted earlier
     # are never judged again: only a new object, or a change of what the policy looks at.
     (condition,) = vap["spec"]["matchConditions"]
-    for field in ("pod", "signal", "strategy", "executor", "dataset", "model"):
+    for field in ("pod", "signal", "strategy", "executor", "dataset", "model", "ray"):
         assert f"object.spec.{field} != oldObject.spec.{field}" in condition["expression"], field
     assert "halted" not in condition["expression"]
     validations = vap["spec"]["validations"]
-    assert len(validations) == 9
+    assert len(validations) == 11
     for v in validations:
         assert v["reason"] == "Forbidden"
         assert "workload policy" in v["messageExpression"] and "workloadPolicy" in v["messageExpression"]
@@ -109,8 +109,11 @@ def test_admission_policy_matches_the_kinds_with_a_pod_and_is_bound() -> None:
         "spec.pod.tolerations",
         "spec.pod.serviceAccountName",
         "spec.pod.priorityClassName",
+        "spec.ray.headResources.",
+        "spec.ray.workers.resources.",
+        "spec.ray.workers.gpusPerWorker",
     ):
-        assert field in fields, field
+        assert field in fields or field in str(vap["spec"]["variables"]), field
     binding = one(docs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == vap["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]

@@ -133,6 +133,21 @@ def test_wal_fsync_and_append_only(tmp_path: Path) -> None:
     assert JOURNAL_WRITE_SECONDS._sum.get() > before  # type: ignore[attr-defined]
 
 
+def test_a_burst_does_not_leave_the_wal_at_its_largest(tmp_path: Path) -> None:
+    limit = 64 << 10
+    path = tmp_path / "j.sqlite"
+    wal = path.with_name(path.name + "-wal")
+    with Journal(path, wal_size_limit=limit) as journal:
+        assert journal._db.execute("PRAGMA journal_size_limit").fetchone()[0] == limit  # set, and it works:
+        for _ in range(60):  # a burst: ~300 KB of WAL before any checkpoint
+            journal.append(*ONE_OF_EACH * 4)
+        assert wal.stat().st_size > 4 * limit
+        journal._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what the Checkpointer's thread runs
+        journal.append(ONE_OF_EACH[0])  # the WAL starts over: truncated back to the limit
+        assert wal.stat().st_size <= limit
+        assert journal.count() == 60 * 4 * len(ONE_OF_EACH) + 1
+
+
 def test_submitted_is_on_disk_before_the_broker_is_called(open_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     s = open_session()
     asyncio.run(recover(s.oms))

@@ -75,6 +75,9 @@ def _insert(rows: int) -> str:
 # Commits between two checkpoints: a journal transaction adds a few pages to the WAL, so this keeps
 # it near SQLite's default of 1,000 pages.
 CHECKPOINT_EVERY = 256
+# The WAL file keeps its largest size once checkpointed (SQLite reuses it from the start); past this it
+# is truncated back when it starts over, so a burst does not leave the volume that much fuller for good.
+WAL_SIZE_LIMIT_BYTES = 4 << 20
 
 
 class JournalError(KubequantError):
@@ -194,7 +197,9 @@ def _settle(done: list[tuple[asyncio.Future[int], int | BaseException]]) -> None
 class Journal:
     """Append-only event log; ``append`` returns, and ``append_async``'s future resolves, only once on disk."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", wal_size_limit: int = WAL_SIZE_LIMIT_BYTES
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -206,6 +211,7 @@ class Journal:
             # FULL makes every COMMIT fsync the WAL: an acknowledged event survives power loss.
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
+            self._db.execute(f"PRAGMA journal_size_limit={int(wal_size_limit)}")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}", fix="check the volume") from err

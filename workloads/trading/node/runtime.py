@@ -50,6 +50,7 @@ from kubequant.workloads.trading.execution.reconcile import poll
 from kubequant.workloads.trading.execution.recovery import RecoveryReport, recover
 from kubequant.workloads.trading.model.signals import SyntheticSignals, plan_orders
 from kubequant.workloads.trading.node import metrics
+from kubequant.workloads.trading.node.collector import SurvivorFreezer
 from kubequant.workloads.trading.node.live_quality import (
     LiveQuality,
     RollingRankIc,
@@ -279,6 +280,7 @@ class TradingRuntime:
         self.listed: frozenset[str] | None = None  # what a real broker lets the account trade (read at start)
         self.live_ic = RollingRankIc()
         self.quality = LiveQuality()  # the latest data quality and live rank IC, for the status
+        self.collector = SurvivorFreezer()  # when the garbage collector runs (each tick)
         self._quality_due: object = None  # the paper bar, or the feed's time slot, last measured
 
     async def start(self) -> RecoveryReport:
@@ -389,12 +391,10 @@ class TradingRuntime:
         await poll(self.oms)  # journals the new state, and a halt cancels the open orders
         self.record_data_age()
         await self.record_data_quality()
-        # What survived until now is the session's state (orders, fills, positions), kept for the
-        # session's life: frozen, the collector's full collections walk only what came since the
-        # last tick. Unfrozen they walked every order of the session, holding the loop longer as it
-        # grew (~5-20 ms at 20k orders). A cycle that becomes garbage after it was frozen is never
-        # collected; the trading path makes next to none.
-        gc.freeze()
+        # What survived until now is the session's state (orders, fills, positions): frozen, the
+        # collector's full collections walk only what came since the last tick; now and then, outside
+        # trading hours, everything is collected so that cycles which died frozen are freed (collector.py).
+        self.collector.tick(in_window=self.risk.in_trading_window(self.oms.clock.now()))
 
     def record_data_age(self) -> None:
         """kubequant_last_bar_timestamp_seconds and whether the trading window is open (the staleness alert's inputs)."""
