@@ -339,19 +339,22 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 
 def trend(name: str, values: list[float], why: str = "") -> Trend:
-    """Least-squares line through the values after the warm-up; growth = (fit at end - fit at start) / fit at start."""
+    """Theil–Sen line through the values after the warm-up; growth = (fit at end - fit at start) / fit at start.
+
+    The median of the pairwise slopes, not least squares: a week's p99 is its one or two slowest signals,
+    and a single slow week would otherwise tilt the whole line (one such week read as +42 % growth).
+    """
+    from scipy.stats import theilslopes
+
     points = [(i, v) for i, v in enumerate(values) if math.isfinite(v)]
     skip = max(1, math.ceil(len(points) * WARMUP)) if len(points) > 3 else 0
     points = points[skip:]
     if len(points) < 2:
         return Trend(name, float("nan"), float("nan"), float("nan"), why)
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-    start = my + slope * (points[0][0] - mx)
-    end = my + slope * (points[-1][0] - mx)
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    slope, intercept = (float(v) for v in theilslopes(ys, xs)[:2])
+    start = intercept + slope * xs[0]
+    end = intercept + slope * xs[-1]
     growth = (end - start) / abs(start) if start else float("inf") if end > start else 0.0
     return Trend(name, points[0][1], points[-1][1], growth, why)
 

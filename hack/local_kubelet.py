@@ -29,8 +29,8 @@ pods bound to it what a kubelet does, with a local subprocess in place of a cont
   environment (``value`` with ``$(VAR)`` expansion, ``valueFrom`` fieldRef /
   resourceFieldRef / configMapKeyRef / secretKeyRef, ``envFrom``), runs
   ``command + args`` as a subprocess in its own process group and reports the pod
-  Running (podIP 127.0.0.1; Ready, ContainersReady, Initialized conditions), then
-  terminated: phase Succeeded or Failed, ``containerStatuses[0].state.terminated``
+  Running (podIP 127.0.0.1; Initialized, and Ready/ContainersReady as the probes say),
+  then terminated: phase Succeeded or Failed, ``containerStatuses[0].state.terminated``
   with exitCode, reason (Completed/Error), startedAt/finishedAt and the termination
   message. The Job controller then completes or fails the Job by itself.
 * Paths: a process sees host paths, not the container's filesystem, so every
@@ -46,6 +46,25 @@ pods bound to it what a kubelet does, with a local subprocess in place of a cont
   first 4096 bytes, or with ``terminationMessagePolicy: FallbackToLogsOnError`` the
   last 80 lines / 2048 bytes of output when the file is empty and the exit code is
   not 0, as in the kubelet.
+* Probes, with the kubelet's semantics (``pkg/kubelet/prober``): startup, liveness and
+  readiness probes of kind httpGet, tcpSocket or exec, each in its own thread, with
+  initialDelaySeconds (from the container's start), periodSeconds, timeoutSeconds,
+  successThreshold and failureThreshold. A startup probe gates the other two and sets
+  ``containerStatuses[0].started``; the Ready and ContainersReady conditions and
+  ``containerStatuses[0].ready`` follow readiness (a container without a readiness probe is
+  ready once started). A liveness (or startup) probe that reaches its failureThreshold kills
+  the container (SIGTERM, SIGKILL after the probe's terminationGracePeriodSeconds, else the
+  pod's), which is then restarted unless restartPolicy is Never (restartCount, lastState);
+  each failed probe records a Warning Event ``Unhealthy`` ("Liveness probe failed: HTTP probe
+  failed with statuscode: 500"; repeats count up) and the kill a Normal Event ``Killing``
+  ("Container trading failed liveness probe, will be restarted"). Probes reach the process on
+  the host: pods share the host's network, so a container listens on its own containerPort
+  on 127.0.0.1 (named probe ports are resolved through the container's ``ports``), and an
+  exec probe runs on the host with the container's environment and working directory.
+* Coverage: the variables a test run that measures coverage sets for its subprocesses
+  (``COVERAGE_PROCESS_CONFIG``, ``COVERAGE_PROCESS_START``, ``COVERAGE_*``, ``COV_CORE_*``,
+  ``KUBEQUANT_COVERAGE_DIR``; see ``coverage_env``) reach every pod's process, so a pod
+  running the host's Python is measured like any other subprocess.
 * ``command_map`` maps an executable name (``command[0]`` or its basename, e.g.
   ``"kubequant"`` or ``"python3"``) to a local path; a container without
   ``command`` is looked up by its ``image``. Other names are looked up on ``PATH``;
@@ -73,9 +92,11 @@ What it is not (it is a stand-in for tests, not a runtime):
   (e.g. ``/var/run/secrets/...`` in ``load_incluster_config``) are not redirected;
 * no resource requests/limits enforcement (the scheduler still accounts for them
   against the node's allocatable), no eviction, no node pressure detection;
-* no probes (a started container is Ready at once), no lifecycle hooks, no
-  ``fileKeyRef`` env, no Services' env vars except ``KUBERNETES_SERVICE_*`` (which
-  point at the real API server), no token rotation;
+* no gRPC probes (a pod with one is failed as unsupported); HTTP probes do not follow
+  redirects (a 3xx is a success); the first restart after a probe kill waits
+  ``restart_backoff_s`` like any other (the kubelet restarts the first time at once);
+* no lifecycle hooks, no ``fileKeyRef`` env, no Services' env vars except
+  ``KUBERNETES_SERVICE_*`` (which point at the real API server), no token rotation;
 * no init containers, sidecars or ephemeral containers, exactly one container per pod,
   only the volume types listed above: any other pod is failed at once with reason
   UnsupportedByLocalKubelet (a real kubelet has no such reason);
@@ -99,6 +120,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import http.client
 import json
 import logging
 import math
@@ -108,12 +130,14 @@ import posixpath
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -288,9 +312,362 @@ def _valid_env_name(name: str) -> bool:
     return bool(name) and "=" not in name and name.isprintable()
 
 
+# What a test run that measures coverage puts in the environment for its Python subprocesses:
+# coverage.py's `[run] patch = subprocess` sets COVERAGE_PROCESS_CONFIG (its configuration, data
+# file made absolute), COVERAGE_PROCESS_START names a configuration file (the older way), and
+# pytest-cov before 7 used COV_CORE_*; KUBEQUANT_COVERAGE_DIR is where hack/run-tests.sh collects.
+COVERAGE_ENV_PREFIXES = ("COVERAGE_", "COV_CORE_")
+COVERAGE_ENV_PATHS = frozenset(
+    {
+        "COVERAGE_PROCESS_START",
+        "COVERAGE_RCFILE",
+        "COVERAGE_FILE",
+        "COV_CORE_CONFIG",
+        "COV_CORE_DATAFILE",
+        "KUBEQUANT_COVERAGE_DIR",
+    }
+)
+
+
+def coverage_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The coverage variables of ``environ`` a pod's Python process needs to be measured too; the
+    paths among them made absolute, since a pod runs in its own working directory."""
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith(COVERAGE_ENV_PREFIXES) or key == "KUBEQUANT_COVERAGE_DIR":
+            out[key] = os.path.abspath(value) if key in COVERAGE_ENV_PATHS and value else value
+    return out
+
+
 def _arch() -> str:
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+# --------------------------------------------------------------------------- probes
+
+#: The probes of a container, in the order the kubelet gates them: startup first; liveness and
+#: readiness only once the container has started.
+PROBE_FIELDS = {"startup": "startupProbe", "liveness": "livenessProbe", "readiness": "readinessProbe"}
+# The API server's defaults (pkg/apis/core/v1/defaults.go, SetDefaults_Probe), for fields it left out.
+PROBE_DEFAULTS = {
+    "initialDelaySeconds": 0,
+    "periodSeconds": 10,
+    "timeoutSeconds": 1,
+    "successThreshold": 1,
+    "failureThreshold": 3,
+}
+# The kubelet reads at most 10 KiB of a probe's answer (pkg/probe/http, maxRespBodyLength).
+PROBE_OUTPUT_BYTES = 10 * 1024
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of a container, with the API server's defaults filled in."""
+
+    kind: str  # "startup", "liveness" or "readiness"
+    handler: str  # "httpGet", "tcpSocket" or "exec"
+    action: Mapping[str, Any]
+    initial_delay_s: float
+    period_s: float
+    timeout_s: float
+    success_threshold: int
+    failure_threshold: int
+    termination_grace_s: float | None  # probe-level terminationGracePeriodSeconds, if set
+    command: tuple[str, ...] = ()  # exec: the argv to run on the host
+
+    @classmethod
+    def parse(cls, kind: str, probe: Mapping[str, Any], where: str) -> ProbeSpec:
+        """Read a probe of the pod spec; a probe LocalKubelet cannot run raises _Unsupported."""
+        handlers = [h for h in PROBE_HANDLERS if probe.get(h) is not None]
+        if len(handlers) != 1:
+            raise _Unsupported(
+                f"{where}: set exactly one of httpGet, tcpSocket, exec or grpc (it has {handlers or 'none'})"
+            )
+        (handler,) = handlers
+        if handler == "grpc":
+            raise _Unsupported(
+                f"{where}.grpc: gRPC probes are not supported by LocalKubelet; use httpGet, tcpSocket or exec"
+            )
+        values = {
+            **PROBE_DEFAULTS,
+            **{k: v for k, v in probe.items() if k in PROBE_DEFAULTS and v is not None},
+        }
+        for key, value in values.items():
+            least = 0 if key == "initialDelaySeconds" else 1
+            if not isinstance(value, int) or value < least:
+                raise _Unsupported(f"{where}.{key}: set a whole number of at least {least} (got {value!r})")
+        command: tuple[str, ...] = ()
+        if handler == "exec":
+            command = tuple(str(part) for part in probe["exec"].get("command") or [])
+            if not command:
+                raise _Unsupported(f"{where}.exec.command: list the command to run (it is empty)")
+        grace = probe.get("terminationGracePeriodSeconds")
+        return cls(
+            kind=kind,
+            handler=handler,
+            action=dict(probe[handler]),
+            initial_delay_s=float(values["initialDelaySeconds"]),
+            period_s=float(values["periodSeconds"]),
+            timeout_s=float(values["timeoutSeconds"]),
+            success_threshold=int(values["successThreshold"]),
+            failure_threshold=int(values["failureThreshold"]),
+            termination_grace_s=float(grace) if grace is not None else None,
+            command=command,
+        )
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """Where a container's probes go: its pod IP, its named ports, and for exec its env and cwd."""
+
+    host: str = POD_IP
+    ports: Mapping[str, int] = field(default_factory=dict)
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    user_agent: str = "kube-probe/local"
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What one probe found: ok True (success), False (failure) or None (the probe errored: the
+    kubelet discards such a result and only records an event)."""
+
+    ok: bool | None
+    output: str
+
+
+class ProbeTracker:
+    """The result the kubelet's prober worker reports for one probe of one container run
+    (pkg/kubelet/prober/worker.go, doProbe): it changes only after ``failureThreshold`` failures
+    or ``successThreshold`` successes in a row. Liveness starts as success, readiness as failure,
+    startup as unknown (None). After a liveness or startup failure the worker is on hold: the
+    container is killed and the next run gets new trackers."""
+
+    INITIAL: Mapping[str, bool | None] = {"liveness": True, "readiness": False, "startup": None}
+
+    def __init__(self, spec: ProbeSpec) -> None:
+        self.spec = spec
+        self.result: bool | None = self.INITIAL[spec.kind]
+        self._last: bool | None = None
+        self._run = 0
+
+    def observe(self, ok: bool) -> bool | None:
+        """Count one probe result; return the reported result when a threshold is met, else None."""
+        if ok == self._last:
+            self._run += 1
+        else:
+            self._last, self._run = ok, 1
+        if self._run < (self.spec.success_threshold if ok else self.spec.failure_threshold):
+            return None
+        self.result = ok
+        if not ok and self.spec.kind in ("liveness", "startup"):
+            self._run = 0
+        return ok
+
+
+def _probe_port(action: Mapping[str, Any], target: ProbeTarget) -> int:
+    """The probe's port: a number, or the name of one of the container's ports."""
+    port = action.get("port")
+    if isinstance(port, str) and not port.isdigit():
+        if port not in target.ports:
+            raise LookupError(f"couldn't find port: {port} in the container's ports {sorted(target.ports)}")
+        port = target.ports[port]
+    number = int(port) if port is not None else 0
+    if not 0 < number < 65536:
+        raise LookupError(f"invalid port number: {port!r}")
+    return number
+
+
+def _probe_http(spec: ProbeSpec, target: ProbeTarget) -> ProbeOutcome:
+    action = spec.action
+    host = action.get("host") or target.host
+    port = _probe_port(action, target)
+    scheme = str(action.get("scheme") or "HTTP").lower()
+    path = str(action.get("path") or "/")
+    path = path if path.startswith("/") else f"/{path}"
+    bracketed = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{bracketed}:{port}{path}"
+    headers = {"User-Agent": target.user_agent, "Accept": "*/*"}
+    for header in action.get("httpHeaders") or []:
+        headers[header["name"]] = header.get("value", "")
+    conn: http.client.HTTPConnection
+    if scheme == "https":  # the kubelet does not verify a probe's certificate
+        conn = http.client.HTTPSConnection(
+            host, port, timeout=spec.timeout_s, context=ssl._create_unverified_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=spec.timeout_s)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read(PROBE_OUTPUT_BYTES)
+    except TimeoutError:
+        return ProbeOutcome(
+            False, f'Get "{url}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
+        )
+    except (OSError, http.client.HTTPException) as exc:
+        reason = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).lower()
+        if isinstance(exc, ConnectionRefusedError):  # nothing listens (yet)
+            reason = f"dial tcp {host}:{port}: connect: {reason}"
+        return ProbeOutcome(False, f'Get "{url}": {reason}')
+    finally:
+        conn.close()
+    text = body.decode("utf-8", errors="replace")
+    # Redirects are not followed: a 3xx is a success, as the kubelet reports a redirect elsewhere.
+    if 200 <= resp.status < 400:
+        return ProbeOutcome(True, text)
+    return ProbeOutcome(False, f"HTTP probe failed with statuscode: {resp.status}")
+
+
+def _probe_tcp(spec: ProbeSpec, target: ProbeTarget) -> ProbeOutcome:
+    host = spec.action.get("host") or target.host
+    port = _probe_port(spec.action, target)
+    try:
+        with socket.create_connection((host, port), timeout=spec.timeout_s):
+            return ProbeOutcome(True, "")
+    except TimeoutError:
+        return ProbeOutcome(False, f"dial tcp {host}:{port}: i/o timeout")
+    except OSError as exc:
+        return ProbeOutcome(False, f"dial tcp {host}:{port}: connect: {exc.strerror or exc}")
+
+
+def _probe_exec(spec: ProbeSpec, target: ProbeTarget) -> ProbeOutcome:
+    try:
+        proc = subprocess.Popen(
+            list(spec.command),
+            env=dict(target.env) if target.env is not None else None,
+            cwd=target.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return ProbeOutcome(None, f'exec: "{spec.command[0]}": {exc.strerror or exc}')
+    try:
+        out, _ = proc.communicate(timeout=spec.timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return ProbeOutcome(False, f"command {list(spec.command)!r} timed out")
+    text = out[:PROBE_OUTPUT_BYTES].decode("utf-8", errors="replace")
+    return ProbeOutcome(proc.returncode == 0, text)
+
+
+def run_probe(spec: ProbeSpec, target: ProbeTarget) -> ProbeOutcome:
+    """Run one probe once, as the kubelet's prober does (pkg/kubelet/prober/prober.go, runProbe)."""
+    try:
+        if spec.handler == "httpGet":
+            return _probe_http(spec, target)
+        if spec.handler == "tcpSocket":
+            return _probe_tcp(spec, target)
+        return _probe_exec(spec, target)
+    except LookupError as exc:
+        return ProbeOutcome(None, str(exc))
+
+
+class _Probing:
+    """The probes of one container run, each in its own thread as in the kubelet; the pod's thread
+    reads ``started``, ``ready`` and ``kill`` and reports them (``version`` moves on each change)."""
+
+    def __init__(
+        self,
+        specs: Mapping[str, ProbeSpec],
+        target: ProbeTarget,
+        record: Callable[[str, str], None],
+        name: str,
+    ) -> None:
+        self.specs = dict(specs)
+        self.target = target
+        self.trackers = {kind: ProbeTracker(spec) for kind, spec in self.specs.items()}
+        self._record = record  # (event type, message) of an Unhealthy event
+        self._name = name
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.started_event = threading.Event()
+        if "startup" not in self.specs:
+            self.started_event.set()
+        self.version = 0
+        self.kill: tuple[str, float | None] | None = None  # (probe kind, its grace period) once failed
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for kind in self.specs:
+            thread = threading.Thread(
+                target=self._loop, args=(kind,), name=f"local-kubelet-probe-{self._name}-{kind}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=max((s.timeout_s for s in self.specs.values()), default=1.0) + 5)
+
+    @property
+    def started(self) -> bool:
+        return self.started_event.is_set()
+
+    @property
+    def ready(self) -> bool:
+        if not self.started or self.kill is not None:
+            return False
+        readiness = self.trackers.get("readiness")
+        return readiness is None or readiness.result is True
+
+    def _loop(self, kind: str) -> None:
+        spec = self.specs[kind]
+        # initialDelaySeconds counts from the container's start, whatever gates the probe.
+        if self.stop.wait(spec.initial_delay_s):
+            return
+        if kind != "startup":
+            while not self.started_event.wait(0.1):  # liveness and readiness wait for the startup probe
+                if self.stop.is_set():
+                    return
+        next_at = time.monotonic()
+        while not self.stop.wait(max(0.0, next_at - time.monotonic())):
+            outcome = run_probe(spec, self.target)
+            if self.stop.is_set():
+                return
+            now = time.monotonic()
+            next_at += spec.period_s
+            if next_at < now:  # a probe that overran its period skips the ticks it missed (Go's ticker)
+                next_at = now + spec.period_s - (now - next_at) % spec.period_s
+            if not self._observe(kind, outcome):
+                return
+
+    def _observe(self, kind: str, outcome: ProbeOutcome) -> bool:
+        """Count one outcome; False when this probe stops (startup done, or the container is to be killed)."""
+        title = kind.capitalize()
+        if outcome.ok is None:
+            self._record("Warning", f"{title} probe errored and resulted in unknown state: {outcome.output}")
+            return True
+        if outcome.ok is False:
+            self._record("Warning", f"{title} probe failed: {outcome.output.strip()}")
+        with self._lock:
+            tracker = self.trackers[kind]
+            before = tracker.result
+            result = tracker.observe(outcome.ok)
+            if result is None:
+                return True
+            if kind == "startup":
+                if result:
+                    self.started_event.set()
+                    self.version += 1
+                    return False
+                self.kill = (kind, self.specs[kind].termination_grace_s)
+                self.version += 1
+                return False
+            if kind == "liveness" and not result:
+                self.kill = (kind, self.specs[kind].termination_grace_s)
+                self.version += 1
+                return False
+            if result != before:
+                self.version += 1
+            return True
 
 
 # --------------------------------------------------------------------------- per-pod state
@@ -303,6 +680,8 @@ class _Prepared:
     cwd: Path
     termination_file: Path
     fallback_to_logs: bool
+    probes: dict[str, ProbeSpec] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -313,7 +692,8 @@ class _Exit:
     started_at: str
     finished_at: str
     container_id: str
-    cause: str | None  # None (exited by itself), "deleted", "deadline", "stopping"
+    # None (exited by itself), "deleted", "deadline", "stopping", or the probe that failed: "liveness", "startup"
+    cause: str | None
 
 
 @dataclass
@@ -333,7 +713,8 @@ class _PodRun:
     conditions: dict[str, tuple[str, str]] = field(
         default_factory=dict
     )  # type -> (status, lastTransitionTime)
-    events_sent: set[str] = field(default_factory=set)
+    events_sent: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (Event name, count)
+    events_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 # --------------------------------------------------------------------------- the kubelet
@@ -392,6 +773,7 @@ class LocalKubelet:
         self._node_uid: str | None = None
         self._ready_since = _ts()
         self._kubelet_version = "local"
+        self._user_agent = "kube-probe/local"
         self._started = False
         host = urlparse(api_client.configuration.host)
         self._api_host, self._api_port = host.hostname or "127.0.0.1", str(host.port or 443)
@@ -414,6 +796,10 @@ class LocalKubelet:
         try:
             with contextlib.suppress(Exception):
                 self._kubelet_version = client.VersionApi(self.api_client).get_code().git_version
+            # The kubelet's probes say "kube-probe/<major>.<minor>".
+            release = re.match(r"v?(\d+)\.(\d+)", self._kubelet_version)
+            if release:
+                self._user_agent = f"kube-probe/{release.group(1)}.{release.group(2)}"
             self._register_node()
             self._renew_lease()
             self._spawn(self._heartbeat_loop, "heartbeat")
@@ -849,11 +1235,14 @@ class LocalKubelet:
         while True:
             began = time.monotonic()
             exit_ = self._run_container(
-                run, container, prepared, base, deadline, grace, restart_count, last_state
+                run, container, prepared, base, deadline, grace, restart_count, last_state, restart_policy
             )
-            restart = exit_.cause is None and (
-                restart_policy == "Always" or (restart_policy == "OnFailure" and exit_.exit_code != 0)
-            )
+            if exit_.cause in PROBE_FIELDS:  # killed for a failed liveness or startup probe
+                restart = restart_policy != "Never"
+            else:
+                restart = exit_.cause is None and (
+                    restart_policy == "Always" or (restart_policy == "OnFailure" and exit_.exit_code != 0)
+                )
             if not restart:
                 self._report_terminal(run, container, base, exit_.cause, exit_, restart_count, last_state)
                 return
@@ -959,6 +1348,7 @@ class LocalKubelet:
         grace: float,
         restart_count: int,
         last_state: dict[str, Any] | None,
+        restart_policy: str = "Always",
     ) -> _Exit:
         prepared.termination_file.parent.mkdir(parents=True, exist_ok=True)
         prepared.termination_file.write_bytes(b"")
@@ -986,43 +1376,79 @@ class LocalKubelet:
                 return _Exit(128, "StartError", message, started_at, _ts(), "", None)
         run.proc = proc
         container_id = f"local://{run.uid}/{proc.pid}"
-        self._event(run, "Normal", "Started", f"Started container {container['name']} (pid {proc.pid})")
-        self._patch_status(
-            run,
-            {
-                **base,
-                "phase": "Running",
-                "conditions": self._conditions(run, initialized=True, ready=True, sandbox=True),
-                "containerStatuses": [
-                    self._container_status(
-                        container,
-                        {"running": {"startedAt": started_at}},
-                        ready=True,
-                        restart_count=restart_count,
-                        last_state=last_state,
-                        container_id=container_id,
-                    )
-                ],
-            },
+        probing = _Probing(
+            prepared.probes,
+            ProbeTarget(
+                ports=prepared.ports, env=prepared.env, cwd=prepared.cwd, user_agent=self._user_agent
+            ),
+            lambda type_, message: self._event(run, type_, "Unhealthy", message, repeat=True),
+            f"{run.name}-{restart_count}",
         )
+
+        def report_running() -> None:
+            ready = probing.ready
+            self._patch_status(
+                run,
+                {
+                    **base,
+                    "phase": "Running",
+                    "conditions": self._conditions(run, initialized=True, ready=ready, sandbox=True),
+                    "containerStatuses": [
+                        self._container_status(
+                            container,
+                            {"running": {"startedAt": started_at}},
+                            ready=ready,
+                            started=probing.started,
+                            restart_count=restart_count,
+                            last_state=last_state,
+                            container_id=container_id,
+                        )
+                    ],
+                },
+            )
+
+        self._event(run, "Normal", "Started", f"Started container {container['name']} (pid {proc.pid})")
+        report_running()
+        seen = probing.version
+        probing.start()
         cause: str | None = None
-        while True:
-            try:
-                returncode = proc.wait(timeout=0.2)
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if run.delete_requested.is_set():
+                    cause = "deleted"
+                    kill_grace = run.delete_grace_s if run.delete_grace_s is not None else grace
+                    message = f"Stopping container {container['name']} ({cause})"
+                elif deadline is not None and time.time() >= deadline:
+                    cause, kill_grace = "deadline", grace
+                    message = f"Stopping container {container['name']} ({cause})"
+                elif self._stopping.is_set():
+                    cause, kill_grace = "stopping", min(grace, 5.0)
+                    message = f"Stopping container {container['name']} ({cause})"
+                elif probing.kill is not None:
+                    # As the kubelet's computePodActions: the probe's own grace period, else the pod's.
+                    cause, probe_grace = probing.kill
+                    kill_grace = probe_grace if probe_grace is not None else grace
+                    message = f"Container {container['name']} failed {cause} probe" + (
+                        ", will be restarted" if restart_policy != "Never" else ""
+                    )
+                else:
+                    if probing.version != seen:
+                        seen = probing.version
+                        report_running()
+                    continue
+                probing.stop.set()
+                self._event(run, "Normal", "Killing", message, repeat=cause in PROBE_FIELDS)
+                if cause in PROBE_FIELDS:
+                    report_running()  # not ready while it stops
+                returncode = self._kill(proc, kill_grace, run)
                 break
-            except subprocess.TimeoutExpired:
-                pass
-            if run.delete_requested.is_set():
-                cause, kill_grace = "deleted", run.delete_grace_s if run.delete_grace_s is not None else grace
-            elif deadline is not None and time.time() >= deadline:
-                cause, kill_grace = "deadline", grace
-            elif self._stopping.is_set():
-                cause, kill_grace = "stopping", min(grace, 5.0)
-            else:
-                continue
-            self._event(run, "Normal", "Killing", f"Stopping container {container['name']} ({cause})")
-            returncode = self._kill(proc, kill_grace)
-            break
+        finally:
+            probing.close()
         # Like a container's PID 1 exiting: whatever it left behind goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -1039,16 +1465,28 @@ class LocalKubelet:
             cause,
         )
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes], grace: float) -> int:
+    def _kill(self, proc: subprocess.Popen[bytes], grace: float, run: _PodRun | None = None) -> int:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds; with ``run``, a deletion with a
+        shorter grace period or ``stop()`` (5 s) cuts the wait short. A stopped (SIGSTOP) process
+        handles its SIGTERM only once continued: until then only the SIGKILL ends it."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=max(grace, 0.0))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait()
+        deadline = time.monotonic() + max(grace, 0.0)
+        while True:
+            now = time.monotonic()
+            if run is not None:
+                if self._stopping.is_set():
+                    deadline = min(deadline, now + 5.0)
+                if run.delete_requested.is_set() and run.delete_grace_s is not None:
+                    deadline = min(deadline, now + run.delete_grace_s)
+            try:
+                return proc.wait(timeout=max(0.0, min(0.2, deadline - now)))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
 
     @staticmethod
     def _termination_message(prepared: _Prepared, exit_code: int, log_path: Path, offset: int) -> str:
@@ -1138,6 +1576,7 @@ class LocalKubelet:
         state: dict[str, Any],
         *,
         ready: bool,
+        started: bool | None = None,
         restart_count: int = 0,
         last_state: dict[str, Any] | None = None,
         container_id: str = "",
@@ -1147,7 +1586,7 @@ class LocalKubelet:
             "image": container.get("image", ""),
             "imageID": "",
             "ready": ready,
-            "started": "running" in state,
+            "started": ("running" in state) if started is None else started and "running" in state,
             "restartCount": restart_count,
             "state": state,
             "lastState": last_state or {},
@@ -1224,15 +1663,26 @@ class LocalKubelet:
         if not run.gone.is_set():
             self._patch_status(run, status)
 
-    def _event(self, run: _PodRun, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the pod, as a kubelet records (best effort; once per reason+message)."""
+    def _event(self, run: _PodRun, type_: str, reason: str, message: str, repeat: bool = False) -> None:
+        """A core/v1 Event on the pod, as a kubelet records (best effort). Once per reason+message;
+        with ``repeat`` a recurrence increments the Event's count, as the kubelet's recorder does."""
         key = f"{reason}:{message}"
-        if key in run.events_sent or run.gone.is_set():
-            return
-        run.events_sent.add(key)
+        with run.events_lock:
+            if run.gone.is_set() or (key in run.events_sent and not repeat):
+                return
+            name, count = run.events_sent.get(key, (f"{run.name}.{time.time_ns():x}", 0))
+            run.events_sent[key] = (name, count + 1)
         now = _ts()
+        if count:
+            try:
+                self.core.patch_namespaced_event(
+                    name, run.namespace, {"count": count + 1, "lastTimestamp": now}, _content_type=MERGE_PATCH
+                )
+                return
+            except Exception as exc:  # gone (TTL) or not created: record it anew
+                log.debug("LocalKubelet: event %s not updated: %s", name, exc)
         body = {
-            "metadata": {"name": f"{run.name}.{time.time_ns():x}", "namespace": run.namespace},
+            "metadata": {"name": name, "namespace": run.namespace},
             "involvedObject": {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -1248,7 +1698,7 @@ class LocalKubelet:
             "reportingInstance": self.node_name,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count + 1,
         }
         try:
             self.core.create_namespaced_event(run.namespace, body)
@@ -1337,7 +1787,24 @@ class LocalKubelet:
             cwd=cwd,
             termination_file=termination_file,
             fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+            probes=self._probes(container, rewrite, env),
+            ports={p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")},
         )
+
+    def _probes(
+        self, container: dict[str, Any], rewrite: PathRewriter, env: Mapping[str, str]
+    ) -> dict[str, ProbeSpec]:
+        """The container's probes; an exec probe's command is resolved like the container's own."""
+        out: dict[str, ProbeSpec] = {}
+        for kind, key in PROBE_FIELDS.items():
+            if not container.get(key):
+                continue
+            spec = ProbeSpec.parse(kind, container[key], f"spec.containers[0].{key}")
+            if spec.command:
+                head, *rest = spec.command
+                spec = replace(spec, command=(self._executable(head, rewrite, env), *map(rewrite, rest)))
+            out[kind] = spec
+        return out
 
     def _executable(self, name: str, rewrite: PathRewriter, env: Mapping[str, str]) -> str:
         mapped = self.command_map.get(name) or self.command_map.get(posixpath.basename(name))
@@ -1359,6 +1826,7 @@ class LocalKubelet:
         for key in ("LANG", "LC_ALL", "TZ"):
             if key in os.environ:
                 env[key] = os.environ[key]
+        env.update(coverage_env(os.environ))
         env.update(self._service_env())
         env.update(self.extra_env)
         return env

@@ -78,6 +78,8 @@ main() {
   done
   local args=("$@")
   ((have_path)) || args=(tests "$@")
+  # The slowest tests and fixtures, so a run that nears CI's time limit says where its time went.
+  args+=(--durations=40 --durations-min=5)
 
   # Line and branch coverage of kubequant, operator and workloads, subprocesses included
   # (pyproject.toml [tool.coverage]); KUBEQUANT_COVERAGE=0 skips it.

@@ -71,6 +71,38 @@ def _absent(call: Any) -> dict[str, Any] | None:
         raise
 
 
+# How long to wait before retrying a call the API server throttled or could not answer. kopf waits 60 s
+# after an arbitrary error; a 429 from API Priority and Fairness says when to come back (Retry-After,
+# 1 s for the queues kube-apiserver sheds), and a restarting server answers again within seconds.
+TRANSIENT_RETRY_SECONDS = 1.0
+MAX_RETRY_AFTER_SECONDS = 30.0
+
+
+def transient_delay(err: BaseException) -> float | None:
+    """Seconds to wait before retrying after ``err``, or None when retrying the same call cannot help.
+
+    Transient: 429 Too Many Requests (its Retry-After, within 1-30 s), 5xx, and no answer at all (the
+    connection refused, reset or timed out). Anything else (a 4xx refusal, a bug) is not transient.
+    """
+    import urllib3.exceptions
+
+    if isinstance(err, ApiException):
+        code = int(err.status or 0)
+        if code == 429:
+            headers = err.headers or {}
+            try:
+                after = float(headers.get("Retry-After") or TRANSIENT_RETRY_SECONDS)
+            except (TypeError, ValueError):  # an HTTP date or garbage: the short default
+                after = TRANSIENT_RETRY_SECONDS
+            return min(max(after, TRANSIENT_RETRY_SECONDS), MAX_RETRY_AFTER_SECONDS)
+        if code >= 500 or code == 0:
+            return TRANSIENT_RETRY_SECONDS
+        return None
+    if isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+        return TRANSIENT_RETRY_SECONDS
+    return None
+
+
 class AdoptionConflict(Exception):
     """An object with the child's name exists but belongs to someone else."""
 

@@ -282,10 +282,25 @@ def reconcile(
             )
             _finish(kind, ctx, new, write, logger)  # Accepted False with the reason is an Event there
             raise kopf.TemporaryError(str(err), delay=cfg.retry_delay_seconds) from err
+        except Exception as err:
+            # Throttled (API Priority and Fairness), a restarting API server, a cut connection: retried
+            # in about a second rather than after kopf's 60 s for an unexpected error.
+            if (delay := kube.transient_delay(err)) is None:
+                raise
+            logger.warning("the API server did not serve a call (%s); retrying in %.0f s", _brief(err), delay)
+            raise kopf.TemporaryError(_brief(err), delay=delay) from err
         _finish(kind, ctx, new, write, logger)
         if old_phase is None and kind.accepted_message is not None:
             kopf.event(body, type="Normal", reason="Accepted", message=kind.accepted_message(ctx))
         return new
+
+
+def _brief(err: BaseException) -> str:
+    """An API error in one line: its status and reason, without the response headers the client prints."""
+    status = getattr(err, "status", None)
+    if status:
+        return f"{status} {getattr(err, 'reason', '') or ''}".strip()
+    return f"{type(err).__name__}: {err}"[:300]
 
 
 def _finish(

@@ -212,3 +212,60 @@ def test_model_ref_refuses_a_model_no_pod_can_mount(
     accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
     assert accepted["reason"] == "ModelNotReachable" and "spec.output.artifacts.volume" in accepted["message"]
     assert calls.created == []
+
+
+def _throttled(retry_after: str | None) -> Exception:
+    from kubernetes.client.rest import ApiException
+
+    err = ApiException(status=429, reason="Too Many Requests")
+    err.headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return err
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"), [("1", 1.0), ("7", 7.0), (None, 1.0), ("0", 1.0), ("3600", 30.0), ("soon", 1.0)]
+)
+def test_a_throttled_create_is_retried_after_its_retry_after_not_kopfs_minute(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, retry_after: str | None, delay: float
+) -> None:
+    def throttled(obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+        raise _throttled(retry_after)
+
+    monkeypatch.setattr(kube, "apply", throttled)
+    with pytest.raises(kopf.TemporaryError) as err:
+        run(copy.deepcopy(BODY))
+    assert err.value.delay == delay
+    assert "429" in str(err.value)
+
+
+def test_an_unanswered_call_is_retried_in_a_second(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3.exceptions
+    from kubernetes.client.rest import ApiException
+
+    for exc in (
+        urllib3.exceptions.MaxRetryError(None, "/apis", reason="connection refused"),
+        urllib3.exceptions.ProtocolError("connection reset"),
+        ApiException(status=503, reason="Service Unavailable"),
+    ):
+
+        def failing(obj: dict[str, Any], exc: Exception = exc, **_: Any) -> dict[str, Any]:
+            raise exc
+
+        monkeypatch.setattr(kube, "apply", failing)
+        with pytest.raises(kopf.TemporaryError) as err:
+            run(copy.deepcopy(BODY))
+        assert err.value.delay == kube.TRANSIENT_RETRY_SECONDS
+
+
+def test_a_refusal_or_a_bug_is_not_made_a_short_retry(calls: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client.rest import ApiException
+
+    assert kube.transient_delay(ApiException(status=403, reason="Forbidden")) is None
+    assert kube.transient_delay(ApiException(status=422, reason="Invalid")) is None
+
+    def buggy(obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+        raise KeyError("spec")
+
+    monkeypatch.setattr(kube, "apply", buggy)
+    with pytest.raises(KeyError):
+        run(copy.deepcopy(BODY))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_diagnostics import ray_node_report
 from training_manifests import training_job, write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,6 +37,17 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+# The head of each address this module started, and its temp dir: a test whose submit fails says why.
+HEADS: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+
+def head_report(ray_head: str) -> str:
+    """Whether the head at ``ray_head`` is still up, and the tails of its logs."""
+    head, temp = HEADS[ray_head]
+    state = "running" if head.poll() is None else f"exited {head.returncode}"
+    return f"the Ray head is {state}:\n{ray_node_report(temp, temp / 'head.log')}"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +102,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         start_new_session=True,
     )
     address = f"127.0.0.1:{dash}"
+    HEADS[address] = (head, temp)
     try:
         _wait_for_jobs_api(address, head, temp / "head.log")
         yield address
@@ -116,7 +129,7 @@ def _wait_for_jobs_api(address: str, head: subprocess.Popen[bytes], log: Path, t
     deadline = time.monotonic() + timeout
     while True:
         if head.poll() is not None:
-            raise AssertionError(f"ray start exited {head.returncode}: {log.read_text()[-3000:]}")
+            raise AssertionError(f"ray start exited {head.returncode}:\n{ray_node_report(log.parent, log)}")
         try:
             JobSubmissionClient(f"http://{address}").list_jobs()
             return
@@ -192,7 +205,7 @@ def test_submitter_runs_the_training_once_and_leaves_the_result(
     term = tmp_path / "termination-log"
 
     first = _submit(ray_head, "tj-submitted-1", term, entrypoint, tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:] + head_report(ray_head)
     message = json.loads(term.read_text())
     assert message["modelUri"] == str(art.resolve())
     assert message["trials"] == 1 and set(message["metrics"]) >= {
@@ -233,5 +246,6 @@ def test_a_failed_training_leaves_its_reason(ray_head: str, tmp_path: Path) -> N
     term = tmp_path / "termination-log"
     proc = _submit(ray_head, "tj-failing-1", term, entrypoint, tmp_path)
     assert proc.returncode == 1
-    assert "expected one TrainingJob, found 0" in json.loads(term.read_text())["error"]
+    error = json.loads(term.read_text())["error"]
+    assert "expected one TrainingJob, found 0" in error, error + "\n" + head_report(ray_head)
     assert not (tmp_path / "a").exists()

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray_diagnostics import ray_node_report
+
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 
@@ -107,7 +109,12 @@ class LoopbackCluster:
         while time.monotonic() < deadline:
             for proc in self.started:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"ray start exited {proc.returncode}; see {self.log_dir}/*.log")
+                    raise RuntimeError(
+                        f"ray start exited {proc.returncode}:\n"
+                        + ray_node_report(
+                            self.temp_dir, self.log_dir / "head.log", self.log_dir / "worker.log"
+                        )
+                    )
             status = subprocess.run(
                 [RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True
             )
@@ -115,7 +122,10 @@ class LoopbackCluster:
             if status.returncode == 0 and last.count("node_") >= count:
                 return
             time.sleep(2)
-        raise TimeoutError(f"the loopback Ray cluster did not reach {count} node(s): {last[-2000:]}")
+        raise TimeoutError(
+            f"the loopback Ray cluster did not reach {count} node(s): {last[-2000:]}\n"
+            + ray_node_report(self.temp_dir, self.log_dir / "head.log", self.log_dir / "worker.log")
+        )
 
     def pids(self, also: bytes = b"") -> list[int]:
         """Every process of this cluster (the `ray start` wrappers and whatever names its temp dir), or,

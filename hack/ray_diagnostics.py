@@ -1,0 +1,69 @@
+"""Why a Ray node the tests started is gone: the tails of its logs and the machine's room, in one text.
+
+A test that starts Ray (``ray start`` on loopback) and sees it exit or stop answering puts this in its
+failure message, so a CI log says what happened (a log directory on the CI machine is gone with it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Ray's own logs under <temp-dir>/session_latest/logs that say why a head or a node stopped.
+RAY_LOGS = (
+    "gcs_server.out",
+    "gcs_server.err",
+    "raylet.out",
+    "raylet.err",
+    "dashboard.log",
+    "dashboard.err",
+    "dashboard_agent.log",
+    "monitor.log",
+)
+
+
+def tail(path: Path, lines: int = 15, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of ``path`` (reading at most its last ``max_bytes``), or why not."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError as err:
+        return f"({err.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def machine_room(path: Path) -> str:
+    """Free disk under ``path``, free memory and the load: what a node needs to start and stay up."""
+    parts = []
+    for where in (path, Path("/dev/shm")):
+        try:
+            usage = shutil.disk_usage(where)
+            parts.append(f"{where}: {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f}")
+        except OSError:
+            pass
+    try:
+        meminfo = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
+        )
+        parts.append(f"memory available: {meminfo.get('MemAvailable', '?').strip()}")
+    except OSError:
+        pass
+    try:
+        parts.append("load: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    except OSError:
+        pass
+    return "; ".join(parts)
+
+
+def ray_node_report(temp_dir: Path, *extra_logs: Path, lines: int = 15) -> str:
+    """The tails of ``extra_logs`` (e.g. ``ray start``'s own output) and of Ray's logs under ``temp_dir``."""
+    logs_dir = Path(temp_dir) / "session_latest" / "logs"
+    out = [f"--- machine: {machine_room(Path(temp_dir))}"]
+    for log in (*extra_logs, *(logs_dir / name for name in RAY_LOGS)):
+        if log.exists():
+            out.append(f"--- {log.name}:\n{tail(log, lines)}")
+    if not logs_dir.exists():
+        out.append(f"--- no Ray session logs under {logs_dir}")
+    return "\n".join(out)
