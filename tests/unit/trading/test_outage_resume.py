@@ -164,3 +164,28 @@ def test_an_outage_within_the_grace_cancels_nothing(open_session: Any) -> None:
     run(poll(s.oms))
     assert s.oms.state.orders[cid].status is OrderStatus.ACCEPTED
     assert s.oms.risk.state is TradingState.ACTIVE and states(s) == []
+
+
+def test_an_outage_halt_survives_a_restart_and_its_cancels_run_before_trading_resumes(
+    open_session: Any,
+) -> None:
+    first = open_session(disconnect_policy("halt"))
+    run(recover(first.oms))
+    cid = resting_buy(first, "sig-rest")
+    first.broker.faults.connected = False
+    run(poll(first.oms))
+    assert first.oms.risk.state is TradingState.HALTED
+    first.close()  # the pod restarts during the outage; the venue is back when it comes up
+
+    second = open_session(disconnect_policy("halt"))
+    run(recover(second.oms))
+    # The outage's halt came back from the journal: recovery asked the venue to cancel the resting
+    # order, and nothing trades before the poll has reconciled that cancel.
+    assert second.oms.risk.state is TradingState.HALTED
+    refused = run(second.oms.submit(limit(Side.BUY, 100, "SYN0002", Decimal(1), "sig-early")))
+    assert not refused.accepted and "HALTED" in refused.reason
+    run(poll(second.oms))
+    assert second.oms.state.orders[cid].status is OrderStatus.CANCELED
+    assert run(second.broker.get_order(cid)).status is OrderStatus.CANCELED
+    assert second.oms.risk.state is TradingState.ACTIVE
+    assert run(second.oms.submit(limit(Side.BUY, 100, "SYN0002", Decimal(1), "sig-up"))).accepted

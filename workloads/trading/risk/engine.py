@@ -175,9 +175,15 @@ class RiskEngine:
             self.conditions[name] = Condition(TradingState(state), detail)
 
     def restore(self, conditions: dict[str, str]) -> None:
-        """Bring back the sticky conditions of a journaled RiskStateChanged."""
+        """Bring back the sticky conditions of a journaled RiskStateChanged, and a broker outage's state.
+
+        The outage's state comes back too: a pod restarted during (or after) an outage past the grace
+        still holds REDUCING or HALTED, so that recovery cancels what that state cancels and trading
+        resumes only once those cancels are done and the OMS has reconciled (``outage_state``), as
+        it would have without the restart.
+        """
         for name, text in conditions.items():
-            if name in STICKY:
+            if name in STICKY or name == DISCONNECT:
                 state, _, detail = text.partition(": ")
                 self.set_condition(name, TradingState(state), detail)
 
