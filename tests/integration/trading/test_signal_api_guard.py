@@ -218,3 +218,38 @@ def test_an_oversized_body_is_refused_before_it_is_read(
                 assert orders == {"orders": []}
 
     asyncio.run(scenario())
+
+
+def test_every_answer_on_a_v1_route_is_counted_by_route_template_and_status(
+    tmp_path: Path, trading_bundle: Path, market: QlibMarket
+) -> None:
+    from kubequant.workloads.trading.node.metrics import SIGNAL_API_ANSWERS
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {
+            (s.labels["route"], s.labels["code"]): s.value
+            for m in SIGNAL_API_ANSWERS.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+
+    before = counts()
+
+    async def scenario() -> None:
+        async with live(tmp_path, trading_bundle, market) as url, aiohttp.ClientSession(url) as client:
+            assert (await client.get("/v1/orders", headers=AUTH)).status == 200
+            assert (await client.get("/v1/orders")).status == 401
+            assert (await client.get("/v1/no-such-route/123", headers=AUTH)).status == 404
+            assert (await client.get("/v1/signals", headers=AUTH)).status == 405
+            assert (await client.post("/v1/signals", headers=AUTH, json={"id": "c-1"})).status == 422
+            assert (await client.get("/healthz")).status == 200  # not an operation of the API: not counted
+
+    asyncio.run(scenario())
+    grown = {k: v - before.get(k, 0) for k, v in counts().items() if v != before.get(k, 0)}
+    assert grown == {
+        ("/v1/orders", "200"): 1,
+        ("/v1/orders", "401"): 1,
+        ("unmatched", "404"): 1,  # no route for the method and path: one label, whatever the path
+        ("unmatched", "405"): 1,
+        ("/v1/signals", "422"): 1,
+    }

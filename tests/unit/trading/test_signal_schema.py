@@ -355,3 +355,24 @@ def test_a_limit_price_to_a_market_only_venue_is_refused_naming_the_field() -> N
     assert "market orders only" in raised.value.error and raised.value.fix.startswith("send the target")
     market = {"id": "s2", "targets": [{"instrument": "SH600000", "quantity": 100}]}
     assert parse_signal(market, None, 8, refusal).targets[0].limit_price is None  # no limit price: fine
+
+
+def test_a_sessions_document_enumerates_its_instruments_and_a_huge_listing_keeps_the_pattern() -> None:
+    from kubequant.workloads.trading.node.signal_schema import (
+        INSTRUMENT_PATTERN,
+        MAX_LISTED_INSTRUMENTS,
+        openapi_document,
+        with_instruments,
+    )
+
+    generic = openapi_document()
+    held = with_instruments(generic, ["SYN0002", "SYN0001", "SYN0002"])
+    target = held["components"]["schemas"]["TargetIn"]["properties"]["instrument"]
+    assert target["enum"] == ["SYN0001", "SYN0002"] and target["pattern"] == INSTRUMENT_PATTERN
+    keys = held["components"]["schemas"]["SignalIn"]["properties"]["limitPrices"]["anyOf"][0]["propertyNames"]
+    assert keys["enum"] == ["SYN0001", "SYN0002"]
+    assert "2 instruments" in held["info"]["description"]
+    assert "enum" not in generic["components"]["schemas"]["TargetIn"]["properties"]["instrument"]
+    too_many = [f"S{i:06d}" for i in range(MAX_LISTED_INSTRUMENTS + 1)]
+    assert with_instruments(generic, too_many) == generic
+    assert with_instruments(generic, None) == generic and with_instruments(generic, []) == generic

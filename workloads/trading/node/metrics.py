@@ -24,6 +24,18 @@ RECONCILIATION_ANOMALIES = Counter(
     "kubequant_reconciliation_anomalies_total", "Broker facts the OMS could not explain."
 )
 
+SIGNAL_API_ANSWERS = Counter(
+    "kubequant_signal_api_answers_total",
+    "Answers of the signal API's operations (/v1/), by route and HTTP status (401 and 429 included).",
+    ["route", "code"],
+)
+
+
+@cache
+def signal_api_answers(route: str, code: int) -> Any:
+    """The answers counter of one route and status (a handful of pairs: built once each)."""
+    return SIGNAL_API_ANSWERS.labels(route=route, code=str(code))
+
 
 @cache
 def order_transitions(status: str) -> Any:

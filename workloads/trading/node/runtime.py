@@ -341,6 +341,16 @@ class TradingRuntime:
 
         return listed
 
+    def instruments(self) -> list[str] | None:
+        """What the signal API takes as instruments, listed: the paper market's, or the venue's tradable
+        ones (within the session's universe when it names one); None before the start has read them."""
+        if self.paper is not None:
+            return list(self.paper.market.instruments)
+        if self.listed is None:
+            return None
+        universe = frozenset(self.cfg.session.spec.universe.instruments or ())
+        return sorted(i for i in self.listed if not universe or i in universe)
+
     def lot(self) -> Decimal:
         """Shares per lot at the paper market (qlib's trade unit), else 1."""
         unit = getattr(self.paper.market.exchange, "trade_unit", None) if self.paper is not None else None

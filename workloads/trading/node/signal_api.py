@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -37,12 +37,14 @@ from kubequant.workloads.trading.model.domain import ZERO, utcnow
 from kubequant.workloads.trading.model.events import SignalReceived
 from kubequant.workloads.trading.model.orders import Order, OrderStatus
 from kubequant.workloads.trading.model.signals import Signal, Target, plan_orders
+from kubequant.workloads.trading.node import metrics
 from kubequant.workloads.trading.node.signal_schema import (
     DEFAULT_MAX_TARGETS,
     MAX_NUMBER,
     SIGNAL_IN,
     TRADING_STATE_IN,
     openapi_document,
+    with_instruments,
 )
 from kubequant.workloads.trading.risk.engine import Reason
 from kubequant.workloads.trading.risk.trading_state import MAX_REASON, TradingStateRefused, set_running
@@ -343,8 +345,12 @@ class SignalService:
         rate_limit: SignalRateLimit | None = None,
         extra_status: Callable[[], Mapping[str, Any]] | None = None,
         limit_refusal: str | None = None,
+        instruments: Callable[[], Sequence[str] | None] | None = None,
     ) -> None:
         self.oms = oms
+        # The instruments ``knows`` takes, listed (None until the venue's list is read): the published
+        # document enumerates them.
+        self.instruments = instruments
         # Why this venue cannot take a limit price (a market-only venue), or None: refused per signal.
         self.limit_refusal = limit_refusal
         # What the runtime measures besides the OMS (the applied policy, data quality, live rank IC).
@@ -371,6 +377,7 @@ class SignalService:
             rate_limit=api.rate_limit if api is not None else None,
             extra_status=runtime.status_fields,
             limit_refusal=limit_price_refusal(str(spec.broker.type)),
+            instruments=runtime.instruments,
         )
 
     def _index(self) -> dict[str, list[str]]:
@@ -631,24 +638,51 @@ def build_app(service: SignalService, token: str) -> web.Application:
         "send a smaller body (split the signal)",
         413,
     )
-    document = json.dumps(openapi_document(service.max_targets)).encode()
+    generic = openapi_document(service.max_targets)
+    documents: dict[bool, bytes] = {}
+
+    def document() -> bytes:
+        """The contract, with this session's instruments once the venue's list is read (then kept)."""
+        listed = service.instruments() if service.instruments is not None else None
+        key = listed is not None
+        if key not in documents:
+            documents[key] = json.dumps(with_instruments(generic, listed)).encode()
+        return documents[key]
 
     @web.middleware
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            # Throttled first, so guessing tokens is throttled too.
-            if not await limiter.admit(request.remote or ""):
-                return _json(throttled, 429, {"Retry-After": limiter.retry_after})
-            # surrogateescape: a header that is not UTF-8 compares (unequal), never raises. The scheme
-            # is case-insensitive (RFC 7235); the token is compared in constant time, always: how much
-            # of a wrong token matched does not show in how long the refusal took.
-            scheme, _, given = (
-                request.headers.get("Authorization", "").encode("utf-8", "surrogateescape").partition(b" ")
-            )
-            if not hmac.compare_digest(given, expected) or scheme.lower() != b"bearer":
-                return _json(unauthorized, 401)
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        status = 500  # what an unexpected error becomes
+        try:
+            response = await guarded(request, handler)
+            status = response.status
+            return response
+        except web.HTTPException as err:  # aiohttp's own answers (404, 405)
+            status = err.status
+            raise
+        finally:
+            # The route's template, not the path a client sent: a label per path would grow unbounded.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.signal_api_answers(route, status).inc()
+
+    async def guarded(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # Throttled first, so guessing tokens is throttled too.
+        if not await limiter.admit(request.remote or ""):
+            return _json(throttled, 429, {"Retry-After": limiter.retry_after})
+        # surrogateescape: a header that is not UTF-8 compares (unequal), never raises. The scheme
+        # is case-insensitive (RFC 7235); the token is compared in constant time, always: how much
+        # of a wrong token matched does not show in how long the refusal took.
+        scheme, _, given = (
+            request.headers.get("Authorization", "").encode("utf-8", "surrogateescape").partition(b" ")
+        )
+        if not hmac.compare_digest(given, expected) or scheme.lower() != b"bearer":
+            return _json(unauthorized, 401)
         return await handler(request)
 
     async def json_call(
@@ -720,7 +754,7 @@ def build_app(service: SignalService, token: str) -> web.Application:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_openapi(request: web.Request) -> web.Response:
-        return web.Response(body=document, content_type="application/json")
+        return web.Response(body=document(), content_type="application/json")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/v1/signals", post_signal)

@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -349,6 +350,38 @@ def _read(summary: str, name: str) -> dict[str, Any]:
             "responses": {"200": _json(name, summary, _JOURNAL_HEADER), **_refusals(401)},
         }
     }
+
+
+# A session's published document lists its venue's instruments (an enum on every instrument code) up to
+# this many; past it the pattern alone says what an instrument code looks like.
+MAX_LISTED_INSTRUMENTS = 5000
+
+
+def with_instruments(document: dict[str, Any], instruments: Sequence[str] | None) -> dict[str, Any]:
+    """``document`` with every instrument code of its schemas held to ``instruments`` (an enum), the ones a
+    session's venue trades: what a client (or a fuzzer) draws from it is then an instrument the server
+    takes. Unchanged without a list, or with more than MAX_LISTED_INSTRUMENTS."""
+    if not instruments or len(instruments) > MAX_LISTED_INSTRUMENTS:
+        return document
+    names = sorted(set(instruments))
+
+    def hold(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: hold(v) for k, v in node.items()}
+            if out.get("pattern") == INSTRUMENT_PATTERN:  # a code, or the code keys of limitPrices
+                out["enum"] = names
+            return out
+        if isinstance(node, list):
+            return [hold(v) for v in node]
+        return node
+
+    held = hold(document)
+    held["info"] = {
+        **held["info"],
+        "description": held["info"]["description"]
+        + f" This session's venue trades the {len(names)} instruments its instrument codes enumerate.",
+    }
+    return held  # type: ignore[no-any-return]
 
 
 def openapi_document(max_targets: int = DEFAULT_MAX_TARGETS) -> dict[str, Any]:
