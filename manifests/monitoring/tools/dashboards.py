@@ -413,6 +413,17 @@ trading = dash(
             "s",
         ),
         (
+            "Signal API answers by status",
+            "timeseries",
+            [
+                (
+                    f"sum by (namespace, session, route, code) (rate(kubequant_signal_api_answers_total{{{TRADING}}}[$__rate_interval]))",
+                    "{{session}} {{route}} {{code}}",
+                )
+            ],
+            "reqps",
+        ),
+        (
             "Broker connection",
             "timeseries",
             [
