@@ -205,18 +205,19 @@ class ResultsTracker(StatusFigures):
 
 
 class DataQualityTracker(StatusFigures):
-    """The data quality of each finished Backtest, from ``.status.results.dataQuality``: the
-    missing-value ratio by field read, and the universe members with no data in the period."""
+    """The data quality of each finished run, from a Backtest's ``.status.results.dataQuality`` or a
+    TrainingJob's ``.status.dataQuality``: the missing-value ratio by field read, and the universe
+    members with no data in the period."""
 
     families = (
         (
             "kubequant_run_data_missing_ratio",
-            "Fraction of the cells a finished run read that are missing, by field (.status.results.dataQuality).",
+            "Fraction of the cells a finished run read that are missing, by field (its status' dataQuality).",
             ("kind", "namespace", "name", "field"),
         ),
         (
             "kubequant_run_instruments_missing",
-            "Universe members with no data in a finished run's period (.status.results.dataQuality).",
+            "Universe members with no data in a finished run's period (its status' dataQuality).",
             ("kind", "namespace", "name"),
         ),
     )
@@ -224,7 +225,9 @@ class DataQualityTracker(StatusFigures):
     def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
         """Take ``kind`` ``namespace``/``name``'s data quality from its ``status`` (none: its series go)."""
         results = (status or {}).get("results")
-        quality = results.get("dataQuality") if isinstance(results, Mapping) else None
+        quality = (
+            results.get("dataQuality") if isinstance(results, Mapping) else (status or {}).get("dataQuality")
+        )
         ratios: dict[str, float] = {}
         missing: float | None = None
         if isinstance(quality, Mapping):

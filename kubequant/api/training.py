@@ -12,6 +12,7 @@ from kubequant.api.backtest import ExecutionEngine, Output, Segments, Universe
 from kubequant.api.base import AGE, ApiModel, CrdFacts, PrinterColumn, Rule
 from kubequant.api.common import ClassReference, DataSource, JobOptions, PodOptions, ResourceRequirements
 from kubequant.api.resource import Resource, WorkloadStatus
+from kubequant.api.results import DataQuality
 from kubequant.version import RAY_VERSION
 
 
@@ -249,6 +250,11 @@ class TrainingResult(ApiModel):
     )
     trials: int | None = Field(None, ge=0, description="Trials completed.")
     metrics: TrainingMetrics | None = Field(None, description="Metrics of the best model.")
+    data_quality: DataQuality | None = Field(
+        None,
+        description="Data quality of what the run read: the handler's fields for the universe's members "
+        "from the train segment's start to the test segment's end.",
+    )
 
 
 class TrainingPhase(StrEnum):
@@ -287,6 +293,11 @@ class TrainingJobStatus(WorkloadStatus):
     )
     trials: int | None = Field(None, ge=0, description="Trials completed.")
     metrics: TrainingMetrics | None = Field(None, description="Metrics of the best model.")
+    data_quality: DataQuality | None = Field(
+        None,
+        description="Data quality of what the run read (the handler's fields, the universe's members, "
+        "train start to test end); served as kubequant_run_data_missing_ratio.",
+    )
     model_uri: str | None = Field(None, max_length=2048, description="Where the model artifact was written.")
 
 

@@ -236,7 +236,7 @@ def training_status(
         status["completionTime"] = state.completion_time or previous.get("completionTime") or timestamp(now)
     if result is not None:
         values = result.to_manifest()
-        for key in ("bestMetric", "bestParams", "trials", "metrics"):
+        for key in ("bestMetric", "bestParams", "trials", "metrics", "dataQuality"):
             if key in values:
                 status[key] = values[key]
         uri = model_uri or values.get("modelUri")

@@ -29,6 +29,7 @@ RESULT = {
     "bestParams": {"learning_rate": 0.05, "num_leaves": 64},
     "trials": 8,
     "metrics": {"ic": 0.04, "icir": 0.3, "rankIc": 0.05, "rankIcir": 0.35, "validIc": 0.051, "loss": 0.9},
+    "dataQuality": {"missingRatio": {"close": 0.002}, "instruments": 40, "instrumentsMissing": 0},
 }
 
 
@@ -190,6 +191,7 @@ def test_success_carries_the_results_and_the_shared_model_uri() -> None:
     assert conds(st)["Running"] == ("False", "Finished")
     assert (st["bestMetric"], st["bestParams"], st["trials"]) == (0.051, RESULT["bestParams"], 8)
     assert st["metrics"]["rankIc"] == 0.05
+    assert st["dataQuality"] == RESULT["dataQuality"]
     # The operator knows where the volume is; the workload only knew its mount path.
     assert st["modelUri"] == URI
     assert (st["startTime"], st["completionTime"]) == ("2026-01-05T11:00:00Z", "2026-01-05T11:58:00Z")

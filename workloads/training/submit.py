@@ -42,12 +42,26 @@ class SubmitOutcome:
     created: bool
 
 
+# What a result too large for the termination message loses, in turn: (key, sub-key) pairs.
+_DROPPED_FIRST = (
+    ("bestParams", None),
+    ("dataQuality", "missingInstruments"),
+    ("dataQuality", None),
+    ("metrics", None),
+)
+
+
 def termination_payload(result: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
-    """The TrainingResult as compact JSON of at most ``limit`` bytes: bestParams goes first, then metrics."""
+    """The TrainingResult as compact JSON of at most ``limit`` bytes: bestParams goes first, then the data
+    quality's named instruments, the data quality, then metrics (model.json always has everything)."""
     body = dict(result)
-    for drop in (None, "bestParams", "metrics"):
-        if drop is not None:
-            body.pop(drop, None)
+    for step in (None, *_DROPPED_FIRST):
+        if step is not None:
+            key, inner = step
+            if inner is None:
+                body.pop(key, None)
+            elif isinstance(body.get(key), dict):
+                body[key] = {k: v for k, v in body[key].items() if k != inner}
         text = json.dumps(body, separators=(",", ":"), sort_keys=True)
         if len(text.encode()) <= limit:
             return text

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from kubequant.api.modules import DEFAULT_ALLOWED_MODULES
+from kubequant.api.results import DataQuality
 from kubequant.api.training import TrainingJob, TrainingJobSpec, TrainingResult
 from kubequant.errors import KubequantError
 from kubequant.workloads.data.bundle import resolve_bundle
@@ -91,6 +92,7 @@ def run_training(
         lap("ray")
         say("features", f"computing {spec.dataset.handler.class_name} features")
         dataset = load_dataset(spec, bundle, allowed_modules)
+        data_quality = measure_data_quality(spec, bundle)
         lap("features")
         dataset_ref = ray_runtime.put_dataset(dataset)
         # Ray Train/Tune keep run state under a storage path every node must reach: on a cluster, the
@@ -138,6 +140,7 @@ def run_training(
             best_params=best_params,
             trials=_completed(trials) if trials is not None else 1,
             metrics=metrics,
+            data_quality=data_quality,
         )
         say("artifacts", f"writing the model to {artifact_dir}")
         config = model_config(spec.model, best_params or {})
@@ -204,6 +207,18 @@ def _open_ray(stack: contextlib.ExitStack, spec: TrainingJobSpec, address: str |
                 ) from err
             say("ray", "Ray did not start in time (the machine is busy); trying once more")
     raise AssertionError("unreachable")
+
+
+def measure_data_quality(spec: TrainingJobSpec, bundle: Path) -> DataQuality:
+    """What the run read, measured on the bundle (qlib initialised): the handler's fields for the universe's
+    members from the train segment's start to the test segment's end."""
+    from kubequant.workloads.data import quality
+
+    segments = spec.dataset.segments
+    start, end = segments.train.start, segments.test.end
+    spans = quality.universe_spans(spec.universe.resolved_market(), start, end)
+    fields = quality.handler_fields(spec.dataset.handler.class_name)
+    return DataQuality.model_validate(quality.measure(bundle, spans, start, end, fields).to_results())
 
 
 def _completed(trials: pd.DataFrame) -> int:

@@ -72,6 +72,14 @@ def test_training_metrics_are_finite_and_sane(trained: tuple[dict, Path, Path]) 
     assert trained[0]["bestMetric"] == metrics["validIc"]
 
 
+def test_the_result_carries_the_data_quality_of_what_was_read(trained: tuple[dict, Path, Path]) -> None:
+    quality = trained[0]["dataQuality"]
+    # Alpha158 reads the daily bars and the exchange's fields; the synthetic bundle has every cell.
+    assert {"open", "high", "low", "close", "volume", "factor"} <= set(quality["missingRatio"])
+    assert all(0.0 <= v < 0.05 for v in quality["missingRatio"].values()), quality
+    assert quality["instruments"] > 0 and quality["instrumentsMissing"] == 0
+
+
 def test_the_model_is_registered_in_the_local_store(trained: tuple[dict, Path, Path]) -> None:
     _result, art, store = trained
     pointer = json.loads((store / "default" / "small-lgb.json").read_text())

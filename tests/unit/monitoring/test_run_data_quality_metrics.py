@@ -77,3 +77,14 @@ def test_termination_payload_drops_the_instrument_names_before_the_headline_figu
     assert "missingInstruments" not in body["dataQuality"]
     with pytest.raises(ValueError, match="more than 100 bytes"):
         termination_payload(BacktestResults.model_validate({"report": "r" * 2000}), limit=100)
+
+
+def test_a_trainingjobs_data_quality_is_served_from_its_status() -> None:
+    tracker = DataQualityTracker()
+    tracker.observe("TrainingJob", "research", "lgb", {"phase": "Succeeded", "dataQuality": QUALITY})
+    text = scrape(tracker)
+    assert (
+        'kubequant_run_data_missing_ratio{field="volume",kind="TrainingJob",name="lgb",namespace="research"} 0.25'
+        in text
+    )
+    assert 'kubequant_run_instruments_missing{kind="TrainingJob",name="lgb",namespace="research"} 2.0' in text

@@ -35,7 +35,18 @@ def test_best_params_are_dropped_first_when_the_message_is_too_big() -> None:
     assert kept["metrics"] == RESULT["metrics"] and kept["bestMetric"] == RESULT["bestMetric"]
 
 
-def test_metrics_go_next_and_then_a_clear_error() -> None:
+def test_the_data_quality_goes_next_then_metrics_then_a_clear_error() -> None:
+    quality = {"missingRatio": {"close": 0.5}, "instruments": 9, "instrumentsMissing": 3}
+    named = {**quality, "missingInstruments": ["SH600000" + "X" * 40] * 20}
+    with_quality = {**RESULT, "bestParams": {"a": "x" * 5000}, "dataQuality": named}
+    # The named instruments go first, the counts stay.
+    kept = json.loads(submit.termination_payload(with_quality, limit=700))
+    assert (
+        kept["dataQuality"] == quality and "bestParams" not in kept and kept["metrics"] == RESULT["metrics"]
+    )
+    # Then the data quality, then the metrics.
+    kept = json.loads(submit.termination_payload(with_quality, limit=len(json.dumps(RESULT)) - 10))
+    assert "dataQuality" not in kept and "metrics" in kept
     text = submit.termination_payload({**RESULT, "bestParams": {"a": "x" * 5000}}, limit=120)
     assert json.loads(text) == {k: v for k, v in RESULT.items() if k not in ("bestParams", "metrics")}
     text = submit.termination_payload({**RESULT, "modelUri": "/" + "m" * 4100})
