@@ -15,7 +15,7 @@ import pytest
 
 from kubequant.api.live import TradingState
 from kubequant.api.risk import RiskPolicySpec
-from kubequant.workloads.trading.adapters.base import BrokerTimeout
+from kubequant.workloads.trading.adapters.base import BrokerDisconnected, BrokerTimeout
 from kubequant.workloads.trading.adapters.paper.broker import PaperBroker
 from kubequant.workloads.trading.execution.reconcile import poll
 from kubequant.workloads.trading.execution.recovery import recover
@@ -189,3 +189,34 @@ def test_an_outage_halt_survives_a_restart_and_its_cancels_run_before_trading_re
     assert run(second.broker.get_order(cid)).status is OrderStatus.CANCELED
     assert second.oms.risk.state is TradingState.ACTIVE
     assert run(second.oms.submit(limit(Side.BUY, 100, "SYN0002", Decimal(1), "sig-up"))).accepted
+
+
+def gauge(name: str, **labels: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_the_trading_state_gauge_is_set_at_start_and_after_a_restart_into_a_halt(open_session: Any) -> None:
+    from kubequant.workloads.trading.node import metrics
+
+    for s in TradingState:  # what an earlier test of this process left
+        metrics.TRADING_STATE.labels(s.value).set(-1)
+    first = open_session(disconnect_policy("halt"))
+    run(recover(first.oms))
+    # Nothing changed (a fresh session is ACTIVE), and the gauge says ACTIVE all the same.
+    assert gauge("kubequant_trading_state", state="ACTIVE") == 1
+    assert gauge("kubequant_trading_state", state="HALTED") == 0
+    first.broker.faults.connected = False
+    run(poll(first.oms))
+    assert gauge("kubequant_trading_state", state="HALTED") == 1
+    first.close()
+    for s in TradingState:  # a new pod: a new process, whose gauges start unset
+        metrics.TRADING_STATE.labels(s.value).set(-1)
+    second = open_session(disconnect_policy("halt"))
+    second.broker.faults.connected = False  # still down: recovery cannot finish, the halt holds
+    with pytest.raises(BrokerDisconnected):
+        run(recover(second.oms))
+    run(poll(second.oms))
+    assert gauge("kubequant_trading_state", state="HALTED") == 1
+    assert gauge("kubequant_trading_state", state="ACTIVE") == 0

@@ -278,10 +278,12 @@ async def sync_risk_state(oms: OrderManager) -> int:
     state, conditions = oms.risk.state, oms.risk.describe()
     if (state.value, conditions) != (oms.state.risk_state, oms.state.risk_conditions):
         await oms.commit_async(RiskStateChanged(oms.clock.now(), state.value, conditions))
-        for s in TradingState:
-            metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
-        metrics.record_conditions(set(oms.risk.conditions))
         log.warning("trading state %s: %s", state, conditions or "all clear")
+    # Every time, not only on a change: a pod that starts ACTIVE, or restarts into the HALTED state its
+    # journal holds, changes nothing, and its gauge must still say so (KubequantSessionHalted reads it).
+    for s in TradingState:
+        metrics.TRADING_STATE.labels(s.value).set(1 if s is state else 0)
+    metrics.record_conditions(set(oms.risk.conditions))
     if state is TradingState.ACTIVE or not oms.broker.is_connected():
         return 0
     asked = 0
