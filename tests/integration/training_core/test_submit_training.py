@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +55,11 @@ def head_report(ray_head: str) -> str:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Ray head bound to 127.0.0.1 with its dashboard (the job API) on; yields the dashboard's host:port."""
-    temp = tmp_path_factory.mktemp("rayhead")
+    # Short: Ray puts its sockets under <temp>/session_<date>_<time>_<µs>_<pid>/sockets/, and its dashboard
+    # refuses a socket path over AF_UNIX's 107 bytes. Under pytest's basetemp (/tmp/pytest-of-root/
+    # pytest-68/rayhead0) the longest, dash_TaskEventsHead, reached 108 once the pid had 6 digits, on a
+    # machine whose pid_max allows that: the head's dashboard died and every submission was refused.
+    temp = Path(tempfile.mkdtemp(prefix="kqrh-"))
     gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = _free_ports(9)
     # The head, the submitter and the job's driver share this environment: Ray's token authentication
     # with a token of this test's own (as a secured cluster would have), and Ray's single-machine mode,
@@ -108,6 +114,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
     finally:
         _stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
