@@ -34,6 +34,18 @@ def tail(path: Path, lines: int = 15, max_bytes: int = 64 * 1024) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def first_matching(path: Path, needles: tuple[str, ...], count: int = 5, max_bytes: int = 1 << 20) -> str:
+    """The first ``count`` lines of ``path`` (its first ``max_bytes``) holding one of ``needles``, each
+    with a newline after it; empty when none does."""
+    try:
+        with path.open("rb") as f:
+            text = f.read(max_bytes).decode(errors="replace")
+    except OSError:
+        return ""
+    found = [line for line in text.splitlines() if any(n in line for n in needles)][:count]
+    return "".join(f"{line[:500]}\n" for line in found) + ("[...]\n" if found else "")
+
+
 def machine_room(path: Path) -> str:
     """Free disk under ``path``, free memory and the load: what a node needs to start and stay up."""
     parts = []
@@ -63,7 +75,26 @@ def ray_node_report(temp_dir: Path, *extra_logs: Path, lines: int = 15) -> str:
     out = [f"--- machine: {machine_room(Path(temp_dir))}"]
     for log in (*extra_logs, *(logs_dir / name for name in RAY_LOGS)):
         if log.exists():
-            out.append(f"--- {log.name}:\n{tail(log, lines)}")
+            # A crash's reason comes before its stack trace, which alone fills the tail.
+            reasons = first_matching(log, ("Check failed", "FATAL", "Error", "error:", "Exception"))
+            out.append(f"--- {log.name}:\n{reasons}{tail(log, lines)}")
     if not logs_dir.exists():
         out.append(f"--- no Ray session logs under {logs_dir}")
     return "\n".join(out)
+
+
+# What a test run measuring coverage puts in the environment for its Python subprocesses (coverage.py's
+# `patch = subprocess`, pytest-cov before 7).
+COVERAGE_ENV_PREFIXES = ("COVERAGE_", "COV_CORE_")
+
+
+def without_coverage(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the coverage measurement's variables, for the Ray nodes a test starts.
+
+    Measured, every Python process of a node (the dashboard, its agent, the runtime-env agent) starts
+    slowly enough under a loaded `make test` that the raylet misses Ray's fixed 30 s to register and
+    `ray start` exits 1 ("The current node timed out during startup"): reproduced with `--cov`, never
+    without. The code those tests drive (the submitter, the training entrypoint's CLI) is measured by
+    the tests that run it directly.
+    """
+    return {k: v for k, v in env.items() if not k.startswith(COVERAGE_ENV_PREFIXES)}

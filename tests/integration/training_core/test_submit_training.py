@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ray_diagnostics import ray_node_report
+from ray_diagnostics import ray_node_report, without_coverage
 from training_manifests import training_job, write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,7 +78,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # Ray caches the token (and its auth mode) per process at first use: an earlier test of this pytest
     # process (a local Ray with its own token) would otherwise make every request here a 401.
     _reset_ray_auth()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = without_coverage({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     # --block: this process owns the head's processes and stops them when it is signalled.
     head = subprocess.Popen(
         [

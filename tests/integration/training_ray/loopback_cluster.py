@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray_diagnostics import ray_node_report
+from ray_diagnostics import ray_node_report, without_coverage
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -168,7 +168,7 @@ class LoopbackCluster:
 
 def cluster_env(temp_dir: Path) -> dict[str, str]:
     """The cluster's and its clients' environment: a fresh auth token, no usage stats, the venv's PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = without_coverage({k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
     env.update(
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="token",
