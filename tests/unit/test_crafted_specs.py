@@ -352,7 +352,7 @@ def test_a_full_quota_is_waited_for_not_a_failure(calls: Recorder, monkeypatch: 
 @pytest.mark.parametrize(
     ("status", "api_reason"), [(429, "TooManyRequests"), (500, "InternalError"), (503, "ServiceUnavailable")]
 )
-def test_throttling_and_server_errors_are_left_to_kopf_s_retries(
+def test_throttling_and_server_errors_are_retried_in_about_a_second_not_refused(
     calls: Recorder, monkeypatch: pytest.MonkeyPatch, status: int, api_reason: str
 ) -> None:
     monkeypatch.setattr(kube, "apply", _real_apply)
@@ -360,8 +360,10 @@ def test_throttling_and_server_errors_are_left_to_kopf_s_retries(
     monkeypatch.setattr(kube.client, "BatchV1Api", _FakeApi)
     monkeypatch.setattr(kube.client, "CoreV1Api", _FakeApi)
     monkeypatch.setattr(kube, "api", lambda: None)
-    with pytest.raises(ApiException):
+    # Not a refusal (the Backtest does not fail), and not kopf's 60 s for an unexpected error either.
+    with pytest.raises(kopf.TemporaryError) as err:
         reconcile(crafted())
+    assert err.value.delay == kube.TRANSIENT_RETRY_SECONDS and str(status) in str(err.value)
 
 
 def test_suspending_a_backtest_that_has_no_job_does_not_retry(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,7 @@ class LoopbackCluster:
     gcs_port: int = 0
     dashboard_port: int = 0
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_from: dict[str, int] = field(default_factory=dict)  # where each `ray start` log's last attempt begins
 
     @property
     def address(self) -> str:
@@ -48,7 +49,9 @@ class LoopbackCluster:
         return f"http://{HEAD_IP}:{self.dashboard_port}"
 
     def _start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
-        out = open(self.log_dir / log, "ab")
+        path = self.log_dir / log
+        self.log_from[log] = path.stat().st_size if path.exists() else 0  # this attempt's output only
+        out = open(path, "ab")
         proc = subprocess.Popen(
             [RAY, "start", "--block", "--disable-usage-stats", *args],
             env=self.env,
@@ -79,7 +82,7 @@ class LoopbackCluster:
                 log="head.log",
             )
             try:
-                self.wait_for_nodes(1, timeout)
+                self.wait_for_nodes(1, timeout, "head.log")
                 break
             except RuntimeError:
                 self.stop()
@@ -95,7 +98,7 @@ class LoopbackCluster:
                 log="worker.log",
             )
             try:
-                self.wait_for_nodes(2, timeout)
+                self.wait_for_nodes(2, timeout, "worker.log")
                 return
             except RuntimeError:
                 self.started.remove(worker)
@@ -103,25 +106,44 @@ class LoopbackCluster:
                 if attempt == tries:
                     raise
 
-    def wait_for_nodes(self, count: int, timeout: float) -> None:
+    def _check_alive(self) -> None:
+        for proc in self.started:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"ray start exited {proc.returncode}:\n"
+                    + ray_node_report(self.temp_dir, self.log_dir / "head.log", self.log_dir / "worker.log")
+                )
+
+    def wait_for_nodes(self, count: int, timeout: float, log: str) -> None:
+        """Wait until the node whose `ray start` writes ``log`` has started, and the cluster has ``count``.
+
+        `ray start` says "Ray runtime started" once its raylet registered; the log is read for that rather
+        than polling `ray status`, a Python process that takes most of a core for two seconds each time:
+        polled every 2 s on 2 cores it starved the very raylet it waited for.
+        """
         deadline = time.monotonic() + timeout
+        path = self.log_dir / log
+        while True:
+            self._check_alive()
+            with path.open("rb") as f:
+                f.seek(self.log_from.get(log, 0))
+                if b"Ray runtime started" in f.read():
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"`ray start` did not start its node:\n{ray_node_report(self.temp_dir, path)}"
+                )
+            time.sleep(0.5)
         last = ""
         while time.monotonic() < deadline:
-            for proc in self.started:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"ray start exited {proc.returncode}:\n"
-                        + ray_node_report(
-                            self.temp_dir, self.log_dir / "head.log", self.log_dir / "worker.log"
-                        )
-                    )
+            self._check_alive()
             status = subprocess.run(
                 [RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True
             )
             last = status.stdout + status.stderr
             if status.returncode == 0 and last.count("node_") >= count:
                 return
-            time.sleep(2)
+            time.sleep(5)
         raise TimeoutError(
             f"the loopback Ray cluster did not reach {count} node(s): {last[-2000:]}\n"
             + ray_node_report(self.temp_dir, self.log_dir / "head.log", self.log_dir / "worker.log")
