@@ -220,9 +220,8 @@ def run_data_quality(spec: BacktestSpec, bundle_path: Path) -> DataQuality:
     fields = (
         quality.handler_fields(model.handler.class_name) if model is not None else quality.EXCHANGE_FIELDS
     )
-    market = spec.universe.resolved_market()
-    start, end = spec.period.start, spec.period.end
-    measured = quality.measure(bundle_path, quality.universe_spans(market, start, end), start, end, fields)
+    market, start, end = spec.universe.resolved_market(), spec.period.start, spec.period.end
+    measured = quality.measure_universe(bundle_path, market, start, end, fields)
     return DataQuality.model_validate(measured.to_results())
 
 

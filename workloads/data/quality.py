@@ -151,3 +151,11 @@ def universe_spans(market: str | list[str], start: Any, end: Any) -> dict[str, l
         return {str(i): [(start, end)] for i in market}
     listed = D.list_instruments(D.instruments(market), start_time=start, end_time=end, as_list=False)
     return {str(i): [(s, e) for s, e in v] for i, v in listed.items()}
+
+
+def measure_universe(
+    bundle: Path, market: str | list[str], start: Any, end: Any, fields: Sequence[str]
+) -> DataQuality:
+    """Data quality of ``fields`` over the members of ``market`` (a qlib market name or instrument list) from
+    ``start`` to ``end``, with qlib initialised: what a Backtest or a TrainingJob read."""
+    return measure(bundle, universe_spans(market, start, end), start, end, fields)

@@ -214,11 +214,10 @@ def measure_data_quality(spec: TrainingJobSpec, bundle: Path) -> DataQuality:
     members from the train segment's start to the test segment's end."""
     from kubequant.workloads.data import quality
 
-    segments = spec.dataset.segments
-    start, end = segments.train.start, segments.test.end
-    spans = quality.universe_spans(spec.universe.resolved_market(), start, end)
+    start, end = spec.dataset.segments.train.start, spec.dataset.segments.test.end
     fields = quality.handler_fields(spec.dataset.handler.class_name)
-    return DataQuality.model_validate(quality.measure(bundle, spans, start, end, fields).to_results())
+    measured = quality.measure_universe(bundle, spec.universe.resolved_market(), start, end, fields)
+    return DataQuality.model_validate(measured.to_results())
 
 
 def _completed(trials: pd.DataFrame) -> int:

@@ -643,6 +643,8 @@ def build_app(service: SignalService, token: str) -> web.Application:
 
     def document() -> bytes:
         """The contract, with this session's instruments once the venue's list is read (then kept)."""
+        if True in documents:  # the listing is read once, at start: no sort of it per request after that
+            return documents[True]
         listed = service.instruments() if service.instruments is not None else None
         key = listed is not None
         if key not in documents:
