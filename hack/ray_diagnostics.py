@@ -98,3 +98,47 @@ def without_coverage(env: dict[str, str]) -> dict[str, str]:
     the tests that run it directly.
     """
     return {k: v for k, v in env.items() if not k.startswith(COVERAGE_ENV_PREFIXES)}
+
+
+# How often a measured Ray worker writes its coverage data (see measured_workers_runtime_env).
+COVERAGE_SAVE_INTERVAL_S = 1.0
+
+
+def measured_workers_runtime_env(measured: dict[str, str]) -> dict[str, object] | None:
+    """The runtime_env that measures the Ray worker processes of a job, or None when nothing is measured.
+
+    ``measured`` is what ``without_coverage`` took away from Ray's own processes. Workers get it back
+    (and this folder on their path, for the hook): they run the kubequant code under test (Tune trials,
+    data-parallel ranks). Ray ends its workers from C++ (``_Exit``) or with SIGKILL, never through
+    Python's exit, so coverage.py's save at exit never runs there: the hook saves every second instead,
+    and what a worker ran in its last second is not counted.
+    """
+    if not measured:
+        return None
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "env_vars": {**measured, "PYTHONPATH": path},
+        "worker_process_setup_hook": "ray_diagnostics.save_coverage_periodically",
+    }
+
+
+def save_coverage_periodically() -> None:
+    """Ray's worker_process_setup_hook: a measured worker writes its coverage data every second."""
+    import threading
+    import time
+
+    import coverage
+
+    cov = coverage.Coverage.current()
+    if cov is None:
+        return
+
+    def save_forever() -> None:
+        while True:
+            time.sleep(COVERAGE_SAVE_INTERVAL_S)
+            try:
+                cov.save()
+            except Exception:  # a failed save loses a measurement, never the test
+                pass
+
+    threading.Thread(target=save_forever, name="coverage-saver", daemon=True).start()

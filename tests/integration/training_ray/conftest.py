@@ -6,9 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
-from ray_diagnostics import without_coverage
+from ray_diagnostics import measured_workers_runtime_env, without_coverage
 from training_ray_specs import training_spec
 
 from kubequant.api.training import TrainingJobSpec
@@ -31,17 +32,29 @@ def dataset(spec: TrainingJobSpec) -> Any:
 def ray_local(spec: TrainingJobSpec) -> Iterator[Any]:
     """A private local Ray (127.0.0.1 only), stopped after the module.
 
-    Its processes start without the coverage measurement's variables (hack/ray_diagnostics.py,
-    ``without_coverage``: measured, they made the raylet miss Ray's 30 s registration under `make
-    test`); the code they run for these tests is measured where `kubequant run` trains a model.
+    Ray's own processes (raylet, GCS, agents) start without the coverage measurement's variables
+    (hack/ray_diagnostics.py, ``without_coverage``: measured, they made the raylet miss Ray's 30 s
+    registration under `make test`); the worker processes that run kubequant's code for these tests
+    (Tune trials, the data-parallel ranks) get them back through the job's runtime_env, so what they
+    run is measured (``measured_workers_runtime_env``).
     """
+    import ray
+
     from kubequant.workloads.training.ray_runtime import ray_session
 
     measured = {k: v for k, v in os.environ.items() if k not in without_coverage(dict(os.environ))}
     for key in measured:
         del os.environ[key]
+    runtime_env = measured_workers_runtime_env(dict(measured))
+    real_init = ray.init
+
+    def init_measuring_workers(*args: Any, **kwargs: Any) -> Any:
+        if runtime_env:
+            kwargs.setdefault("runtime_env", runtime_env)
+        return real_init(*args, **kwargs)
+
     try:
-        with ray_session(spec, None) as session:
+        with patch.object(ray, "init", init_measuring_workers), ray_session(spec, None) as session:
             os.environ.update(measured)  # Ray's processes are up: the rest of this process is measured
             measured = {}
             yield session
