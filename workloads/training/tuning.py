@@ -122,6 +122,18 @@ def _reportable(value: float) -> float:
     return float(value) if math.isfinite(value) else float("nan")
 
 
+def asha_max_t(model_kwargs: dict[str, Any]) -> int:
+    """ASHA's ``max_t``: one round past the model's last boosting round.
+
+    ASHA stops every trial whose reported ``iteration`` reaches ``max_t``. At ``max_t = num_boost_round``
+    the report of the last round stopped a trial that boosted all its rounds before its final report
+    (the model, its metric, its checkpoint): it was counted as stopped early, its metric dropped, and a
+    search whose trials all boosted to the end failed with "no trial finished".
+    """
+    max_rounds = int(model_kwargs.get("num_boost_round", 1000))  # LGBModel's default
+    return max(max_rounds, GRACE_ROUNDS) + 1
+
+
 def trial_resources(spec: TrainingJobSpec, cluster_cpus: float, cluster_gpus: float) -> dict[str, float]:
     """CPUs/GPUs of one trial: the cluster shared by the concurrent trials (at least one CPU each)."""
     assert spec.tune is not None
@@ -176,10 +188,9 @@ def run_search(
         tune.with_parameters(_trial, spec_model=spec.model, dataset_ref=[dataset_ref], metric=metric),
         resources,
     )
-    max_rounds = int(spec.model.kwargs.get("num_boost_round", 1000))  # LGBModel's default
     scheduler = tune.schedulers.ASHAScheduler(
         time_attr="iteration",
-        max_t=max(max_rounds, GRACE_ROUNDS + 1),
+        max_t=asha_max_t(spec.model.kwargs),
         grace_period=GRACE_ROUNDS,
         reduction_factor=REDUCTION_FACTOR,
     )

@@ -59,3 +59,42 @@ def test_search_keeps_every_trial_and_the_best_model(dataset: Any, dataset_ref: 
     assert math.isclose(_final_score(out.best_model, dataset, "valid_ic"), out.best_metric, rel_tol=1e-9)
     assert out.best_model.model.params["num_leaves"] == best["num_leaves"]
     assert len([m for stage, m in said if stage == "trial"]) == 8
+
+
+def test_a_trial_that_boosts_every_round_finishes_and_is_not_stopped_by_asha(
+    dataset_ref: Any, tmp_path: Any
+) -> None:
+    """A trial that boosts all its rounds is finished, with its final metric and model.
+
+    Before ``asha_max_t``, ASHA's ``max_t`` was ``num_boost_round``: the last round's report reached it
+    and ASHA stopped the trial before its final report, so it counted as stopped early and the search
+    (`kubequant run -f examples/training-tune.yaml`, 100 rounds) failed when every trial did so.
+    """
+    rounds = 15  # past the first rung (10): a lone trial is kept there and boosts to the end
+    spec = training_spec(
+        model={
+            "class": "LGBModel",
+            "kwargs": {"num_boost_round": rounds, "early_stopping_rounds": 1000, "seed": 1},
+        },
+        tune={
+            "numSamples": 1,
+            "maxConcurrentTrials": 1,
+            "metric": "valid_ic",
+            "mode": "max",
+            "searchSpace": {"learning_rate": {"distribution": "uniform", "low": 0.01, "high": 0.02}},
+        },
+    )
+    out = run_search(spec, dataset_ref, storage_path=str(tmp_path))
+    (trial,) = out.trials.to_dict("records")
+    assert not trial["stopped_early"], trial
+    assert trial["iterations"] == rounds
+    assert math.isclose(out.best_metric, trial["metric"])
+    assert out.best_model.model.current_iteration() == rounds
+
+
+def test_asha_max_t_is_past_the_last_round() -> None:
+    from kubequant.workloads.training.tuning import asha_max_t
+
+    assert asha_max_t({"num_boost_round": 100}) == 101
+    assert asha_max_t({}) == 1001  # LGBModel's default of 1000 rounds
+    assert asha_max_t({"num_boost_round": 3}) == GRACE_ROUNDS + 1
