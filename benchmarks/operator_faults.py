@@ -80,7 +80,9 @@ def main() -> int:
                         kwargs["pause_seconds"] = args.etcd_pause
                     m = FAULTS[fault](rig, **kwargs)
                     print(
-                        f"  {fault} run {i + 1}: {m.converge_seconds:.1f} s after the fault", file=sys.stderr
+                        f"  {fault} run {i + 1}: {m.converge_seconds:.1f} s after the fault, "
+                        f"operator RSS {rig.rss_mb():.1f} MiB",
+                        file=sys.stderr,
                     )
                     results.setdefault(fault, []).append(m)
                 if fault == "none":

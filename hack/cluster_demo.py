@@ -64,6 +64,18 @@ def bin_dir() -> Path:
     return Path(out.stdout.strip())
 
 
+def wait_established(*crds: str, timeout: float = 120) -> None:
+    """Until the CRDs are Established: `kubectl wait` exits 1 at once, rather than waiting, on a CRD the
+    API server has not given conditions yet (kubernetes/kubernetes#66439), as on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while (
+        done := kubectl("wait", "--for=condition=Established", "--timeout=30s", *crds, check=False)
+    ).returncode:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"cluster-demo: CRDs not Established after {timeout:.0f}s:\n{done.stderr}")
+        time.sleep(1)
+
+
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [str(bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig()), *args],
@@ -392,8 +404,12 @@ def main() -> int:
 
     say("2/7 CRDs (kubectl apply --server-side -f crds/)")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
+    wait_established(
+        *(
+            f"crd/{crd}.{GROUP}"
+            for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies")
+        )
+    )
 
     say(f"3/7 the chart's ServiceAccount and RBAC in {OPERATOR_NS}; namespace {args.namespace} (restricted)")
     namespaces = [

@@ -243,8 +243,16 @@ install_kuberay_crds() {
   log "installing KubeRay ${KUBERAY_VERSION} CRDs (server-side apply)"
   kubectl_ apply --server-side --force-conflicts --field-manager=kubequant-dev-cluster \
     -f "${KUBERAY_CRD_DIR}" >&2 || return 1
-  kubectl_ wait --for=condition=Established --timeout=60s \
-    crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io >/dev/null || return 1
+  # kubectl wait exits 1 at once, rather than waiting, on a CRD the API server has not given conditions
+  # yet (".status.conditions accessor error: <nil>", kubernetes/kubernetes#66439): a loaded machine
+  # hits it right after the apply, so it is retried.
+  wait_for 120 "KubeRay's CRDs to be Established" kuberay_crds_established
+}
+
+# shellcheck disable=SC2317  # called through wait_for
+kuberay_crds_established() {
+  kubectl_ wait --for=condition=Established --timeout=20s \
+    crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io
 }
 
 # KubeRay's operator, as `up` started it (its pid file), is running.

@@ -310,6 +310,24 @@ def pvc_exists(namespace: str, name: str) -> bool:
     return _absent(lambda: core.read_namespaced_persistent_volume_claim(name, namespace, **RAW)) is not None
 
 
+# An Event is auxiliary: a handler waits this long for one, not for a hung API server.
+EVENT_TIMEOUT_SECONDS = 10.0
+
+
+def create_event(event: dict[str, Any]) -> bool:
+    """Create a core/v1 Event under its own name; False when one of that name exists (posted before)."""
+    core = client.CoreV1Api(api())
+    try:
+        core.create_namespaced_event(
+            event["metadata"]["namespace"], event, _request_timeout=EVENT_TIMEOUT_SECONDS, **RAW
+        )
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
 def read_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     """A kubequant custom resource, or None if it is gone."""
     custom = client.CustomObjectsApi(api())

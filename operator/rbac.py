@@ -88,14 +88,22 @@ KOPF: tuple[Access, ...] = (
 )
 
 
+# The handlers' own Events (reconciler.post_event): each named after the transition it announces, so a
+# repeat is refused (409) rather than posted twice; create is all it takes.
+EVENTS = Access(
+    "", "events", ("create",), "announce phases and condition transitions, once each (named Events)"
+)
+
+
 def owner_kind(group: str, plural: str, watched: str) -> tuple[Access, ...]:
     """What every kind the operator reconciles into children needs: kopf watching it (``watched``
     says what for), kopf's progress and diff-base annotations and status writes, and the admission
-    rule for children that block their owner's deletion."""
+    rule for children that block their owner's deletion, and the Events announcing its transitions."""
     return (
         Access(group, plural, ("list", "watch"), f"kopf watches {watched}", source="kopf"),
         Access(group, plural, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
         Access(group, f"{plural}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
+        EVENTS,
         Access(
             group,
             f"{plural}/finalizers",

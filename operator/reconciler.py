@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from kubequant.api.resource import Resource
 from kubequant.manifests import InvalidManifest, parse_resource
 from kubequant.operator import kube
 from kubequant.operator.builders.common import controller_reference, with_spec_hash
+from kubequant.operator.builders.events import build_event, status_digest
 from kubequant.operator.builders.policy import policy_violations
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.metrics import DATA_QUALITY, PHASES, RESULTS, observe_reconcile
@@ -32,6 +35,7 @@ from kubequant.operator.status.conditions import transition_events, unchanged
 # break hundreds of rules at once).
 MAX_REJECTION = 3000
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+log = logging.getLogger(__name__)
 
 
 class Rejected(Exception):
@@ -215,20 +219,43 @@ def apply_children(build: Callable[[Context], Sequence[dict[str, Any]]], *, conv
 # --------------------------------------------------------------------------- the runner
 
 
+def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str, key: str) -> bool:
+    """Post an Event about ``body`` once per ``key`` (builders.events: a repeat is refused by name).
+
+    Whether it was posted now. An Event is auxiliary: a failure to post it is logged, never raised,
+    so it cannot fail or retry the reconcile that announces (which may lose an Event, never repeat it).
+    """
+    instance = os.environ.get("POD_NAME") or socket.gethostname()
+    event = build_event(
+        body, type=type, reason=reason, message=message, key=key, now=now(), instance=instance
+    )
+    try:
+        return kube.create_event(event)
+    except Exception as err:
+        log.warning("posting the Event %s (%s) failed: %s", event["metadata"]["name"], reason, _brief(err))
+        return False
+
+
 def announce(
     kind: Kind, body: Any, previous: Mapping[str, Any], new: Mapping[str, Any], logger: Logger
 ) -> None:
     """An Event and a log line when the phase changes, and an Event per condition transition (a
-    session Degraded while still Trading changes no phase)."""
+    session Degraded while still Trading changes no phase).
+
+    Each Event is keyed by the status it leaves: a reconcile retried because its status write was
+    lost, or a status recomputed from a body that lags the write, announces nothing twice."""
+    left = status_digest(previous)
     old_phase = previous.get("phase")
     phase = new.get("phase")
     if phase and phase != old_phase and phase in kind.phase_events:
         type_, reason = kind.phase_events[phase]
-        kopf.event(body, type=type_, reason=reason, message=new.get("message", ""))
+        post_event(
+            body, type=type_, reason=reason, message=new.get("message", ""), key=f"phase {phase} {left}"
+        )
         logger.info("phase %s → %s: %s", old_phase, phase, new.get("message", ""))
     if "conditions" in new:
         for type_, reason, message in transition_events(previous.get("conditions"), new["conditions"]):
-            kopf.event(body, type=type_, reason=reason, message=message[:1024])
+            post_event(body, type=type_, reason=reason, message=message, key=f"conditions {message} {left}")
 
 
 def _with_children(ctx: Context, new: dict[str, Any]) -> dict[str, Any]:
@@ -291,7 +318,10 @@ def reconcile(
             raise kopf.TemporaryError(_brief(err), delay=delay) from err
         _finish(kind, ctx, new, write, logger)
         if old_phase is None and kind.accepted_message is not None:
-            kopf.event(body, type="Normal", reason="Accepted", message=kind.accepted_message(ctx))
+            # Once per object: a retry whose first status write was lost posts it under the same name.
+            post_event(
+                body, type="Normal", reason="Accepted", message=kind.accepted_message(ctx), key="accepted"
+            )
         return new
 
 

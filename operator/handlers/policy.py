@@ -17,10 +17,11 @@ import kopf
 
 from kubequant.api.risk import RiskPolicy
 from kubequant.operator import kube, reconciler
+from kubequant.operator.builders.events import status_digest
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import session as sessions
 from kubequant.operator.metrics import observe_reconcile
-from kubequant.operator.rbac import Access
+from kubequant.operator.rbac import EVENTS, Access
 from kubequant.operator.status.conditions import unchanged
 from kubequant.operator.status.policy import policy_status
 from kubequant.version import API_GROUP, API_VERSION
@@ -41,6 +42,7 @@ RBAC: tuple[Access, ...] = (
         API_GROUP, f"{PLURAL}/status", ("patch",), "kopf writes the sessions using the policy", source="kopf"
     ),
     Access(API_GROUP, f"{PLURAL}/status", ("patch",), "a policy's daemon keeps the list of its sessions"),
+    EVENTS,
 )
 
 
@@ -115,5 +117,11 @@ def policy_deleted(
     )
     if not unchanged(body.get("status"), new):
         patch.status.update(new)
-        kopf.event(body, type="Warning", reason="DeletionBlocked", message=new["message"])
+        reconciler.post_event(
+            body,
+            type="Warning",
+            reason="DeletionBlocked",
+            message=new["message"],
+            key=status_digest(body.get("status")),
+        )
     raise kopf.TemporaryError(new["message"], delay=cfg.retry_delay_seconds)

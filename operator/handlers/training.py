@@ -136,8 +136,9 @@ def warn_lost_artifacts(ctx: Context) -> None:
     tj: TrainingJob = ctx.resource
     artifacts = tj.spec.output.artifacts
     if ctx.previous.get("phase") is None and artifacts.volume is None:
-        kopf.event(
-            cast(kopf.Body, ctx.body),
+        reconciler.post_event(
+            ctx.body,
+            key="artifacts-not-kept",
             type="Warning",
             reason="ArtifactsNotKept",
             message="spec.output.artifacts sets no volume: the model artifact is written into the Ray "

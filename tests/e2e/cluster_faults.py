@@ -582,8 +582,15 @@ def operator_rig(cluster: FaultCluster, workdir: Path) -> Iterator[Rig]:
     if binary is None:
         raise ClusterFaultError(toxiproxy_server.missing_reason())
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.{GROUP}", "--timeout=60s")
+    from kubectl import wait_established
+
+    wait_established(
+        cluster.kubectl,
+        *(
+            f"crd/{crd}.{GROUP}"
+            for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies")
+        ),
+    )
     namespace = "kubequant-faults-system"
     cluster.kubectl("create", "namespace", namespace, check=False)
     docs = render_chart_rbac("kubequant", namespace)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +41,25 @@ def kubectl(
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def wait_established(
+    run: Callable[..., subprocess.CompletedProcess[str]], *targets: str, timeout: float = 120
+) -> None:
+    """``kubectl wait --for=condition=Established TARGETS`` (``crd/NAME`` or ``-f FILE`` arguments) until
+    it succeeds or ``timeout``: kubectl exits 1 at once, rather than waiting, on a CRD the API server has
+    not yet given conditions (".status.conditions accessor error: <nil> is of the type <nil>",
+    kubernetes/kubernetes#66439), which a loaded machine hits right after the apply. ``run``: a kubectl
+    wrapper taking ``check=False``."""
+    if not targets:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        done = run("wait", "--for=condition=Established", "--timeout=30s", *targets, check=False)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"CRDs not Established after {timeout:.0f}s ({' '.join(targets)}):\n{done.stderr}"
+            )
+        time.sleep(1)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubectl
+from kubectl import REPO_ROOT, bin_dir, kubectl, wait_established
 from kubernetes import client
 
 KUBEQUANT = str(Path(sys.executable).parent / "kubequant")
@@ -192,8 +192,7 @@ def chart_operator(
     running as that ServiceAccount (retrying waits every 2 s) until the block ends; its log's tail is
     printed then. ``crds_established``: other CRDs (e.g. KubeRay's rayjobs.ray.io) to wait for first."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"), check=True)
-    for crd in crds_established:
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s", check=True)
+    wait_established(kubectl, *(f"crd/{crd}" for crd in crds_established))
     kubectl("create", "namespace", namespace)
     account = install_chart_rbac("kubequant", namespace)
     kubeconfig = service_account_kubeconfig(core, kube_config, namespace, account, workdir / "kubeconfig")

@@ -8,6 +8,7 @@ own behaviour is tested elsewhere.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubeconfig
+from kubectl import REPO_ROOT, bin_dir, kubeconfig, wait_established
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -112,9 +113,7 @@ def apply_crds(tools: Tools, folder: Path) -> subprocess.CompletedProcess[str]:
         for doc in yaml.safe_load_all(path.read_text())
         if doc
     ]
-    tools.run(
-        tools.kubectl, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
-    )
+    wait_established(functools.partial(tools.run, tools.kubectl), *(f"crd/{n}" for n in names))
     return result
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, kubectl
+from kubectl import REPO_ROOT, kubectl, wait_established
 from kubernetes import client
 
 from kubequant.api import KINDS
@@ -25,8 +25,13 @@ RESOURCE_CASES = yaml.safe_load((REPO_ROOT / "tests" / "unit" / "resource_cases.
 @pytest.fixture(scope="module", autouse=True)
 def crds_installed() -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"), check=True)
-    for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.kubequant.io", "--timeout=60s", check=True)
+    wait_established(
+        kubectl,
+        *(
+            f"crd/{crd}.kubequant.io"
+            for crd in ("backtests", "trainingjobs", "livetradingsessions", "riskpolicies")
+        ),
+    )
 
 
 def test_explain_shows_the_model_descriptions() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubeconfig
+from kubectl import REPO_ROOT, bin_dir, kubeconfig, wait_established
 from kubernetes import client
 from operator_process import chart_operator, free_port
 
@@ -84,9 +84,12 @@ def crds_installed(env: dict[str, str]) -> None:
         *(a for f in files for a in ("-f", f)),
         env=env,
     )
+
     # (PyYAML cannot load these CRDs: their schemas hold a bare `=` enum value, YAML 1.1's value tag.)
-    waits = (a for f in files for a in ("-f", f))
-    run(kubectl, "wait", "--for=condition=Established", "--timeout=60s", *waits, env=env)
+    def kubectl_(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(kubectl), *args], capture_output=True, text=True, env=env, timeout=180)
+
+    wait_established(kubectl_, *(a for f in files for a in ("-f", str(f))))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from kubequant.api import Backtest
 from kubequant.manifests import parse_resource
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.builders.backtest import build_backtest_job
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import backtest as handler
@@ -54,7 +54,7 @@ def api_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(kube, "read_custom", read_custom)
     monkeypatch.setattr(kube, "job_pods", job_pods)
     monkeypatch.setattr(kube, "patch_custom_status", lambda *a: calls.append("patch status"))
-    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    monkeypatch.setattr(reconciler, "post_event", lambda *a, **k: None)
     return calls
 
 

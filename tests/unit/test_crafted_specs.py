@@ -61,9 +61,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: True)
     monkeypatch.setattr(
-        kopf,
-        "event",
-        lambda body, *, type, reason, message="": rec.events.append((type, reason, message)),
+        reconciler,
+        "post_event",
+        lambda body, *, type, reason, message="", **_: rec.events.append((type, reason, message)),
     )
     return rec
 

@@ -219,6 +219,31 @@ def test_kuberay_crds_are_applied_server_side(sandbox) -> None:  # type: ignore[
     assert done.stdout.strip() == "rc=1" and "no KubeRay CRDs" in done.stderr
 
 
+# kubectl 1.36 on a CRD the API server has not given conditions yet: exits 1 at once, not waiting.
+NO_CONDITIONS_YET = """#!/usr/bin/env bash
+echo "kubectl $*" >>"$CALLS"
+if [[ " $* " == *" wait "* && ! -f "$STATE/waited" ]]; then
+  touch "$STATE/waited"
+  echo '.status.conditions accessor error: <nil> is of the type <nil>, expected []interface{}' >&2
+  exit 1
+fi
+exit 0
+"""
+
+
+def test_kuberay_crds_without_conditions_yet_are_waited_for_not_a_failed_start(sandbox) -> None:  # type: ignore[no-untyped-def]
+    """A fresh-clone run's `up` failed "KubeRay failed to start" on that error, on a loaded machine."""
+    tmp_path, bin_dir, _ = sandbox
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / ".complete").touch()
+    (bin_dir / "kubectl").write_text(NO_CONDITIONS_YET)
+    done = run(tmp_path, bin_dir, f'KUBERAY_CRD_DIR="{crds}"; install_kuberay_crds && echo OK')
+    assert done.stdout.strip() == "OK", done.stderr
+    waits = [c for c in calls(tmp_path) if " wait " in c]
+    assert len(waits) == 2 and all("crd/rayjobs.ray.io" in c for c in waits)
+
+
 def test_ray_operator_is_started_against_the_cluster_and_restarted_when_dead(sandbox) -> None:  # type: ignore[no-untyped-def]
     tmp_path, bin_dir, _ = sandbox
     ray_operator(bin_dir, 'echo "KUBECONFIG=$KUBECONFIG"; exec sleep 60')

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from kubequant.api import Backtest
 from kubequant.manifests import parse_resource
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.builders.backtest import build_backtest_job
 from kubequant.operator.builders.common import controller_reference
 from kubequant.operator.config import OperatorConfig
@@ -123,7 +123,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     monkeypatch.setattr(
         kube, "patch_custom_status", lambda plural, ns, name, st: rec.status_patches.append(st)
     )
-    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    monkeypatch.setattr(reconciler, "post_event", lambda *a, **k: None)
     return rec
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import backtest as handler
 
@@ -41,7 +41,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: name == "present")
     monkeypatch.setattr(
-        kopf, "event", lambda body, *, type, reason, message="": rec.events.append((type, reason))
+        reconciler,
+        "post_event",
+        lambda body, *, type, reason, message="", **_: rec.events.append((type, reason)),
     )
     return rec
 

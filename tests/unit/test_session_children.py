@@ -15,7 +15,7 @@ import yaml
 from kubequant.api.live import LiveTradingSession
 from kubequant.api.risk import RiskPolicy
 from kubequant.manifests import parse_resource
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.builders import session as builders
 from kubequant.operator.builders.common import SPEC_HASH_ANNOTATION, converge_patch, with_spec_hash
 from kubequant.operator.config import OperatorConfig
@@ -409,7 +409,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     )
     monkeypatch.setattr(kube, "list_pods", lambda ns, selector: rec.pods)
     monkeypatch.setattr(
-        kopf, "event", lambda body, *, type, reason, message="": rec.events.append((type, reason))
+        reconciler,
+        "post_event",
+        lambda body, *, type, reason, message="", **_: rec.events.append((type, reason)),
     )
     return rec
 

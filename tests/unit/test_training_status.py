@@ -13,7 +13,7 @@ import kopf
 import pytest
 
 from kubequant.api.training import TrainingJobStatus
-from kubequant.operator import kube
+from kubequant.operator import kube, reconciler
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import training as handler
 from kubequant.operator.status import training as status
@@ -271,7 +271,9 @@ def handler_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     monkeypatch.setattr(kube, "job_pods", lambda ns, name, rv=None: [])
     monkeypatch.setattr(kube, "pvc_exists", lambda ns, name: name == "models")
     monkeypatch.setattr(
-        kopf, "event", lambda body, *, type, reason, message="": seen["events"].append((type, reason))
+        reconciler,
+        "post_event",
+        lambda body, *, type, reason, message="", **_: seen["events"].append((type, reason)),
     )
     return seen
 

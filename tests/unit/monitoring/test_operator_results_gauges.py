@@ -10,6 +10,7 @@ import kopf
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from kubequant.operator import reconciler
 from kubequant.operator.config import OperatorConfig
 from kubequant.operator.handlers import backtest as handler
 
@@ -41,7 +42,9 @@ def scrape() -> str:
 
 
 def test_finished_backtest_results_are_served_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kopf, "event", lambda *a, **k: pytest.fail("a finished object needs no event"))
+    monkeypatch.setattr(
+        reconciler, "post_event", lambda *a, **k: pytest.fail("a finished object needs no event")
+    )
     handler.reconcile_backtest(
         body=kopf.Body(BODY),
         patch=kopf.Patch(),
