@@ -8,6 +8,7 @@ the cluster's own temp dir and stopped by pid; ``ray stop`` would kill every Ray
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray_diagnostics import ray_node_report, without_coverage
+from ray_diagnostics import measured_workers_runtime_env, ray_node_report, without_coverage
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -198,3 +199,13 @@ def cluster_env(temp_dir: Path) -> dict[str, str]:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
+
+
+def measured_job_args() -> list[str]:
+    """``ray job submit`` arguments that measure the job (its entrypoint, the driver, and its workers) when
+    this run measures coverage: the job's runtime_env gives them back the coverage variables that the
+    cluster's own processes start without (``cluster_env``). The driver exits through Python, so its data
+    is saved at exit; workers save theirs every second (``measured_workers_runtime_env``)."""
+    measured = {k: v for k, v in os.environ.items() if k not in without_coverage(dict(os.environ))}
+    runtime_env = measured_workers_runtime_env(measured)
+    return ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []

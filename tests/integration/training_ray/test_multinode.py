@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from loopback_cluster import RAY, LoopbackCluster, cluster_env
+from loopback_cluster import RAY, LoopbackCluster, cluster_env, measured_job_args
 from training_ray_specs import SPEC
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,6 +41,7 @@ def test_data_parallel_job_spans_both_nodes(cluster: LoopbackCluster, tmp_path: 
             "job",
             "submit",
             f"--address={cluster.dashboard}",
+            *measured_job_args(),
             "--",
             "python",
             str(entry),
@@ -79,7 +80,7 @@ def test_the_workload_entrypoint_trains_data_parallel_on_the_cluster(
     kubequant = str(Path(RAY).with_name("kubequant"))
     entrypoint = [kubequant, "workload", "train", "--config", str(config), "--artifact-dir", str(artifacts)]
     job = subprocess.run(
-        [RAY, "job", "submit", f"--address={cluster.dashboard}", "--", *entrypoint],
+        [RAY, "job", "submit", f"--address={cluster.dashboard}", *measured_job_args(), "--", *entrypoint],
         env=cluster.env,
         capture_output=True,
         text=True,
