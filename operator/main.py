@@ -37,12 +37,13 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
 
 def run_operator(cfg: OperatorConfig) -> None:
     """Run until stopped (SIGTERM/SIGINT)."""
-    from kubequant.operator import kube, metrics, peering, rbac
+    from kubequant.operator import kube, memory, metrics, peering, rbac
 
     # Importing the handler modules registers them with kopf's default registry.
     rbac.handler_modules()
 
     kube.load_credentials()
+    memory.start_trimming()
     # kopf pauses without a word while its peering objects are missing: say so, and how to get out.
     peering.start_warning_thread(cfg)
 
