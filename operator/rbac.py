@@ -82,7 +82,7 @@ KOPF: tuple[Access, ...] = (
         "",
         "events",
         ("create",),
-        "kopf.event and kopf's handler log lines, posted as core/v1 Events (POST only)",
+        "kopf's handler log lines, posted as core/v1 Events (POST only)",
         source="kopf",
     ),
 )

@@ -131,7 +131,8 @@ class Recorder:
 
 @pytest.fixture
 def quiet_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
-    # kopf posts Events through its own client (declared in rbac.KOPF), not kubequant.operator.kube.
+    # kopf posts its log lines as Events through its own client (rbac.KOPF); the handlers' own Events go
+    # through kubequant.operator.kube and are recorded (rbac.EVENTS).
     monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
 
 
