@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,9 +224,9 @@ def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str,
     Whether it was posted now. An Event is auxiliary: a failure to post it is logged, never raised,
     so it cannot fail or retry the reconcile that announces (which may lose an Event, never repeat it).
     """
-    instance = os.environ.get("POD_NAME") or socket.gethostname()
+    # In a pod the hostname is the pod's name: which replica posted it.
     event = build_event(
-        body, type=type, reason=reason, message=message, key=key, now=now(), instance=instance
+        body, type=type, reason=reason, message=message, key=key, now=now(), instance=socket.gethostname()
     )
     try:
         return kube.create_event(event)
