@@ -58,6 +58,8 @@ def api() -> client.ApiClient:
 
 
 def _json(response: Any) -> dict[str, Any]:
+    """The body of a raw response, read to the end: only then does its connection go back to the pool
+    (an unread one stays checked out, and the next call opens a new connection: a TLS handshake)."""
     return json.loads(response.data)  # type: ignore[no-any-return]
 
 
@@ -318,8 +320,10 @@ def create_event(event: dict[str, Any]) -> bool:
     """Create a core/v1 Event under its own name; False when one of that name exists (posted before)."""
     core = client.CoreV1Api(api())
     try:
-        core.create_namespaced_event(
-            event["metadata"]["namespace"], event, _request_timeout=EVENT_TIMEOUT_SECONDS, **RAW
+        _json(
+            core.create_namespaced_event(
+                event["metadata"]["namespace"], event, _request_timeout=EVENT_TIMEOUT_SECONDS, **RAW
+            )
         )
     except ApiException as err:
         if err.status == 409:
@@ -338,8 +342,10 @@ def read_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None
 
 def patch_custom_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch a custom resource's status subresource."""
-    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        API_GROUP, API_VERSION, namespace, plural, name, {"status": status}, **RAW
+    _json(
+        client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, plural, name, {"status": status}, **RAW
+        )
     )
 
 
