@@ -16,7 +16,7 @@ behind a real Toxiproxy, and runs each fault ``--repeat`` times over a batch of 
 
 Per fault: seconds from the end of the fault to the whole batch converged (median and worst of the
 runs, and the median's ratio to the reference's), seconds from the first create, the most Events
-about one Backtest, Backtests with a second Job or ConfigMap, and the operator's RSS before and after.
+about one Backtest, Backtests with a second Job (or any ConfigMap), and the operator's RSS before and after.
 The cluster is removed at the end (``--keep`` leaves it up for another run).
 """
 

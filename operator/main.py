@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from kubequant.operator import persistence
 from kubequant.operator.config import OperatorConfig
 from kubequant.version import API_GROUP
 
@@ -14,11 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
-    """kopf settings: progress kept in annotations (status is schema-checked), peering, posting."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    """kopf settings: its bookkeeping in status.kopf (one write per reconcile), peering, posting."""
+    settings.persistence.progress_storage = persistence.progress_storage()
+    settings.persistence.diffbase_storage = persistence.diffbase_storage()
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.posting.level = logging.INFO
     settings.peering.name = cfg.peering

@@ -97,11 +97,17 @@ EVENTS = Access(
 
 def owner_kind(group: str, plural: str, watched: str) -> tuple[Access, ...]:
     """What every kind the operator reconciles into children needs: kopf watching it (``watched``
-    says what for), kopf's progress and diff-base annotations and status writes, and the admission
+    says what for), kopf's object patches and status writes, and the admission
     rule for children that block their owner's deletion, and the Events announcing its transitions."""
     return (
         Access(group, plural, ("list", "watch"), f"kopf watches {watched}", source="kopf"),
-        Access(group, plural, ("patch",), "kopf keeps progress and diff-base annotations", source="kopf"),
+        Access(
+            group,
+            plural,
+            ("patch",),
+            "kopf's finalizers, and clearing the progress annotations an older operator kept",
+            source="kopf",
+        ),
         Access(group, f"{plural}/status", ("patch",), "kopf writes the status a handler sets", source="kopf"),
         EVENTS,
         Access(

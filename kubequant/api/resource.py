@@ -13,10 +13,11 @@ from kubequant.api.common import DNS_SUBDOMAIN, Condition
 from kubequant.version import API_GROUP, API_VERSION
 
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
-# kopf keeps the spec, labels and annotations it last handled in an annotation (JSON, non-ASCII
-# escaped), and `kubectl apply` keeps the whole object in another; all annotations of an object
-# share 256 KiB. At most 80 KiB of spec, labels and annotations keeps the three copies under it, so
-# the operator can always record that it handled an object.
+# `kubectl apply` keeps the whole object in an annotation (JSON, non-ASCII escaped), a Backtest's pod
+# its resolved manifest in another, and kopf the spec, labels and annotations it last handled in
+# status.kopf (an older operator: in an annotation); all annotations of an object share 256 KiB. At
+# most 80 KiB of spec, labels and annotations keeps every copy under it, so the operator can always
+# record that it handled an object.
 MAX_OBJECT_BYTES = 80 * 1024
 _OWN_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _OWN_PREFIX = f"{API_GROUP}/"  # the operator's own bookkeeping (kopf progress and diff base)
@@ -63,6 +64,15 @@ class StatusBase(ApiModel):
         None, max_length=16, description="Current conditions in the Kubernetes API conventions."
     )
     message: str | None = Field(None, max_length=4096, description="Last notable event, for humans.")
+    # Written by kopf alone (operator/persistence.py), never from these models: left out of what they
+    # serialize (the signal API's /v1/status has no such field), kept in the CRD's schema.
+    kopf: dict[str, object] | None = Field(
+        None,
+        exclude=True,
+        description="The operator's bookkeeping (kopf's handler progress and the configuration it last "
+        "handled), written with the status; not for users.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
 
 class ChildReference(ApiModel):

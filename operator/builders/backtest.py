@@ -1,4 +1,9 @@
-"""A Backtest's children: the ConfigMap holding its resolved manifest and the Job that runs it."""
+"""A Backtest's child: the Job that runs it, its pod reading the resolved manifest from its own annotation.
+
+The manifest travels in the pod template (``kubequant.io/manifest``, mounted through the downward API
+at the path a ConfigMap had before) rather than in a ConfigMap of its own: one object and one API write
+fewer per Backtest, and a Backtest never changes after creation, so nothing has to be kept in step.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from kubequant.operator.builders.common import (
     child_name,
     container_security_context,
     data_volume,
-    manifest_config_map,
+    manifest_annotation,
     object_meta,
     pod_placement,
     pod_security_context,
@@ -61,14 +66,7 @@ def job_name_of(backtest_name: str) -> str:
     return child_name(backtest_name, "backtest")
 
 
-def config_map_name(bt: Backtest) -> str:
-    """The ConfigMap's deterministic name."""
-    return child_name(bt.metadata.name, "backtest-config")
-
-
-def build_backtest_config_map(bt: Backtest) -> dict[str, Any]:
-    """The ConfigMap with the resolved manifest the Job's pod runs."""
-    return manifest_config_map(bt, config_map_name(bt), COMPONENT, CONFIG_KEY)
+MANIFEST_ANNOTATION = "kubequant.io/manifest"
 
 
 def report_sub_path(bt: Backtest) -> str | None:
@@ -93,7 +91,17 @@ def _volumes(
     """Volumes, their mounts, and the extra workload args they imply."""
     spec = bt.spec
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(bt)}},
+        {
+            "name": "config",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": CONFIG_KEY,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"},
+                    }
+                ]
+            },
+        },
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
     ]
@@ -180,7 +188,13 @@ def build_backtest_job(bt: Backtest, cfg: OperatorConfig, model: ModelVolume | N
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.job.backoff_limit,
         "suspend": spec.suspend,
-        "template": {"metadata": {"labels": object_meta(bt, "", COMPONENT)["labels"]}, "spec": pod_spec},
+        "template": {
+            "metadata": {
+                "labels": object_meta(bt, "", COMPONENT)["labels"],
+                "annotations": {MANIFEST_ANNOTATION: manifest_annotation(bt)},
+            },
+            "spec": pod_spec,
+        },
     }
     if spec.job.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.job.active_deadline_seconds

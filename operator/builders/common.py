@@ -128,6 +128,20 @@ def manifest_config_map(resource: Resource, name: str, component: str, key: str)
     }
 
 
+def manifest_annotation(resource: Resource) -> str:
+    """The resolved manifest as one line of flow-style YAML, for a pod-template annotation its pod reads
+    through the downward API. Flow style stays about the size of the JSON whatever the nesting (block
+    style indents every level), well inside the 256 KiB all annotations share: the spec, labels and
+    annotations are at most 80 KiB as JSON (``MAX_OBJECT_BYTES``)."""
+    return yaml.safe_dump(
+        resolved_manifest(resource),
+        default_flow_style=True,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1 << 30,
+    ).rstrip("\n")
+
+
 DATA_DIR = "/var/lib/kubequant/data"  # where a data volume is mounted in every workload pod
 
 

@@ -11,7 +11,6 @@ from kubequant.api.backtest import Backtest, BacktestPhase
 from kubequant.api.training import TrainingJob
 from kubequant.operator import kube, reconciler
 from kubequant.operator.builders.backtest import (
-    build_backtest_config_map,
     build_backtest_job,
     job_name_of,
     model_volume_of,
@@ -38,7 +37,6 @@ RBAC: tuple[Access, ...] = (
     Access("batch", "jobs", ("create", "get"), "create the Job, or read it back to adopt it"),
     Access("batch", "jobs", ("patch",), "pass spec.suspend on to the Job"),
     Access("batch", "jobs", ("list", "watch"), "kopf watches the Backtests' Jobs", source="kopf"),
-    Access("", "configmaps", ("create", "get"), "create the ConfigMap, or read it back to adopt it"),
     Access("", "pods", ("list",), "the Job's pods: their termination messages carry the results"),
     Access("", "persistentvolumeclaims", ("get",), "wait until the data and artifact volumes exist"),
     Access(API_GROUP, TRAININGJOBS, ("get",), "signal.modelRef: the TrainingJob's phase and modelUri"),
@@ -119,14 +117,14 @@ def resolve_model(ctx: Context) -> None:
 
 
 def build(ctx: Context) -> list[dict[str, Any]]:
-    """The ConfigMap, then the Job (pure builders)."""
+    """The Job, its pod carrying the resolved manifest (a pure builder)."""
     model = ctx.seen.get("model")
     job = (
         build_backtest_job(ctx.resource, ctx.cfg, model)
         if model
         else build_backtest_job(ctx.resource, ctx.cfg)
     )
-    return [build_backtest_config_map(ctx.resource), job]
+    return [job]
 
 
 def job_has_news(job: Mapping[str, Any] | None) -> bool:
@@ -180,7 +178,7 @@ BACKTEST = Kind(
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 def reconcile_backtest(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Create (or adopt) the ConfigMap and the Job, then reflect the Job's state into status."""
+    """Create (or adopt) the Job, then reflect its state into status."""
     cfg: OperatorConfig = memo["config"]
     reconciler.reconcile(BACKTEST, body, cfg, logger, patch.status.update)
 

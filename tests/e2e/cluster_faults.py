@@ -369,7 +369,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def backtest(name: str) -> dict[str, Any]:
-    """A suspended Backtest: the operator makes its ConfigMap and Job, no pod runs."""
+    """A suspended Backtest: the operator makes its Job, no pod runs."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Backtest",
@@ -403,11 +403,13 @@ class Audit:
         return not self.pending
 
     def duplicates(self) -> dict[str, dict[str, int]]:
-        """Backtests with more than one Job or ConfigMap (by controller reference), and how many."""
+        """Backtests with more than one Job, or any ConfigMap (by controller reference: the manifest
+        travels in the Job), and how many."""
+        most = {"Job": 1, "ConfigMap": 0}
         return {
-            name: {kind: n for kind, n in kinds.items() if n > 1}
+            name: {kind: n for kind, n in kinds.items() if n > most.get(kind, 1)}
             for name, kinds in self.children.items()
-            if any(n > 1 for n in kinds.values())
+            if any(n > most.get(kind, 1) for kind, n in kinds.items())
         }
 
     def max_events(self) -> int:
@@ -427,8 +429,9 @@ def _items(response: Any) -> list[dict[str, Any]]:
 
 
 def audit(api: client.ApiClient, namespace: str, names: list[str]) -> Audit:
-    """Read the Backtests, their Jobs, ConfigMaps and Events; converged means phase Suspended for the
-    current generation, with the Job and ConfigMap recorded in status.children being the live ones."""
+    """Read the Backtests, their Jobs and Events (and ConfigMaps: a Backtest has none, one would be
+    counted); converged means phase Suspended for the current generation, with the Job recorded in
+    status.children being the live one."""
     custom, batch, core = client.CustomObjectsApi(api), client.BatchV1Api(api), client.CoreV1Api(api)
     raw: dict[str, Any] = {"_request_timeout": 10, "_preload_content": False}
     listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **raw)
@@ -465,7 +468,7 @@ def audit(api: client.ApiClient, namespace: str, names: list[str]) -> Audit:
             pending[name] = f"phase {st.get('phase')!r}, observedGeneration {st.get('observedGeneration')!r}"
             continue
         recorded = {(c["kind"], c["name"]): c["uid"] for c in st.get("children") or []}
-        for kind in ("Job", "ConfigMap"):
+        for kind in ("Job",):
             live = owned.get(kind, {})
             if not live or any(recorded.get((kind, child)) != uid for child, uid in live.items()):
                 pending[name] = f"{kind}: live {live}, recorded {recorded}"

@@ -1,10 +1,10 @@
 """The operator under cluster faults (issue 17): the API server restarted mid-reconcile, the operator's
 connections (watches included) cut, etcd stopped for 30 s, 429s from API Priority and Fairness.
 
-Each fault strikes a batch of suspended Backtests (a ConfigMap and a Job each, no pod) being reconciled
+Each fault strikes a batch of suspended Backtests (a Job each, no pod) being reconciled
 by a real `kubequant operator` process (the chart's RBAC) that reaches the API server through Toxiproxy.
-After each: every Backtest converges (phase Suspended, the Job and ConfigMap recorded in its status are
-the live ones), no Backtest has a second Job or ConfigMap, the Events about each one stay few, and the
+After each: every Backtest converges (phase Suspended, the Job recorded in its status is
+the live one), no Backtest has a second Job (nor any ConfigMap), the Events about each one stay few, and the
 operator's memory stays flat over the whole module. Times to converge are printed (``-s`` or ``-rA``);
 ``benchmarks/operator_faults.py`` repeats them and prints the table.
 

@@ -169,7 +169,7 @@ def test_what_the_admin_allows_is_created(calls: Recorder, monkeypatch: pytest.M
         crafted(pod={"image": "registry.example.com/research/kq:1", "serviceAccountName": "backtester"}),
         OperatorConfig(),
     )
-    job = calls.created[1]["spec"]["template"]["spec"]
+    job = calls.created[0]["spec"]["template"]["spec"]
     assert job["containers"][0]["image"] == "registry.example.com/research/kq:1"
     assert job["serviceAccountName"] == "backtester"
 
@@ -199,7 +199,7 @@ def test_the_cluster_s_module_prefixes_are_allowed_and_passed_to_the_pod(
     monkeypatch.setenv("KUBEQUANT_WORKLOAD_POLICY", json.dumps({"allowedModules": ["acme.research"]}))
     body = crafted(strategy={"custom": {"class": "Momentum", "module": "acme.research.strategies"}})
     reconcile(body, OperatorConfig())
-    args = calls.created[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = calls.created[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--allow-module") + 1] == "acme.research"
 
 
@@ -239,16 +239,16 @@ def test_a_spec_kopf_could_not_record_is_refused(calls: Recorder) -> None:
         "kubequant.io/last-handled-configuration": "y" * 90_000,
     }
     reconcile(body)
-    assert [o["kind"] for o in calls.created] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in calls.created] == ["Job"]
 
 
-def test_a_cjk_spec_keeps_its_size_in_the_config_map(calls: Recorder) -> None:
+def test_a_cjk_spec_keeps_its_size_in_the_pod_s_manifest(calls: Recorder) -> None:
     text = "多因子量化研究" * 1400  # 9,800 characters: 29 KB in UTF-8, 59 KB as escaped JSON
     body = crafted(
         signal={"model": {"model": {"class": "LGBModel", "kwargs": {"notes": text}}, "segments": SEGMENTS}}
     )
     reconcile(body)
-    data = calls.created[0]["data"][builders.CONFIG_KEY]
+    data = calls.created[0]["spec"]["template"]["metadata"]["annotations"][builders.MANIFEST_ANNOTATION]
     assert text in data, "non-ASCII text is kept as it is, not escaped"
     assert len(data.encode()) < 1.1 * len(text.encode())
     assert yaml.safe_load(data)["spec"]["signal"]["model"]["model"]["kwargs"]["notes"] == text
@@ -323,7 +323,7 @@ def test_a_4xx_on_create_is_a_permanent_failure_with_the_server_s_reason(
     monkeypatch.setattr(kube.client, "CoreV1Api", _FakeApi)
     monkeypatch.setattr(kube, "api", lambda: None)
     reason, message, _ = refused(crafted())
-    assert reason == "ConfigMapRejected"  # the first child created
+    assert reason == "JobRejected"  # the one child
     assert f"({status} {api_reason})" in message and text in message
 
 
@@ -420,7 +420,7 @@ def test_opting_out_writes_straight_into_the_sub_path(calls: Recorder) -> None:
             }
         )
     )
-    job = calls.created[1]["spec"]["template"]["spec"]
+    job = calls.created[0]["spec"]["template"]["spec"]
     mount = next(m for m in job["containers"][0]["volumeMounts"] if m["name"] == "report")
     assert mount["subPath"] == "shared/run-7"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -10,12 +11,7 @@ import yaml
 
 from kubequant.api import Backtest
 from kubequant.manifests import parse_resource
-from kubequant.operator.builders.backtest import (
-    build_backtest_config_map,
-    build_backtest_job,
-    config_map_name,
-    job_name,
-)
+from kubequant.operator.builders.backtest import MANIFEST_ANNOTATION, build_backtest_job, job_name
 from kubequant.operator.builders.common import child_name
 from kubequant.operator.config import OperatorConfig
 
@@ -42,7 +38,6 @@ def backtest(**spec: Any) -> Backtest:
 
 def test_names_are_deterministic_and_short() -> None:
     assert job_name(backtest()) == "lgb-backtest"
-    assert config_map_name(backtest()) == "lgb-backtest-config"
     long = "a" * 70
     first, second = child_name(long, "backtest"), child_name(long, "backtest")
     assert first == second and len(first) <= 63 and first.endswith("-backtest")
@@ -51,8 +46,7 @@ def test_names_are_deterministic_and_short() -> None:
 
 def test_children_are_owned_and_labelled() -> None:
     bt = backtest()
-    for obj in (build_backtest_config_map(bt), build_backtest_job(bt, OperatorConfig())):
-        meta = obj["metadata"]
+    for meta in (build_backtest_job(bt, OperatorConfig())["metadata"],):
         assert meta["namespace"] == "research"
         (owner,) = meta["ownerReferences"]
         assert owner == {
@@ -67,9 +61,20 @@ def test_children_are_owned_and_labelled() -> None:
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubequant-operator"
 
 
-def test_config_map_holds_the_resolved_manifest() -> None:
-    cm = build_backtest_config_map(backtest())
-    doc = yaml.safe_load(cm["data"]["backtest.yaml"])
+def manifest_of(job: dict[str, Any]) -> dict[str, Any]:
+    """What the Job's pod reads at --config: its annotation, through the downward API volume."""
+    template = job["spec"]["template"]
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "config")
+    (item,) = volume["downwardAPI"]["items"]
+    assert item == {
+        "path": "backtest.yaml",
+        "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"},
+    }
+    return yaml.safe_load(template["metadata"]["annotations"][MANIFEST_ANNOTATION])  # type: ignore[no-any-return]
+
+
+def test_the_pod_reads_the_resolved_manifest_from_its_annotation() -> None:
+    doc = manifest_of(build_backtest_job(backtest(), OperatorConfig()))
     assert doc["metadata"] == {"name": "lgb", "namespace": "research"}
     # Defaults are filled in, so the pod runs exactly what the API server stored.
     assert doc["spec"]["exchange"]["openCost"] == 0.0005 and doc["spec"]["benchmark"] == "SYNIDX"
@@ -161,7 +166,50 @@ def test_data_and_artifact_volumes() -> None:
 def test_builders_are_pure() -> None:
     bt, cfg = backtest(), OperatorConfig()
     assert build_backtest_job(bt, cfg) == build_backtest_job(bt, cfg)
-    assert build_backtest_config_map(bt) == build_backtest_config_map(bt)
+
+
+def trained(kwargs: dict[str, Any]) -> Backtest:
+    """A Backtest whose model has these kwargs (free-form: what a user can put anywhere)."""
+    segments = {
+        "train": {"start": "2020-01-01", "end": "2021-06-30"},
+        "valid": {"start": "2021-07-01", "end": "2021-12-31"},
+        "test": {"start": "2022-01-01", "end": "2022-06-30"},
+    }
+    return backtest(
+        signal={"model": {"model": {"class": "LGBModel", "kwargs": kwargs}, "segments": segments}}
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"learning_rate": 1e-05, "l2": 2.5e20, "label": "是否", "flag": "yes", "none": "null", "num": "1.0"},
+        {"deep": [[[[[{"x": [1.5, -0.0, 1e-300, "on", "~", "'q'", '"d"', "a: b", "# c", "\t\n"]}]]]]]},
+    ],
+)
+def test_the_manifest_annotation_reads_back_exactly(kwargs: dict[str, Any]) -> None:
+    """Flow-style YAML: floats in exponent form, YAML 1.1 words (yes, null, on, ~), quotes, non-ASCII
+    text and deep nesting all come back as the spec the API server stored."""
+    bt = trained(kwargs)
+    job = build_backtest_job(bt, OperatorConfig())
+    text = job["spec"]["template"]["metadata"]["annotations"][MANIFEST_ANNOTATION]
+    assert "\n" not in text  # one line
+    assert ("是否" in text) == ("是否" in str(kwargs))  # non-ASCII text as it is, not escaped
+    assert parse_resource(manifest_of(job)).spec == bt.spec
+
+
+def test_the_manifest_annotation_stays_near_the_size_of_the_spec() -> None:
+    """The largest spec the API takes (80 KiB as JSON), deeply nested: the annotation stays far from
+    the 256 KiB all annotations of the pod share (block-style YAML indented each level)."""
+    leaf: Any = ["x" * 60] * 350
+    for _ in range(30):
+        leaf = {"k": leaf}
+    bt = trained({"a": leaf, "b": leaf, "c": leaf})
+    size = len(json.dumps(bt.spec.to_manifest()))
+    text = build_backtest_job(bt, OperatorConfig())["spec"]["template"]["metadata"]["annotations"][
+        MANIFEST_ANNOTATION
+    ]
+    assert len(text.encode()) < 1.2 * size + 4096 < 256 * 1024
 
 
 def test_an_object_without_uid_cannot_own_children() -> None:

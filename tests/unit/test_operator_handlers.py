@@ -59,9 +59,9 @@ def run(body: dict[str, Any], cfg: OperatorConfig | None = None) -> kopf.Patch:
     return patch
 
 
-def test_creates_config_map_then_job_and_reports_pending(calls: Calls) -> None:
+def test_creates_the_job_and_reports_pending(calls: Calls) -> None:
     patch = run(copy.deepcopy(BODY))
-    assert [o["kind"] for o in calls.created] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in calls.created] == ["Job"]
     assert patch["status"]["phase"] == "Pending" and patch["status"]["jobName"] == "lgb-backtest"
     assert ("Normal", "Accepted") in calls.events
 
@@ -111,7 +111,7 @@ def test_present_volume_proceeds(calls: Calls) -> None:
     body = copy.deepcopy(BODY)
     body["spec"]["data"] = {"volume": {"claimName": "present"}}
     run(body)
-    assert [o["kind"] for o in calls.created] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in calls.created] == ["Job"]
 
 
 def test_a_foreign_object_with_the_childs_name_is_a_permanent_conflict(

@@ -141,20 +141,16 @@ def record(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> None:
 
 
 def children(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The ConfigMap and Job the builders make for a Backtest, keyed by their API paths."""
+    """The Job the builders make for a Backtest, keyed by its API path."""
     from kubequant.api.backtest import Backtest
     from kubequant.manifests import parse_resource
-    from kubequant.operator.builders.backtest import build_backtest_config_map, build_backtest_job
+    from kubequant.operator.builders.backtest import build_backtest_job
 
     bt = parse_resource(copy.deepcopy(body))
     assert isinstance(bt, Backtest)
-    cm, job = build_backtest_config_map(bt), build_backtest_job(bt, OperatorConfig())
-    for child in (cm, job):  # as the API server returns them
-        child["metadata"]["uid"] = f"uid-{child['metadata']['name']}"
-    return {
-        f"/api/v1/namespaces/{NS}/configmaps/{cm['metadata']['name']}": cm,
-        f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}": job,
-    }
+    job = build_backtest_job(bt, OperatorConfig())
+    job["metadata"]["uid"] = f"uid-{job['metadata']['name']}"  # as the API server returns it
+    return {f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}": job}
 
 
 def every_handler_path(monkeypatch: pytest.MonkeyPatch) -> Recorder:
@@ -426,7 +422,7 @@ def test_the_recorder_maps_requests_to_the_authorizers_verbs() -> None:
 
 def kopf_needs() -> set[rbac.Grant]:
     """What kopf does for the registered handlers: list and watch each selected kind; for changing
-    handlers, patch it (progress and diff-base annotations) and its status subresource."""
+    handlers, patch it (finalizers, older annotations) and its status subresource (its bookkeeping)."""
     modules = {m.__name__ for m in rbac.handler_modules()}  # type: ignore[attr-defined]
     registry = registries.get_default_registry()
     needs: set[rbac.Grant] = set()
