@@ -48,22 +48,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scores(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Series:
-    scratch = tmp_path_factory.mktemp("levels-qlib")
-    os.chdir(scratch)
-    use_bundle(bundle)
-    from qlib.data import D
-
-    qlib_compat.apply()  # SBBStrategyEMA's resampling on pandas 3, as the runner applies it
-
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    frame = D.features(
-        codes, ["$close / Ref($close, 10) - 1"], start_time="2021-09-01", end_time="2021-12-31"
-    )
-    out = frame.iloc[:, 0].swaplevel().sort_index().dropna()
-    out.index.names = ["datetime", "instrument"]
-    return out
+    os.chdir(tmp_path_factory.mktemp("levels-qlib"))
+    return _scores(bundle)
 
 
 def _spec(bundle: Path, engine: str, levels: list[dict[str, Any]], impact: dict[str, Any] | None) -> Any:
@@ -112,6 +98,59 @@ CASES: dict[str, tuple[list[tuple[str, dict[str, Any]]], dict[str, Any] | None]]
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_levels_match_qlibs_nested_executor(bundle: Path, scores: pd.Series, case: str) -> None:
     stack, impact = CASES[case]
+    _compare(bundle, scores, case, stack, impact)
+
+
+def _scores(bundle: Path) -> pd.Series:
+    """The test's daily signal for the intraday instruments of ``bundle`` (qlib pointed at it)."""
+    use_bundle(bundle)
+    from qlib.data import D
+
+    qlib_compat.apply()  # SBBStrategyEMA's resampling on pandas 3, as the runner applies it
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    frame = D.features(
+        codes, ["$close / Ref($close, 10) - 1"], start_time="2021-09-01", end_time="2021-12-31"
+    )
+    out = frame.iloc[:, 0].swaplevel().sort_index().dropna()
+    out.index.names = ["datetime", "instrument"]
+    return out
+
+
+def test_a_period_from_the_first_minute_bar_matches_qlib(
+    bundle: Path, scores: pd.Series, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The period starts on the first day with minute bars: the first 30-min bar is the first of qlib's
+    calendar, with no bar before it for SBB-EMA's signal (qlib then reads the calendar's last bar, an
+    empty window: every trend of that reset is MID). The compiled signal failed there (IndexError)."""
+    path = tmp_path_factory.mktemp("levels-first") / "bundle"
+    spec = SampleSpec(
+        instruments=40,
+        start="2021-06-01",
+        end="2021-12-31",
+        seed=5,
+        freqs=("day", "1min"),
+        minute_instruments=16,
+        minute_days=DAYS + 1,  # minute bars from the period's first day (days[-DAYS - 1])
+    )
+    write_sample_bundle(path, spec)
+    os.chdir(tmp_path_factory.mktemp("levels-first-qlib"))
+    try:
+        stack, impact = CASES["30min-sbb/1min-twap"]
+        _compare(path, _scores(path), "first minute day, 30min-sbb/1min-twap", stack, impact)
+    finally:
+        use_bundle(bundle)  # the module's bundle again, for the tests after this one
+
+
+def _compare(
+    bundle: Path,
+    scores: pd.Series,
+    case: str,
+    stack: list[tuple[str, dict[str, Any]]],
+    impact: dict[str, Any] | None,
+) -> None:
+    """Run the stack on both engines and hold the compiled run to qlib's (see the module doc)."""
     levels = [{"frequency": f, "strategy": s} for f, s in stack]
     reference = _spec(bundle, "qlib", levels, impact)
     compiled = _spec(bundle, "auto", levels, impact)

@@ -206,6 +206,12 @@ class SignalCloses:
         ``bar_starts``: the level's calendar from the bar before the first step to the bar after the
         last one (``steps + 2`` bar starts); step ``t`` reads bar ``t - 1`` (shift 1).
         """
+        if len(bar_starts) <= steps:
+            # The first step is the first bar of qlib's calendar: there is no bar before it. qlib's
+            # ``get_step_time(0, shift=1)`` then reads calendar index -1 (the calendar's last bar), so
+            # the signal window starts after it ends, D.features returns nothing and every step of this
+            # reset is MID.
+            return np.full((len(codes), steps), MID, np.int8)
         rows = self.rows(codes)
         edges = np.array([self.position(b, "left") for b in bar_starts[: steps + 1]], dtype=np.int64)
         start = int(edges[0])
