@@ -2,7 +2,8 @@
 
 Drop-in subclasses of qlib's handlers: the same kwargs, the same feature and label
 configuration (inherited from qlib, so the columns, names and order are qlib's), the same
-processors (qlib's, run by ``DataHandlerLP``). Only the data loader differs:
+processors (qlib's, run by ``DataHandlerLP``; qlib's ProcessInf answers a frame with no ±inf at
+once: ``processors.py``). Only the data loader differs:
 :class:`~kubequant.workloads.features.loader.CompiledDataLoader`, which falls back to qlib's
 engine for anything it does not reproduce exactly.
 """
@@ -13,6 +14,8 @@ from typing import Any
 
 from qlib.contrib.data import handler as qlib_handler
 from qlib.data.dataset.handler import DataHandlerLP
+
+from kubequant.workloads.features.processors import with_fast_processors
 
 LOADER_MODULE = "kubequant.workloads.features.loader"
 
@@ -52,8 +55,8 @@ def _init_compiled(
     # qlib's defaults, copied so that a mutable default is never shared between instances.
     infer = list(default_infer) if infer_processors is None else infer_processors
     learn = list(qlib_handler._DEFAULT_LEARN_PROCESSORS) if learn_processors is None else learn_processors
-    infer = qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time)
-    learn = qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time)
+    infer = with_fast_processors(qlib_handler.check_transform_proc(infer, fit_start_time, fit_end_time))
+    learn = with_fast_processors(qlib_handler.check_transform_proc(learn, fit_start_time, fit_end_time))
     label = kwargs.pop("label", handler.get_label_config())  # type: ignore[attr-defined]
     loader = _loader_config(feature, label, filter_pipe, freq, inst_processors)
     DataHandlerLP.__init__(
