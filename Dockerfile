@@ -38,6 +38,13 @@ COPY operator/ operator/
 COPY workloads/ workloads/
 RUN /opt/kubequant/bin/pip install --no-deps --no-build-isolation . \
  && /opt/kubequant/bin/pip check
+# The numba kernels (features, intraday execution), compiled once here rather than cold in every pod
+# (~10 s on a quiet two-core machine, up to a minute under load): `kubequant precompile` runs two tiny
+# Backtests on a synthetic market, and KUBEQUANT_NUMBA_SEED (below) makes every process copy the
+# result into its own cache. NUMBA_CPU_NAME=generic here and at run time: numba keys its cache by CPU
+# model, and code for the build machine's would be compiled again on nodes of another (docs/features.md).
+ENV NUMBA_CPU_NAME=generic
+RUN /opt/kubequant/bin/kubequant precompile --cache-dir /opt/kubequant/share/kubequant/numba
 
 FROM ${PYTHON_IMAGE}
 # libgomp1: LightGBM's OpenMP runtime.
@@ -50,7 +57,9 @@ RUN apt-get update \
 COPY --from=build /opt/kubequant /opt/kubequant
 ENV PATH=/opt/kubequant/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    NUMBA_CPU_NAME=generic \
+    KUBEQUANT_NUMBA_SEED=/opt/kubequant/share/kubequant/numba
 # Numeric, so that the kubelet can verify runAsNonRoot without a passwd lookup.
 USER 65532:65532
 WORKDIR /home/kubequant

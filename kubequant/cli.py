@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,26 @@ def data_sample(
         raise ValidationError(err.message, where="--freq", fix=err.fix) from err
     summary = write_sample_bundle(out_dir, spec)
     click.echo(summary.describe())
+
+
+@main.command()
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to keep the compiled kernels (default: NUMBA_CACHE_DIR, else kubequant's numba cache).",
+)
+def precompile(cache_dir: Path | None) -> None:
+    """Compile the numba kernels (features, intraday execution) ahead of time, e.g. into an image;
+    KUBEQUANT_NUMBA_SEED=DIR at run time copies them into a fresh cache."""
+    if cache_dir is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(cache_dir.resolve())
+    from kubequant.workloads.precompile import precompile as run_precompile
+
+    done = run_precompile()
+    click.echo(
+        f"compiled {done.kernels} kernels ({done.files} files) into {done.cache_dir} in {done.seconds:.1f} s"
+    )
 
 
 @data.command("import")

@@ -594,6 +594,19 @@ def test_dockerfile_runs_as_the_chart_user_and_starts_the_operator() -> None:
     assert re.search(r"pip install --no-deps --no-build-isolation \. ", dockerfile, re.M)
 
 
+def test_the_image_ships_kernels_compiled_for_any_cpu() -> None:
+    """The build compiles the numba kernels (kubequant precompile) into the folder KUBEQUANT_NUMBA_SEED
+    names at run time, for the generic CPU at both ends (numba keys its cache by CPU model)."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    built = re.search(r"kubequant precompile --cache-dir (\S+)", dockerfile)
+    seed = re.search(r"KUBEQUANT_NUMBA_SEED=(\S+)", dockerfile)
+    assert built and seed and built.group(1) == seed.group(1), (built, seed)
+    final = dockerfile[dockerfile.rindex("\nFROM ") :]
+    assert "kubequant precompile" not in final and "KUBEQUANT_NUMBA_SEED" in final
+    assert "NUMBA_CPU_NAME=generic" in final
+    assert dockerfile.index("NUMBA_CPU_NAME=generic") < dockerfile.index("kubequant precompile --cache-dir")
+
+
 # --------------------------------------------------------------------------- images and pull policies
 
 

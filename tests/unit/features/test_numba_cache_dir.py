@@ -59,3 +59,36 @@ def test_configure_points_live_numba_config(monkeypatch: pytest.MonkeyPatch, tmp
         assert config.CACHE_DIR == str(tmp_path / "live")
     finally:
         config.CACHE_DIR = before  # the environment variable is restored by monkeypatch
+
+
+def test_a_seed_fills_what_the_cache_lacks_and_keeps_what_it_has(tmp_path: Path) -> None:
+    """KUBEQUANT_NUMBA_SEED (kernels compiled when the image was built) is copied into a fresh cache."""
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    (seed / "features_abc").mkdir(parents=True)
+    (seed / "features_abc" / "kernels.shift-396.py311.nbi").write_bytes(b"index")
+    (seed / "features_abc" / "kernels.shift-396.py311.1.nbc").write_bytes(b"code")
+    (cache / "features_abc").mkdir(parents=True)
+    (cache / "features_abc" / "kernels.shift-396.py311.nbi").write_bytes(b"newer")
+    assert numba_cache.seed(cache, seed) == 1
+    assert (cache / "features_abc" / "kernels.shift-396.py311.1.nbc").read_bytes() == b"code"
+    assert (cache / "features_abc" / "kernels.shift-396.py311.nbi").read_bytes() == b"newer"
+    assert not list(cache.rglob("*.part"))
+    assert numba_cache.seed(cache, seed) == 0
+
+
+def test_configure_seeds_the_cache_it_points_numba_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from numba.core import config
+
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "k.nbi").write_bytes(b"x")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "live"))
+    monkeypatch.setenv(numba_cache.SEED_ENV, str(seed))
+    before = config.CACHE_DIR
+    try:
+        assert numba_cache.configure() == tmp_path / "live"
+        assert (tmp_path / "live" / "k.nbi").read_bytes() == b"x"
+    finally:
+        config.CACHE_DIR = before
