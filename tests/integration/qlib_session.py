@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import pandas as pd
 import qlib
 
 
@@ -36,3 +37,23 @@ def use_bundle(provider_uri: Path, mlruns: Path | None = None) -> None:
         clear_mem_cache=True,
         **kwargs,
     )
+
+
+def intraday_scores(bundle: Path) -> pd.Series:
+    """A daily signal for the instruments with minute bars (``instruments/intraday.txt``): their 10-day
+    return, over 2021-09..12, indexed (datetime, instrument); qlib pointed at ``bundle``."""
+    use_bundle(bundle)
+    from qlib.data import D
+
+    from kubequant.workloads.backtest import qlib_compat
+
+    qlib_compat.apply()  # SBBStrategyEMA's resampling on pandas 3, as the runner applies it
+    codes = [
+        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
+    ]
+    frame = D.features(
+        codes, ["$close / Ref($close, 10) - 1"], start_time="2021-09-01", end_time="2021-12-31"
+    )
+    out = frame.iloc[:, 0].swaplevel().sort_index().dropna()
+    out.index.names = ["datetime", "instrument"]
+    return out

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from qlib_session import use_bundle
+from qlib_session import intraday_scores, use_bundle
 
 from kubequant.api import Backtest
-from kubequant.workloads.backtest import qlib_compat
 from kubequant.workloads.backtest.qlib_config import executor_config
 from kubequant.workloads.backtest.runner import _backtest
 from kubequant.workloads.data.sample import SampleSpec, write_sample_bundle
@@ -30,9 +29,8 @@ DAYS = 6
 FLOAT32 = 1e-5  # tolerance for qlib's float32 arithmetic
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("levels") / "bundle"
+def _sample(path: Path, minute_days: int) -> Path:
+    """The test market at ``path``: 40 instruments, minute bars for 16 over the last ``minute_days``."""
     spec = SampleSpec(
         instruments=40,
         start="2021-06-01",
@@ -40,16 +38,21 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=5,
         freqs=("day", "1min"),
         minute_instruments=16,
-        minute_days=DAYS + 6,
+        minute_days=minute_days,
     )
     write_sample_bundle(path, spec)
     return path
 
 
 @pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _sample(tmp_path_factory.mktemp("levels") / "bundle", DAYS + 6)
+
+
+@pytest.fixture(scope="module")
 def scores(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Series:
     os.chdir(tmp_path_factory.mktemp("levels-qlib"))
-    return _scores(bundle)
+    return intraday_scores(bundle)
 
 
 def _spec(bundle: Path, engine: str, levels: list[dict[str, Any]], impact: dict[str, Any] | None) -> Any:
@@ -101,44 +104,18 @@ def test_compiled_levels_match_qlibs_nested_executor(bundle: Path, scores: pd.Se
     _compare(bundle, scores, case, stack, impact)
 
 
-def _scores(bundle: Path) -> pd.Series:
-    """The test's daily signal for the intraday instruments of ``bundle`` (qlib pointed at it)."""
-    use_bundle(bundle)
-    from qlib.data import D
-
-    qlib_compat.apply()  # SBBStrategyEMA's resampling on pandas 3, as the runner applies it
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    frame = D.features(
-        codes, ["$close / Ref($close, 10) - 1"], start_time="2021-09-01", end_time="2021-12-31"
-    )
-    out = frame.iloc[:, 0].swaplevel().sort_index().dropna()
-    out.index.names = ["datetime", "instrument"]
-    return out
-
-
 def test_a_period_from_the_first_minute_bar_matches_qlib(
     bundle: Path, scores: pd.Series, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The period starts on the first day with minute bars: the first 30-min bar is the first of qlib's
     calendar, with no bar before it for SBB-EMA's signal (qlib then reads the calendar's last bar, an
     empty window: every trend of that reset is MID). The compiled signal failed there (IndexError)."""
-    path = tmp_path_factory.mktemp("levels-first") / "bundle"
-    spec = SampleSpec(
-        instruments=40,
-        start="2021-06-01",
-        end="2021-12-31",
-        seed=5,
-        freqs=("day", "1min"),
-        minute_instruments=16,
-        minute_days=DAYS + 1,  # minute bars from the period's first day (days[-DAYS - 1])
-    )
-    write_sample_bundle(path, spec)
+    # minute bars from the period's first day (days[-DAYS - 1])
+    path = _sample(tmp_path_factory.mktemp("levels-first") / "bundle", DAYS + 1)
     os.chdir(tmp_path_factory.mktemp("levels-first-qlib"))
     try:
         stack, impact = CASES["30min-sbb/1min-twap"]
-        _compare(path, _scores(path), "first minute day, 30min-sbb/1min-twap", stack, impact)
+        _compare(path, intraday_scores(path), "first minute day, 30min-sbb/1min-twap", stack, impact)
     finally:
         use_bundle(bundle)  # the module's bundle again, for the tests after this one
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from qlib_session import use_bundle
+from qlib_session import intraday_scores
 
 from kubequant.api import Backtest
 from kubequant.workloads.backtest.qlib_config import exchange_kwargs, executor_config
@@ -46,20 +46,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scores(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Series:
-    scratch = tmp_path_factory.mktemp("compiled-qlib")
-    os.chdir(scratch)
-    use_bundle(bundle)
-    from qlib.data import D
-
-    codes = [
-        line.split("\t")[0] for line in (bundle / "instruments" / "intraday.txt").read_text().splitlines()
-    ]
-    frame = D.features(
-        codes, ["$close / Ref($close, 10) - 1"], start_time="2021-09-01", end_time="2021-12-31"
-    )
-    out = frame.iloc[:, 0].swaplevel().sort_index().dropna()
-    out.index.names = ["datetime", "instrument"]
-    return out
+    os.chdir(tmp_path_factory.mktemp("compiled-qlib"))
+    return intraday_scores(bundle)
 
 
 def _spec(bundle: Path, engine: str, strategy: dict[str, Any], **extra: Any) -> Any:
