@@ -89,7 +89,13 @@ def test_a_trial_that_boosts_every_round_finishes_and_is_not_stopped_by_asha(
     assert not trial["stopped_early"], trial
     assert trial["iterations"] == rounds
     assert math.isclose(out.best_metric, trial["metric"])
-    assert out.best_model.model.current_iteration() == rounds
+    # The trial's own model came back. LightGBM keeps the rounds up to the best validation score when
+    # its early-stopping callback ends training at the last round (qlib's LGBModel always passes one),
+    # so the model may hold fewer trees than the rounds boosted: 14 of 15 in one CI run, with the
+    # learning rate Tune drew.
+    booster = out.best_model.model
+    assert 1 <= booster.current_iteration() <= rounds
+    assert booster.current_iteration() in (booster.best_iteration, rounds)
 
 
 def test_asha_max_t_is_past_the_last_round() -> None:
