@@ -235,6 +235,8 @@ class SoakResult:
     failures: Counter[str] = field(default_factory=Counter)  # what the client met, by kind
     run_s: float = 0.0
     operator: str = "not asked (--operator)"
+    # --operator: Backtests created beside the soak, those with their Job, those with a status phase.
+    backtests: tuple[int, int, int] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -257,6 +259,7 @@ class SoakResult:
             "failures": dict(self.failures),
             "run_s": self.run_s,
             "operator": self.operator,
+            "backtests": self.backtests,
             "problems": self.problems,
             "ok": self.ok,
             "load_average": os.getloadavg(),
@@ -526,7 +529,6 @@ class Operator:
         self.folder, self.every = folder, every
         self.process: Any = None
         self.created = 0
-        self.reconciled = 0
         self.namespace = ""
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -575,12 +577,13 @@ class Operator:
         except Exception as err:  # a cluster that does not answer, or an operator that does not start
             self.close()
             return f"skipped: the cluster of {kubeconfig} did not answer or the operator did not start: {err}"
-        custom, batch = client.CustomObjectsApi(), client.BatchV1Api()
-        self.thread = threading.Thread(target=self._stream, args=(custom, batch), daemon=True)
+        # The Jobs are counted once, at the end (``settle``): listing them all while the soak runs cost
+        # the API server and this process more with every Backtest, and lengthened the pod's tail.
+        self.thread = threading.Thread(target=self._stream, args=(client.CustomObjectsApi(),), daemon=True)
         self.thread.start()
         return f"operator pid {self.process.proc.pid} reconciling a Backtest every {self.every}s in {self.namespace}"
 
-    def _stream(self, custom: Any, batch: Any) -> None:
+    def _stream(self, custom: Any) -> None:
         import operator_latency
 
         k = 0
@@ -596,8 +599,27 @@ class Operator:
                 )
                 self.created += 1
             k += 1
+
+    def settle(self, timeout: float = 60.0) -> tuple[int, int, int]:
+        """Stop creating, then wait until every Backtest created has its Job and a status phase:
+        (created, with a Job, with a phase) when they agree or ``timeout`` passes."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(30)
+        jobs = phased = -1
+        deadline = time.monotonic() + timeout
+        while True:
             with contextlib.suppress(Exception):
-                self.reconciled = len(batch.list_namespaced_job(self.namespace).items)
+                from kubernetes import client
+
+                jobs = len(client.BatchV1Api().list_namespaced_job(self.namespace).items)
+                items = client.CustomObjectsApi().list_namespaced_custom_object(
+                    "kubequant.io", "v1alpha1", self.namespace, "backtests"
+                )["items"]
+                phased = sum(1 for o in items if (o.get("status") or {}).get("phase"))
+            if (jobs == phased == self.created) or time.monotonic() > deadline:
+                return self.created, jobs, phased
+            time.sleep(1.0)
 
     def rss(self) -> float | None:
         if self.process is None or self.process.proc is None:
@@ -751,6 +773,12 @@ def run(cfg: SoakConfig, bundle: Path, folder: Path, binary: Path | None, progre
         if result.exit_code != 0:
             result.problems.append(f"the pod exited {result.exit_code}:\n{pod.output()[-4000:]}")
         compare(result.ledger, journal, folder / "pod" / "volume" / "paper-broker.sqlite", answered)
+        if operator is not None and operator.process is not None:
+            result.backtests = created, jobs, phased = operator.settle()
+            if not created or not jobs == phased == created:
+                result.problems.append(
+                    f"the operator reconciled {jobs} Jobs and {phased} statuses of {created} Backtests created"
+                )
     result.trends = trends(result.weeks)
     return result
 
@@ -825,6 +853,14 @@ def report(result: SoakResult) -> str:
         f"{led.fill_mismatches}, position mismatches {led.position_mismatches}; venue fills {led.fills}; "
         f"rejections {', '.join(f'{k} {n}' for k, n in sorted(led.rejected.items())) or 'none'}",
         f"pod exit code {result.exit_code}; operator: {result.operator}",
+        *(
+            [
+                f"backtests: {result.backtests[0]} created beside the soak, {result.backtests[1]} with their Job, "
+                f"{result.backtests[2]} with a status phase"
+            ]
+            if result.backtests
+            else []
+        ),
         f"verdict: {'PASS' if result.ok else 'FAIL'}",
     ]
     return "\n".join(lines)

@@ -27,6 +27,18 @@ def kubeconfig() -> str:
     return os.environ.get("KUBECONFIG") or str(REPO_ROOT / ".dev-cluster" / "kubeconfig")
 
 
+def helm_env(home: Path) -> dict[str, str]:
+    """This process's environment for the pinned helm and kubectl: the cluster under test, and Helm's
+    cache, config and data under ``home`` (a test's own folder), not the user's."""
+    return {
+        **os.environ,
+        "KUBECONFIG": kubeconfig(),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
 def kubectl(
     *args: str, stdin: str | None = None, check: bool = False, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ namespace only, so that tests running meanwhile are not judged by it.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import subprocess
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubeconfig, kubectl
+from kubectl import REPO_ROOT, bin_dir, helm_env, kubectl
 from kubernetes import client
 
 from kubequant.operator.builders.policy import image_repository
@@ -91,13 +90,7 @@ def installed(
     ):
         core.create_namespace({"metadata": {"name": name, "labels": labels}})
     home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "KUBECONFIG": kubeconfig(),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
+    env = helm_env(home)
     values = home / "values.yaml"
     values.write_text(
         yaml.safe_dump(

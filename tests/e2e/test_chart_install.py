@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubeconfig, wait_established
+from kubectl import REPO_ROOT, bin_dir, helm_env, wait_established
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -93,14 +93,7 @@ def tools(kube_config: client.Configuration, tmp_path_factory: pytest.TempPathFa
         if not os.access(binaries / name, os.X_OK):
             pytest.fail(f"{binaries / name} is missing: run `make k8s-binaries`", pytrace=False)
     home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        # The cluster that kube_config (conftest) found to answer.
-        "KUBECONFIG": kubeconfig(),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
+    env = helm_env(home)  # the cluster that kube_config (conftest) found to answer
     return Tools(helm=binaries / "helm", kubectl=binaries / "kubectl", env=env)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl import REPO_ROOT, bin_dir, kubeconfig, wait_established
+from kubectl import REPO_ROOT, bin_dir, helm_env, wait_established
 from kubernetes import client
 from operator_process import chart_operator, free_port
 
@@ -62,13 +62,7 @@ def run(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, kube_config: client.Configuration) -> dict[str, str]:
     home = tmp_path_factory.mktemp("helm-home")
-    return {
-        **os.environ,
-        "KUBECONFIG": kubeconfig(),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
+    return helm_env(home)
 
 
 @pytest.fixture(scope="module")

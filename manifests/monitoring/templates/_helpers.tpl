@@ -13,7 +13,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/part-of: kubequant
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-release: {{ .Values.release | quote }}
+release: {{ .Values.release | default .Release.Name | quote }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
