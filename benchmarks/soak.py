@@ -162,6 +162,9 @@ class Week:
     pod_p99_ms: float
     retried: int  # signals of the week sent more than once
     operator_rss_mb: float | None = None
+    # The pod's CPU time (user + system) in the week per signal answered, ms: its bars' housekeeping
+    # included, which is the same every week. Unlike a latency, the machine's other load barely moves it.
+    pod_cpu_ms_per_signal: float = float("nan")
 
     @property
     def bytes_per_event(self) -> float:
@@ -303,6 +306,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user + system (its threads included), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> tuple[int, int]:
     """A process's open file descriptors: all of them, and the sockets among them."""
     total = sockets = 0
@@ -374,6 +383,7 @@ def trends(weeks: list[Week]) -> list[Trend]:
         trend("pod p99 ms", [w.pod_p99_ms for w in weeks]),
         trend("client p50 ms", [w.p50_ms for w in weeks]),
         trend("client p99 ms", [w.p99_ms for w in weeks], "a week's 1-2 slowest signals: mostly a fault met"),
+        trend("pod CPU ms/signal", [w.pod_cpu_ms_per_signal for w in weeks]),
     ]
     if any(w.operator_rss_mb is not None for w in weeks):
         out.append(trend("operator RSS MB", [w.operator_rss_mb or float("nan") for w in weeks]))
@@ -694,6 +704,7 @@ def run(cfg: SoakConfig, bundle: Path, folder: Path, binary: Path | None, progre
         text = ""  # the latest scrape of the pod's /metrics
         buckets: list[tuple[float, float]] = []  # the submit histogram at the last week's close
         bars, cut = 0, 0
+        cpu_before = [cpu_seconds(pid)]  # the pod's CPU time at the last week's close
         week = ""
         limit = started + cfg.days * cfg.bar_seconds * 3 + 120  # a pod far slower than its bars is a failure
 
@@ -704,6 +715,8 @@ def run(cfg: SoakConfig, bundle: Path, folder: Path, binary: Path | None, progre
             buckets = now
             records, cut = client.since(cut)
             latencies = [r[1] for r in records]
+            now_cpu = cpu_seconds(pid)
+            cpu, cpu_before[0] = now_cpu - cpu_before[0], now_cpu
             fds, sockets = open_fds(pid)
             w = Week(
                 week=name,
@@ -722,13 +735,14 @@ def run(cfg: SoakConfig, bundle: Path, folder: Path, binary: Path | None, progre
                 pod_p99_ms=round(pod_p99, 2),
                 retried=sum(1 for r in records if r[2] > 1),
                 operator_rss_mb=None if operator is None else operator.rss(),
+                pod_cpu_ms_per_signal=round(cpu * 1000 / len(records), 3) if records else float("nan"),
             )
             result.weeks.append(w)
             say(
                 f"{w.week}: bar {w.bars:>4}  RSS {w.rss_mb:7.1f} MB  fds {w.fds:>3} ({w.sockets} sockets)  journal "
                 f"{w.journal_bytes / 1e6:7.2f} MB ({w.events} events)  signals {w.signals:>4}  "
                 f"p50 {w.p50_ms:6.2f} ms  p99 {w.p99_ms:7.2f} ms  retried {w.retried}  "
-                f"pod p50 {w.pod_p50_ms:.2f} ms  p99 {w.pod_p99_ms:.2f} ms"
+                f"pod p50 {w.pod_p50_ms:.2f} ms  p99 {w.pod_p99_ms:.2f} ms  CPU {w.pod_cpu_ms_per_signal:.2f} ms/signal"
             )
 
         try:
@@ -826,13 +840,13 @@ def report(result: SoakResult) -> str:
         f"soak: {cfg.days} trading days {result.period}, a bar every {cfg.bar_seconds}s, {cfg.rate:g} signals/s, "
         f"faults {cfg.fault_rate:.0%} of connections; {result.run_s}s; load {os.getloadavg()[0]:.2f}",
         f"{'week':<9} {'bars':>4} {'RSS MB':>7} {'fds':>4} {'socks':>5} {'journal MB':>10} {'events':>7} {'B/event':>7} "
-        f"{'signals':>7} {'p50 ms':>7} {'p99 ms':>8} {'retried':>7} | pod {'p50 ms':>6} {'p99 ms':>7}",
+        f"{'signals':>7} {'p50 ms':>7} {'p99 ms':>8} {'retried':>7} | pod {'p50 ms':>6} {'p99 ms':>7} {'CPU ms/sig':>10}",
     ]
     for w in result.weeks:
         lines.append(
             f"{w.week:<9} {w.bars:>4} {w.rss_mb:>7.1f} {w.fds:>4} {w.sockets:>5} {w.journal_bytes / 1e6:>10.2f} {w.events:>7} "
             f"{w.bytes_per_event:>7.0f} {w.signals:>7} {w.p50_ms:>7.2f} {w.p99_ms:>8.2f} {w.retried:>7} | "
-            f"{w.pod_p50_ms:>10.2f} {w.pod_p99_ms:>7.2f}"
+            f"{w.pod_p50_ms:>10.2f} {w.pod_p99_ms:>7.2f} {w.pod_cpu_ms_per_signal:>10.2f}"
             + (f"  operator {w.operator_rss_mb:.0f} MB" if w.operator_rss_mb is not None else "")
         )
     lines += [
